@@ -1,0 +1,28 @@
+"""Task queue port: publishes hints to workers; the database stays the source of truth."""
+
+from typing import Protocol
+from uuid import UUID
+
+
+class QueueUnavailable(Exception):
+    """The broker could not be reached; the message was not published."""
+
+
+class TaskQueue(Protocol):
+    """Publishes work for the background workers."""
+
+    def enqueue_dataset_validation(self, dataset_id: UUID) -> None:
+        """Ask a worker to validate an uploaded dataset."""
+        ...
+
+    def enqueue_job(self, job_id: UUID) -> None:
+        """Ask a worker to run a queued job."""
+        ...
+
+    def revoke_job(self, job_id: UUID) -> None:
+        """Best-effort: tell workers to drop a not-yet-started job message."""
+        ...
+
+    def check(self) -> None:
+        """Raise QueueUnavailable when the broker cannot be reached."""
+        ...

@@ -1,0 +1,17 @@
+"""Time-ordered UUIDs (version 7), so that ids double as pagination cursors."""
+
+import os
+import time
+from uuid import UUID
+
+
+def new_id() -> UUID:
+    """A UUIDv7: 48-bit millisecond timestamp, then random bits; sorts by creation time."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version
+    value |= ((rand >> 68) & 0xFFF) << 64  # rand_a, 12 bits
+    value |= 0b10 << 62  # variant
+    value |= rand & ((1 << 62) - 1)  # rand_b, 62 bits
+    return UUID(int=value)

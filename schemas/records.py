@@ -1,0 +1,117 @@
+"""Domain records passed between use cases, ports and adapters."""
+
+import enum
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_OWNER = "default"
+
+
+class DatasetFormat(enum.StrEnum):
+    csv = "csv"
+    json = "json"
+    ndjson = "ndjson"
+    parquet = "parquet"
+
+
+class DatasetStatus(enum.StrEnum):
+    uploaded = "uploaded"
+    validating = "validating"
+    ready = "ready"
+    failed = "failed"
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.queued, JobStatus.running)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ColumnInfo(Record):
+    name: str
+    type: str
+    null_count: int
+
+
+class Dataset(Record):
+    id: UUID
+    owner_id: str
+    name: str
+    format: DatasetFormat
+    status: DatasetStatus
+    size_bytes: int
+    sha256: str
+    storage_key: str
+    parquet_key: str | None = None
+    row_count: int | None = None
+    columns: list[ColumnInfo] | None = None
+    failed_row_count: int = 0
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class FailedRow(Record):
+    dataset_id: UUID
+    line_number: int
+    raw_text: str
+    reason: str
+
+
+class JobStep(Record):
+    processor: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Job(Record):
+    id: UUID
+    owner_id: str
+    dataset_id: UUID | None
+    name: str | None = None
+    status: JobStatus
+    steps: list[JobStep]
+    progress: float = 0.0
+    message: str | None = None
+    current_step: int | None = None
+    attempts: int = 0
+    worker_id: str | None = None
+    heartbeat_at: datetime | None = None
+    cancel_requested: bool = False
+    error: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobEvent(Record):
+    id: int | None = None
+    job_id: UUID
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+
+class Artifact(Record):
+    job_id: UUID
+    name: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    storage_key: str
+    created_at: datetime
