@@ -24,7 +24,8 @@ from sqlalchemy.types import TypeDecorator
 # Stable constraint names, so that migrations are the same on PostgreSQL and SQLite.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    # Every column of a multi-column constraint, so two unique constraints never share a name.
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
@@ -59,8 +60,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {  # noqa: RUF012
         datetime: UTCDateTime(),
-        dict[str, Any]: JSON,
-        list[Any]: JSON,
+        # none_as_null: a Python None is stored as SQL NULL, not as the JSON literal 'null'.
+        dict[str, Any]: JSON(none_as_null=True),
+        list[Any]: JSON(none_as_null=True),
     }
 
 

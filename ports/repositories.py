@@ -1,5 +1,8 @@
 """Repository and unit-of-work ports over the relational store."""
 
+# Lazy annotations: the `list` methods would otherwise shadow the builtin in later signatures.
+from __future__ import annotations
+
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -69,9 +72,7 @@ class FailedRowRepository(Protocol):
         """Insert failed rows; returns how many were written."""
         ...
 
-    def list(
-        self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
-    ) -> list[FailedRow]:
+    def list(self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100) -> list[FailedRow]:
         """Failed rows ordered by line number, starting after `after_line`."""
         ...
 

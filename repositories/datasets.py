@@ -1,0 +1,162 @@
+"""SQL repositories for datasets and their failed rows."""
+
+# Lazy annotations: the `list` methods would otherwise shadow the builtin in later signatures.
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from itertools import islice
+from typing import Any
+from uuid import UUID
+
+from pydantic_core import to_jsonable_python
+from sqlalchemy import JSON, Table, delete, insert, select, update
+from sqlalchemy.orm import Session
+
+from db.models import DatasetRow, FailedRowRow, utcnow
+from schemas.records import Dataset, DatasetStatus, FailedRow, Record
+
+FAILED_ROWS_BATCH = 1000
+
+
+def row_values(table: Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Column values for an INSERT or UPDATE: enums by value, JSON columns as plain JSON data."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in table.c:
+            raise ValueError(f"{table.name} has no column {name!r}")
+        if isinstance(table.c[name].type, JSON):
+            value = to_jsonable_python(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[name] = value
+    return out
+
+
+def record_values(table: Table, record: Record) -> dict[str, Any]:
+    """A record's fields as column values; a None id is left to the database."""
+    fields = {name: value for name, value in record if not (name == "id" and value is None)}
+    return row_values(table, fields)
+
+
+DATASETS: Table = DatasetRow.__table__  # type: ignore[assignment]
+FAILED_ROWS: Table = FailedRowRow.__table__  # type: ignore[assignment]
+
+
+class SqlDatasetRepository:
+    """Datasets in the `datasets` table."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, dataset: Dataset) -> None:
+        """Insert a new dataset."""
+        self._session.execute(insert(DATASETS).values(record_values(DATASETS, dataset)))
+
+    def get(self, dataset_id: UUID, owner_id: str | None = None) -> Dataset | None:
+        """One dataset, or None when it does not exist or belongs to another owner."""
+        query = select(DATASETS).where(DATASETS.c.id == dataset_id)
+        if owner_id is not None:
+            query = query.where(DATASETS.c.owner_id == owner_id)
+        row = self._session.execute(query).mappings().one_or_none()
+        return Dataset.model_validate(row) if row is not None else None
+
+    def list(
+        self,
+        owner_id: str,
+        *,
+        status: DatasetStatus | None = None,
+        before: UUID | None = None,
+        limit: int = 50,
+    ) -> list[Dataset]:
+        """Newest first (ids are UUIDv7); `before` is the last id of the previous page."""
+        query = select(DATASETS).where(DATASETS.c.owner_id == owner_id)
+        if status is not None:
+            query = query.where(DATASETS.c.status == DatasetStatus(status).value)
+        if before is not None:
+            query = query.where(DATASETS.c.id < before)
+        query = query.order_by(DATASETS.c.id.desc()).limit(limit)
+        return [Dataset.model_validate(row) for row in self._session.execute(query).mappings()]
+
+    def update(self, dataset_id: UUID, **changes: Any) -> None:
+        """Set fields of one dataset (and its updated_at)."""
+        values = row_values(DATASETS, {"updated_at": utcnow(), **changes})
+        self._session.execute(update(DATASETS).where(DATASETS.c.id == dataset_id).values(values))
+
+    def transition(
+        self,
+        dataset_id: UUID,
+        from_statuses: Sequence[DatasetStatus],
+        to_status: DatasetStatus,
+        **changes: Any,
+    ) -> bool:
+        """Compare-and-set the status; False when the dataset was not in from_statuses."""
+        values = row_values(DATASETS, {"updated_at": utcnow(), **changes, "status": to_status})
+        statement = (
+            update(DATASETS)
+            .where(
+                DATASETS.c.id == dataset_id,
+                DATASETS.c.status.in_([DatasetStatus(s).value for s in from_statuses]),
+            )
+            .values(values)
+        )
+        return self._session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+
+    def list_stale(
+        self, statuses: Sequence[DatasetStatus], updated_before: datetime, limit: int = 100
+    ) -> list[Dataset]:
+        """Datasets stuck in one of the statuses since before the given time, oldest first."""
+        query = (
+            select(DATASETS)
+            .where(
+                DATASETS.c.status.in_([DatasetStatus(s).value for s in statuses]),
+                DATASETS.c.updated_at < updated_before,
+            )
+            .order_by(DATASETS.c.updated_at, DATASETS.c.id)
+            .limit(limit)
+        )
+        return [Dataset.model_validate(row) for row in self._session.execute(query).mappings()]
+
+    def delete(self, dataset_id: UUID) -> None:
+        """Remove a dataset and its failed rows; jobs keep living with dataset_id NULL."""
+        # Explicit rather than trusting ON DELETE CASCADE, which SQLite honours only with
+        # PRAGMA foreign_keys=ON.
+        self._session.execute(delete(FAILED_ROWS).where(FAILED_ROWS.c.dataset_id == dataset_id))
+        self._session.execute(delete(DATASETS).where(DATASETS.c.id == dataset_id))
+
+
+class SqlFailedRowRepository:
+    """Quarantined rows in the `failed_rows` table."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add_many(self, rows: Iterable[FailedRow]) -> int:
+        """Insert failed rows in batches (an executemany each); returns how many were written."""
+        written = 0
+        for batch in _batches(rows, FAILED_ROWS_BATCH):
+            values = [record_values(FAILED_ROWS, row) for row in batch]
+            self._session.execute(insert(FAILED_ROWS), values)
+            written += len(values)
+        return written
+
+    def list(self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100) -> list[FailedRow]:
+        """Failed rows ordered by line number, starting after `after_line`."""
+        query = (
+            select(FAILED_ROWS)
+            .where(FAILED_ROWS.c.dataset_id == dataset_id, FAILED_ROWS.c.line_number > after_line)
+            .order_by(FAILED_ROWS.c.line_number, FAILED_ROWS.c.id)
+            .limit(limit)
+        )
+        return [FailedRow.model_validate(row) for row in self._session.execute(query).mappings()]
+
+    def delete_for_dataset(self, dataset_id: UUID) -> None:
+        """Remove every failed row of a dataset (a re-validation starts clean)."""
+        self._session.execute(delete(FAILED_ROWS).where(FAILED_ROWS.c.dataset_id == dataset_id))
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
