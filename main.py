@@ -1,2 +1,175 @@
-def cli() -> None:
-    pass
+"""Composition root: settings -> adapters -> FastAPI app, Celery app and the `assay` CLI."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+import uvicorn
+from fastapi import FastAPI
+from rich.console import Console
+
+from api.app import create_app
+from db.engine import make_engine, make_session_factory
+from db.migrations import upgrade_to_head
+from ports.context import Context
+from ports.storage import ObjectStorage
+from repositories.unit_of_work import SqlUnitOfWork
+from schemas.settings import Settings
+from services.celery_queue import CeleryTaskQueue
+from services.storage.local import LocalObjectStorage
+from services.storage.s3 import S3ObjectStorage
+from workers.celery_app import AssayCelery, make_celery
+
+console = Console()
+cli = typer.Typer(help="Assay: asynchronous dataset processing.", no_args_is_help=True)
+
+
+def make_storage(settings: Settings, bucket: str) -> ObjectStorage:
+    """One bucket of the configured object storage."""
+    if settings.storage_backend == "s3":
+        return S3ObjectStorage(
+            bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+            region=settings.s3_region,
+        )
+    return LocalObjectStorage(settings.objects_dir / bucket)
+
+
+def build_celery(settings: Settings) -> AssayCelery:
+    """The Celery app; its tasks get their ports from bootstrap() in each worker process."""
+    app: AssayCelery = make_celery(settings, context_factory=lambda: bootstrap(settings, app))
+    return app
+
+
+def bootstrap(settings: Settings, celery_app: AssayCelery | None = None) -> Context:
+    """Choose the adapters for the settings and wire them into a Context."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    session_factory = make_session_factory(make_engine(settings.resolved_database_url))
+    return Context(
+        settings=settings,
+        new_uow=lambda: SqlUnitOfWork(session_factory),
+        datasets_storage=make_storage(settings, settings.s3_datasets_bucket),
+        results_storage=make_storage(settings, settings.s3_results_bucket),
+        queue=CeleryTaskQueue(celery_app or build_celery(settings)),
+    )
+
+
+def prepare_storage(context: Context) -> None:
+    """Create buckets (or folders) that do not exist yet."""
+    for storage in (context.datasets_storage, context.results_storage):
+        storage.ensure_ready()  # type: ignore[attr-defined]
+
+
+def create_api() -> FastAPI:
+    """ASGI factory used by uvicorn (`assay api`, `assay serve`)."""
+    settings = Settings()
+    configure_logging(settings)
+    context = bootstrap(settings)
+    prepare_storage(context)
+    return create_app(context)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+Port = Annotated[int, typer.Option(help="TCP port to listen on.")]
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    console.print("[green]database is at the latest migration[/green]")
+
+
+@cli.command()
+def api(host: Host = "127.0.0.1", port: Port = 8000, workers: int = 1) -> None:
+    """Run the HTTP API."""
+    uvicorn.run("main:create_api", factory=True, host=host, port=port, workers=workers)
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    reaper: Annotated[bool, typer.Option(help="Run the recovery loop here.")] = True,
+) -> None:
+    """Run a background worker (Celery) that validates datasets and runs jobs."""
+    settings = Settings()
+    configure_logging(settings)
+    app = build_celery(settings)
+    prepare_storage(app.context())
+    if reaper:
+        from workers.reaper import start_reaper_thread
+
+        start_reaper_thread(app.context)
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={settings.log_level}",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--hostname=assay-{os.getpid()}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@cli.command()
+def beat() -> None:
+    """Run Celery beat: schedules the reaper (optional: workers run it too)."""
+    settings = Settings()
+    configure_logging(settings)
+    app = build_celery(settings)
+    app.conf.beat_schedule = {
+        "reap": {"task": "assay.reap", "schedule": settings.reaper_interval_s},
+    }
+    schedule_file = settings.data_dir / "celerybeat-schedule"
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", f"--loglevel={settings.log_level}", f"--schedule={schedule_file}"])
+
+
+@cli.command()
+def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Run everything in one command: migrations, the API and a worker process."""
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_to_head(settings.resolved_database_url)
+    worker_process = subprocess.Popen([sys.executable, "-m", "main", "worker"])
+    console.print(
+        f"[bold green]Assay is running at http://{host}:{port}[/bold green] "
+        f"(data in {settings.data_dir.resolve()}; API docs at /docs). Press Ctrl-C to stop."
+    )
+    try:
+        uvicorn.run("main:create_api", factory=True, host=host, port=port, log_level="warning")
+    finally:
+        _stop(worker_process)
+        console.print("stopped")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown for the worker: SIGTERM, then SIGKILL if it does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":
+    cli()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 from uuid import UUID
@@ -15,11 +16,16 @@ from schemas.records import (
     FailedRow,
     Job,
     JobEvent,
+    JobStatus,
 )
 
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached; the operation may be retried."""
+
+
+class IdempotencyConflict(Exception):
+    """Another job of the same owner already holds this idempotency key."""
 
 
 class DatasetRepository(Protocol):
@@ -83,15 +89,92 @@ class FailedRowRepository(Protocol):
 
 class JobRepository(Protocol):
     def add(self, job: Job) -> None:
-        """Insert a new job."""
+        """Insert a new job (IdempotencyConflict when the owner already used its key)."""
         ...
 
     def get(self, job_id: UUID, owner_id: str | None = None) -> Job | None:
         """One job, or None when it does not exist or belongs to another owner."""
         ...
 
+    def get_by_idempotency_key(self, owner_id: str, key: str) -> Job | None:
+        """The job an owner created with this Idempotency-Key, if any."""
+        ...
+
+    def list(
+        self,
+        owner_id: str,
+        *,
+        status: JobStatus | None = None,
+        dataset_id: UUID | None = None,
+        before: UUID | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Newest first; `before` is the id of the last job of the previous page."""
+        ...
+
     def count_active_for_dataset(self, dataset_id: UUID) -> int:
         """How many queued or running jobs read this dataset."""
+        ...
+
+    def list_queued_for_dataset(self, dataset_id: UUID) -> list[Job]:
+        """Queued jobs waiting on one dataset, oldest first."""
+        ...
+
+    def claim(self, job_id: UUID, worker_id: str, now: datetime) -> Job | None:
+        """Compare-and-set queued -> running (attempts + 1, worker, heartbeat, started_at if unset).
+
+        None when the job was not queued or has cancel_requested set (a duplicate delivery,
+        a cancelled job): the caller acknowledges and does nothing.
+        """
+        ...
+
+    def heartbeat(
+        self,
+        job_id: UUID,
+        attempt: int,
+        now: datetime,
+        *,
+        progress: float | None = None,
+        message: str | None = None,
+        current_step: int | None = None,
+    ) -> bool | None:
+        """Record liveness (and progress) for the running attempt.
+
+        Returns cancel_requested, or None when the job is no longer running this attempt
+        (it was reaped, cancelled or finished elsewhere): the caller must stop.
+        """
+        ...
+
+    def transition(
+        self,
+        job_id: UUID,
+        from_statuses: Sequence[JobStatus],
+        to_status: JobStatus,
+        *,
+        attempt: int | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Compare-and-set the status (and, when given, the attempt); False if it did not match."""
+        ...
+
+    def request_cancel(self, job_id: UUID) -> bool:
+        """Set cancel_requested on a queued or running job; False when it is already finished."""
+        ...
+
+    def list_stale_running(self, heartbeat_before: datetime, limit: int = 100) -> list[Job]:
+        """Running jobs whose last heartbeat is older than the given time."""
+        ...
+
+    def list_unclaimed_queued(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+        """Queued jobs not touched since the given time, whose dataset is ready."""
+        ...
+
+    def touch(self, job_id: UUID) -> None:
+        """Set updated_at to now."""
+        ...
+
+    def delete(self, job_id: UUID) -> None:
+        """Remove a job with its events and artifact records."""
         ...
 
 
@@ -112,6 +195,10 @@ class ArtifactRepository(Protocol):
 
     def list_for_job(self, job_id: UUID) -> list[Artifact]:
         """Artifacts of one job, by name."""
+        ...
+
+    def get(self, job_id: UUID, name: str) -> Artifact | None:
+        """One artifact of a job by name."""
         ...
 
 

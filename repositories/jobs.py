@@ -1,38 +1,104 @@
 """SQL repositories for jobs, their events and their artifacts."""
 
+# Lazy annotations: the `list` methods would otherwise shadow the builtin in later signatures.
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, delete, func, insert, select, true, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import ArtifactRow, JobEventRow, JobRow
-from repositories.datasets import record_values
-from schemas.records import ACTIVE_JOB_STATUSES, Artifact, Job, JobEvent
+from db.models import ArtifactRow, JobEventRow, JobRow, utcnow
+from ports.repositories import IdempotencyConflict
+from repositories.datasets import DATASETS, record_values, row_values
+from schemas.records import (
+    ACTIVE_JOB_STATUSES,
+    Artifact,
+    DatasetStatus,
+    Job,
+    JobEvent,
+    JobStatus,
+)
 
 JOBS: Table = JobRow.__table__  # type: ignore[assignment]
 JOB_EVENTS: Table = JobEventRow.__table__  # type: ignore[assignment]
 ARTIFACTS: Table = ArtifactRow.__table__  # type: ignore[assignment]
 
+# INSERT ... ON CONFLICT, per dialect (SQLAlchemy has no backend-neutral form).
+_UPSERT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def _statuses(statuses: Sequence[JobStatus]) -> list[str]:
+    return [JobStatus(status).value for status in statuses]
+
 
 class SqlJobRepository:
-    """Jobs in the `jobs` table."""
+    """Jobs in the `jobs` table.
+
+    Every state change is a single conditional UPDATE (compare-and-set), so concurrent
+    workers, the reaper and the API never overwrite each other's transitions.
+    """
 
     def __init__(self, session: Session) -> None:
         self._session = session
 
     def add(self, job: Job) -> None:
-        """Insert a new job."""
-        self._session.execute(insert(JOBS).values(record_values(JOBS, job)))
+        """Insert a new job; IdempotencyConflict when the owner already used its key.
+
+        The key check is `INSERT ... ON CONFLICT (owner_id, idempotency_key) DO NOTHING`
+        rather than catching IntegrityError: no statement fails, so the transaction stays
+        usable on PostgreSQL without a SAVEPOINT (pysqlite turns a SAVEPOINT that opens the
+        transaction into its own commit, which would break rollback on SQLite).
+        """
+        values = record_values(JOBS, job)
+        if job.idempotency_key is None:
+            self._session.execute(insert(JOBS).values(values))
+            return
+        dialect = self._session.get_bind().dialect.name
+        statement = (
+            _UPSERT_INSERTS[dialect](JOBS)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[JOBS.c.owner_id, JOBS.c.idempotency_key])
+        )
+        if self._session.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
+            raise IdempotencyConflict(
+                f"owner {job.owner_id!r} already has a job with key {job.idempotency_key!r}"
+            )
 
     def get(self, job_id: UUID, owner_id: str | None = None) -> Job | None:
         """One job, or None when it does not exist or belongs to another owner."""
         query = select(JOBS).where(JOBS.c.id == job_id)
         if owner_id is not None:
             query = query.where(JOBS.c.owner_id == owner_id)
-        row = self._session.execute(query).mappings().one_or_none()
-        return Job.model_validate(row) if row is not None else None
+        return self._one(query)
+
+    def get_by_idempotency_key(self, owner_id: str, key: str) -> Job | None:
+        """The job an owner created with this Idempotency-Key, if any."""
+        query = select(JOBS).where(JOBS.c.owner_id == owner_id, JOBS.c.idempotency_key == key)
+        return self._one(query)
+
+    def list(
+        self,
+        owner_id: str,
+        *,
+        status: JobStatus | None = None,
+        dataset_id: UUID | None = None,
+        before: UUID | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Newest first (ids are UUIDv7); `before` is the last id of the previous page."""
+        query = select(JOBS).where(JOBS.c.owner_id == owner_id)
+        if status is not None:
+            query = query.where(JOBS.c.status == JobStatus(status).value)
+        if dataset_id is not None:
+            query = query.where(JOBS.c.dataset_id == dataset_id)
+        if before is not None:
+            query = query.where(JOBS.c.id < before)
+        return self._all(query.order_by(JOBS.c.id.desc()).limit(limit))
 
     def count_active_for_dataset(self, dataset_id: UUID) -> int:
         """How many queued or running jobs read this dataset."""
@@ -41,10 +107,154 @@ class SqlJobRepository:
             .select_from(JOBS)
             .where(
                 JOBS.c.dataset_id == dataset_id,
-                JOBS.c.status.in_([status.value for status in ACTIVE_JOB_STATUSES]),
+                JOBS.c.status.in_(_statuses(ACTIVE_JOB_STATUSES)),
             )
         )
         return self._session.execute(query).scalar_one()
+
+    def list_queued_for_dataset(self, dataset_id: UUID) -> list[Job]:
+        """Queued jobs waiting on one dataset, oldest first."""
+        query = (
+            select(JOBS)
+            .where(JOBS.c.dataset_id == dataset_id, JOBS.c.status == JobStatus.queued.value)
+            .order_by(JOBS.c.id)
+        )
+        return self._all(query)
+
+    def claim(self, job_id: UUID, worker_id: str, now: datetime) -> Job | None:
+        """Compare-and-set queued -> running; the claimed job, or None when it was not claimable.
+
+        One UPDATE ... RETURNING (SQLite >= 3.35): a duplicate delivery or a job with
+        cancel_requested matches no row.
+        """
+        statement = (
+            update(JOBS)
+            .where(
+                JOBS.c.id == job_id,
+                JOBS.c.status == JobStatus.queued.value,
+                JOBS.c.cancel_requested.is_(False),
+            )
+            .values(
+                status=JobStatus.running.value,
+                attempts=JOBS.c.attempts + 1,
+                worker_id=worker_id,
+                heartbeat_at=now,
+                started_at=func.coalesce(JOBS.c.started_at, now),
+                updated_at=now,
+            )
+            .returning(*JOBS.c)
+        )
+        row = self._session.execute(statement).mappings().one_or_none()
+        return Job.model_validate(row) if row is not None else None
+
+    def heartbeat(
+        self,
+        job_id: UUID,
+        attempt: int,
+        now: datetime,
+        *,
+        progress: float | None = None,
+        message: str | None = None,
+        current_step: int | None = None,
+    ) -> bool | None:
+        """Record liveness (and progress) for the running attempt; returns cancel_requested.
+
+        None when the job is no longer running this attempt: the caller must stop.
+        """
+        changes: dict[str, Any] = {"heartbeat_at": now, "updated_at": now}
+        if progress is not None:
+            changes["progress"] = progress
+        if message is not None:
+            changes["message"] = message
+        if current_step is not None:
+            changes["current_step"] = current_step
+        statement = (
+            update(JOBS)
+            .where(
+                JOBS.c.id == job_id,
+                JOBS.c.status == JobStatus.running.value,
+                JOBS.c.attempts == attempt,
+            )
+            .values(row_values(JOBS, changes))
+            .returning(JOBS.c.cancel_requested)
+        )
+        cancel_requested = self._session.execute(statement).scalar_one_or_none()
+        return bool(cancel_requested) if cancel_requested is not None else None
+
+    def transition(
+        self,
+        job_id: UUID,
+        from_statuses: Sequence[JobStatus],
+        to_status: JobStatus,
+        *,
+        attempt: int | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Compare-and-set the status (and, when given, the attempt); False if it did not match."""
+        values = row_values(JOBS, {"updated_at": utcnow(), **changes, "status": to_status})
+        statement = update(JOBS).where(
+            JOBS.c.id == job_id, JOBS.c.status.in_(_statuses(from_statuses))
+        )
+        if attempt is not None:
+            statement = statement.where(JOBS.c.attempts == attempt)
+        return self._session.execute(statement.values(values)).rowcount == 1  # type: ignore[attr-defined]
+
+    def request_cancel(self, job_id: UUID) -> bool:
+        """Set cancel_requested on a queued or running job; False when it is already finished."""
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id == job_id, JOBS.c.status.in_(_statuses(ACTIVE_JOB_STATUSES)))
+            .values(cancel_requested=true(), updated_at=utcnow())
+        )
+        return self._session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+
+    def list_stale_running(self, heartbeat_before: datetime, limit: int = 100) -> list[Job]:
+        """Running jobs whose last heartbeat is older than the given time, oldest first.
+
+        A running job without a heartbeat (never written by `claim`) counts from updated_at.
+        """
+        last_seen = func.coalesce(JOBS.c.heartbeat_at, JOBS.c.updated_at)
+        query = (
+            select(JOBS)
+            .where(JOBS.c.status == JobStatus.running.value, last_seen < heartbeat_before)
+            .order_by(last_seen, JOBS.c.id)
+            .limit(limit)
+        )
+        return self._all(query)
+
+    def list_unclaimed_queued(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+        """Queued jobs not touched since the given time whose dataset is ready, oldest first."""
+        ready = select(DATASETS.c.id).where(DATASETS.c.status == DatasetStatus.ready.value)
+        query = (
+            select(JOBS)
+            .where(
+                JOBS.c.status == JobStatus.queued.value,
+                JOBS.c.updated_at < updated_before,
+                JOBS.c.dataset_id.in_(ready),
+            )
+            .order_by(JOBS.c.updated_at, JOBS.c.id)
+            .limit(limit)
+        )
+        return self._all(query)
+
+    def touch(self, job_id: UUID) -> None:
+        """Set updated_at to now (the reaper's next re-publish waits another grace period)."""
+        self._session.execute(update(JOBS).where(JOBS.c.id == job_id).values(updated_at=utcnow()))
+
+    def delete(self, job_id: UUID) -> None:
+        """Remove a job with its events and artifact records (not the stored files)."""
+        # Explicit rather than trusting ON DELETE CASCADE, which SQLite honours only with
+        # PRAGMA foreign_keys=ON.
+        self._session.execute(delete(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id))
+        self._session.execute(delete(JOB_EVENTS).where(JOB_EVENTS.c.job_id == job_id))
+        self._session.execute(delete(JOBS).where(JOBS.c.id == job_id))
+
+    def _one(self, query: Any) -> Job | None:
+        row = self._session.execute(query).mappings().one_or_none()
+        return Job.model_validate(row) if row is not None else None
+
+    def _all(self, query: Any) -> list[Job]:
+        return [Job.model_validate(row) for row in self._session.execute(query).mappings()]
 
 
 class SqlJobEventRepository:
@@ -85,3 +295,9 @@ class SqlArtifactRepository:
         """Artifacts of one job, by name."""
         query = select(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id).order_by(ARTIFACTS.c.name)
         return [Artifact.model_validate(row) for row in self._session.execute(query).mappings()]
+
+    def get(self, job_id: UUID, name: str) -> Artifact | None:
+        """One artifact of a job by name."""
+        query = select(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id, ARTIFACTS.c.name == name)
+        row = self._session.execute(query).mappings().one_or_none()
+        return Artifact.model_validate(row) if row is not None else None

@@ -23,10 +23,14 @@ class Settings(BaseSettings):
     s3_datasets_bucket: str = "datasets"
     s3_results_bucket: str = "job-results"
 
+    queue_name: str = "assay"
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0)
     worker_concurrency: int = Field(default=2, ge=1)
     task_soft_time_limit_s: int = Field(default=3600, gt=0)
     task_hard_time_limit_s: int = Field(default=3660, gt=0)
+    heartbeat_interval_s: float = Field(default=0.5, gt=0)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
     reaper_interval_s: float = Field(default=15.0, gt=0)
     reaper_grace_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"

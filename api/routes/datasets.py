@@ -1,0 +1,211 @@
+"""Dataset routes: upload, list, detail, content, preview, failed rows, delete."""
+
+import json
+from pathlib import PurePath
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import DatasetsStorageDep, OwnerDep, QueueDep, SettingsDep, UowDep
+from api.upload import receive_upload
+from schemas.api import (
+    DatasetLinks,
+    DatasetOut,
+    DatasetPage,
+    ErrorBody,
+    FailedRowOut,
+    FailedRowPage,
+    PreviewOut,
+)
+from schemas.records import Dataset, DatasetFormat, DatasetStatus
+from use_cases.datasets import delete_dataset, preview_key, register_dataset
+from use_cases.errors import Conflict, NotFound, UnsupportedFormat
+
+router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+
+FORMAT_BY_EXTENSION = {
+    ".csv": DatasetFormat.csv,
+    ".tsv": DatasetFormat.csv,
+    ".json": DatasetFormat.json,
+    ".ndjson": DatasetFormat.ndjson,
+    ".jsonl": DatasetFormat.ndjson,
+    ".parquet": DatasetFormat.parquet,
+    ".pq": DatasetFormat.parquet,
+}
+CONTENT_TYPES = {
+    DatasetFormat.csv: "text/csv",
+    DatasetFormat.json: "application/json",
+    DatasetFormat.ndjson: "application/x-ndjson",
+    DatasetFormat.parquet: "application/vnd.apache.parquet",
+}
+ERRORS = {
+    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)
+}
+
+
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    base = f"/api/v1/datasets/{dataset.id}"
+    return DatasetOut(
+        **dataset.model_dump(exclude={"owner_id", "storage_key", "parquet_key"}),
+        links=DatasetLinks(
+            self=base,
+            content=f"{base}/content",
+            preview=f"{base}/preview",
+            failed_rows=f"{base}/failed-rows",
+        ),
+    )
+
+
+def resolve_format(declared: str | None, filename: str | None) -> DatasetFormat:
+    """The format from the form field, else from the file name's extension."""
+    supported = sorted(f.value for f in DatasetFormat)
+    if declared:
+        try:
+            return DatasetFormat(declared.lower())
+        except ValueError:
+            raise UnsupportedFormat(
+                f"unsupported format {declared!r}; use one of {', '.join(supported)}",
+                {"field": "format", "value": declared, "supported": supported},
+            ) from None
+    suffix = PurePath(filename or "").suffix.lower()
+    if suffix in FORMAT_BY_EXTENSION:
+        return FORMAT_BY_EXTENSION[suffix]
+    raise UnsupportedFormat(
+        f"cannot tell the format of {filename!r}: unsupported extension {suffix or '(none)'}; "
+        f"name the file .csv, .json, .ndjson or .parquet, or send a `format` field",
+        {"field": "file", "filename": filename, "supported": supported},
+    )
+
+
+def _get_dataset(uow: UowDep, dataset_id: UUID, owner: str) -> Dataset:
+    with uow:
+        dataset = uow.datasets.get(dataset_id, owner)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found", {"dataset_id": str(dataset_id)})
+    return dataset
+
+
+@router.post("", status_code=201, responses=ERRORS)
+async def upload_dataset(
+    request: Request,
+    uow: UowDep,
+    storage: DatasetsStorageDep,
+    queue: QueueDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+) -> DatasetOut:
+    """Upload a dataset (multipart field `file`, optional `name` and `format`); validation runs in a worker."""
+    upload = await receive_upload(request, settings.tmp_dir, settings.max_upload_bytes)
+    try:
+        fmt = resolve_format(upload.format, upload.filename)
+        name = upload.name or PurePath(upload.filename or "dataset").name
+        dataset = await run_in_threadpool(
+            register_dataset,
+            uow,
+            storage,
+            queue,
+            owner_id=owner,
+            name=name,
+            fmt=fmt,
+            received=upload.received,
+        )
+    finally:
+        upload.received.path.unlink(missing_ok=True)
+    return dataset_out(dataset)
+
+
+@router.get("", responses=ERRORS)
+def list_datasets(
+    uow: UowDep,
+    owner: OwnerDep,
+    status: DatasetStatus | None = None,
+    cursor: UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DatasetPage:
+    """Datasets, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    with uow:
+        items = uow.datasets.list(owner, status=status, before=cursor, limit=limit + 1)
+    has_more = len(items) > limit
+    items = items[:limit]
+    return DatasetPage(
+        items=[dataset_out(d) for d in items],
+        next_cursor=str(items[-1].id) if has_more else None,
+    )
+
+
+@router.get("/{dataset_id}", responses=ERRORS)
+def get_dataset(dataset_id: UUID, uow: UowDep, owner: OwnerDep) -> DatasetOut:
+    """One dataset with its status, schema and counts."""
+    return dataset_out(_get_dataset(uow, dataset_id, owner))
+
+
+@router.get("/{dataset_id}/content", responses=ERRORS, response_class=StreamingResponse)
+def get_dataset_content(
+    dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, owner: OwnerDep
+) -> StreamingResponse:
+    """The original file, byte for byte."""
+    dataset = _get_dataset(uow, dataset_id, owner)
+    chunks = storage.iter_chunks(dataset.storage_key)
+    filename = PurePath(dataset.name).name.replace('"', "")
+    return StreamingResponse(
+        chunks,
+        media_type=CONTENT_TYPES[dataset.format],
+        headers={
+            "Content-Length": str(dataset.size_bytes),
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "ETag": f'"{dataset.sha256}"',
+        },
+    )
+
+
+@router.get("/{dataset_id}/preview", responses=ERRORS)
+def preview_dataset(
+    dataset_id: UUID,
+    uow: UowDep,
+    storage: DatasetsStorageDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> PreviewOut:
+    """The first rows of a ready dataset as JSON (at most 100)."""
+    dataset = _get_dataset(uow, dataset_id, owner)
+    if dataset.status != DatasetStatus.ready:
+        raise Conflict(
+            f"dataset {dataset_id} is {dataset.status.value}; a preview exists once it is ready",
+            {"status": dataset.status.value},
+        )
+    rows = json.loads(b"".join(storage.iter_chunks(preview_key(dataset_id))))
+    return PreviewOut(dataset_id=dataset_id, columns=dataset.columns or [], rows=rows[:limit])
+
+
+@router.get("/{dataset_id}/failed-rows", responses=ERRORS)
+def list_failed_rows(
+    dataset_id: UUID,
+    uow: UowDep,
+    owner: OwnerDep,
+    cursor: Annotated[int, Query(ge=0, description="line number to continue after")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> FailedRowPage:
+    """Rows that could not be parsed, with line number, raw text and reason."""
+    dataset = _get_dataset(uow, dataset_id, owner)
+    with uow:
+        rows = uow.failed_rows.list(dataset_id, after_line=cursor, limit=limit + 1)
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return FailedRowPage(
+        dataset_id=dataset_id,
+        total=dataset.failed_row_count,
+        items=[FailedRowOut(**r.model_dump(include={"line_number", "raw_text", "reason"})) for r in rows],
+        next_cursor=rows[-1].line_number if has_more else None,
+    )
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=ERRORS)
+def remove_dataset(
+    dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, owner: OwnerDep
+) -> Response:
+    """Delete a dataset and its stored objects (409 while jobs use it)."""
+    delete_dataset(uow, storage, dataset_id, owner)
+    return Response(status_code=204)

@@ -1,0 +1,45 @@
+"""Liveness and readiness probes."""
+
+from collections.abc import Callable
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ContextDep
+from schemas.api import HealthOut
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+def health() -> HealthOut:
+    """The API process answers."""
+    return HealthOut(status="ok")
+
+
+@router.get("/live")
+def live() -> HealthOut:
+    """Liveness: the process is up (restart it if this fails)."""
+    return HealthOut(status="ok")
+
+
+@router.get("/ready", responses={503: {"model": HealthOut}})
+async def ready(context: ContextDep) -> JSONResponse:
+    """Readiness: database, storage and broker answer; names the one that does not."""
+    checks: dict[str, Callable[[], None]] = {
+        "database": lambda: context.new_uow().check(),
+        "datasets_storage": context.datasets_storage.check,
+        "results_storage": context.results_storage.check,
+        "broker": context.queue.check,
+    }
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            await run_in_threadpool(check)
+            results[name] = "ok"
+        except Exception as exc:
+            results[name] = f"unavailable: {exc}"
+    healthy = all(value == "ok" for value in results.values())
+    body = HealthOut(status="ok" if healthy else "unavailable", checks=results)
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

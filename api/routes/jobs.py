@@ -1,0 +1,213 @@
+"""Job routes: submit, list, detail, events, live stream, cancel, result, artifacts, delete."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ContextDep, OwnerDep, QueueDep, ResultsStorageDep, UowDep
+from schemas.api import (
+    ArtifactOut,
+    ErrorBody,
+    JobCreate,
+    JobEventOut,
+    JobEventPage,
+    JobLinks,
+    JobOut,
+    JobPage,
+    JobResultOut,
+)
+from schemas.records import Job, JobStatus, JobStep
+from use_cases.errors import Conflict, NotFound
+from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
+
+router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)}
+TERMINAL_EVENTS = {status.value for status in FINISHED}
+STREAM_POLL_S = 0.05
+KEEPALIVE_S = 15.0
+
+
+def job_out(job: Job) -> JobOut:
+    base = f"/api/v1/jobs/{job.id}"
+    return JobOut(
+        **job.model_dump(include=set(JobOut.model_fields) - {"links"}),
+        links=JobLinks(
+            self=base, events=f"{base}/events", stream=f"{base}/stream",
+            result=f"{base}/result", cancel=f"{base}/cancel",
+        ),
+    )
+
+
+def load_job(job_id: UUID, uow: UowDep, owner: OwnerDep) -> Job:
+    with uow:
+        job = uow.jobs.get(job_id, owner)
+    if job is None:
+        raise NotFound(f"job {job_id} not found", {"job_id": str(job_id)})
+    return job
+
+
+JobDep = Annotated[Job, Depends(load_job)]
+
+
+@router.post("", status_code=202, responses=ERRORS)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    uow: UowDep,
+    queue: QueueDep,
+    owner: OwnerDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    """Queue a job running `steps` in order on a dataset; an Idempotency-Key makes retries safe."""
+    job, created = submit_job(
+        uow, queue, owner_id=owner, dataset_id=body.dataset_id,
+        steps=[JobStep(processor=s.processor, params=s.params) for s in body.steps],
+        name=body.name, idempotency_key=idempotency_key,
+    )
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(job)
+
+
+@router.get("", responses=ERRORS)
+def list_jobs(
+    uow: UowDep,
+    owner: OwnerDep,
+    status: JobStatus | None = None,
+    dataset_id: UUID | None = None,
+    cursor: UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobPage:
+    """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
+    with uow:
+        jobs = uow.jobs.list(owner, status=status, dataset_id=dataset_id, before=cursor, limit=limit + 1)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobPage(items=[job_out(j) for j in jobs], next_cursor=str(jobs[-1].id) if more else None)
+
+
+@router.get("/{job_id}", responses=ERRORS)
+def get_job(job: JobDep) -> JobOut:
+    """Status, progress, current step, attempts and error of one job."""
+    return job_out(job)
+
+
+@router.get("/{job_id}/events", responses=ERRORS)
+def list_job_events(
+    job: JobDep,
+    uow: UowDep,
+    cursor: Annotated[int, Query(ge=0, description="event id to continue after")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> JobEventPage:
+    """The job's history: every transition and step, oldest first."""
+    with uow:
+        events = uow.job_events.list_for_job(job.id, after_id=cursor, limit=limit + 1)
+    more = len(events) > limit
+    events = events[:limit]
+    return JobEventPage(
+        job_id=job.id,
+        items=[JobEventOut(**e.model_dump(include={"id", "type", "payload", "created_at"})) for e in events],
+        next_cursor=events[-1].id if more and events else None,
+    )
+
+
+@router.get("/{job_id}/stream", response_class=EventSourceResponse, responses=ERRORS)
+async def stream_job(
+    job: JobDep,
+    request: Request,
+    context: ContextDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events: progress, steps and one terminal event; Last-Event-ID resumes."""
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    idle = 0.0
+    while not await request.is_disconnected():
+        events, status = await run_in_threadpool(_events_since, context.new_uow, job.id, after)
+        for item in events:
+            after = item.id or after
+            yield ServerSentEvent(
+                id=str(item.id), event=item.type,
+                data={"job_id": str(job.id), "type": item.type, **item.payload,
+                      "created_at": item.created_at.isoformat()},
+            )
+            if item.type in TERMINAL_EVENTS:
+                return
+        if not events and status in FINISHED:
+            return  # the terminal event was before Last-Event-ID
+        idle = 0.0 if events else idle + STREAM_POLL_S
+        if idle >= KEEPALIVE_S:
+            idle = 0.0
+            yield ServerSentEvent(comment="keep-alive")
+        await asyncio.sleep(STREAM_POLL_S)
+
+
+def _events_since(new_uow, job_id: UUID, after: int):  # type: ignore[no-untyped-def]
+    with new_uow() as uow:
+        events = uow.job_events.list_for_job(job_id, after_id=after, limit=500)
+        job = uow.jobs.get(job_id) if not events else None
+    return events, (job.status if job else None)
+
+
+@router.post("/{job_id}/cancel", status_code=202, responses=ERRORS)
+def cancel(job_id: UUID, uow: UowDep, queue: QueueDep, owner: OwnerDep) -> JobOut:
+    """Cancel a queued job now, or ask a running one to stop; 409 when it already finished."""
+    return job_out(cancel_job(uow, queue, job_id, owner))
+
+
+@router.get("/{job_id}/result", responses=ERRORS)
+def get_result(job: JobDep, uow: UowDep) -> JobResultOut:
+    """Summary of every step and the artifacts; 409 until the job has completed."""
+    if job.status != JobStatus.completed:
+        raise Conflict(
+            f"job {job.id} is {job.status.value}; results exist once it has completed",
+            {"status": job.status.value},
+        )
+    with uow:
+        artifacts = uow.artifacts.list_for_job(job.id)
+    return JobResultOut(
+        job_id=job.id,
+        status=job.status,
+        steps=(job.result or {}).get("steps", []),
+        artifacts=[
+            ArtifactOut(
+                **a.model_dump(include={"name", "content_type", "size_bytes", "sha256"}),
+                url=f"/api/v1/jobs/{job.id}/artifacts/{a.name}",
+            )
+            for a in artifacts
+        ],
+    )
+
+
+@router.get("/{job_id}/artifacts/{name}", responses=ERRORS | {307: {"description": "presigned URL"}})
+def download_artifact(job: JobDep, name: str, uow: UowDep, results: ResultsStorageDep) -> Response:
+    """The artifact file, or a redirect to a presigned URL when storage is S3."""
+    with uow:
+        artifact = uow.artifacts.get(job.id, name)
+    if artifact is None:
+        raise NotFound(f"job {job.id} has no artifact {name!r}", {"name": name})
+    url = results.presigned_url(artifact.storage_key, filename=artifact.name)
+    if url:
+        return RedirectResponse(url, status_code=307)
+    return StreamingResponse(
+        results.iter_chunks(artifact.storage_key),
+        media_type=artifact.content_type,
+        headers={
+            "Content-Length": str(artifact.size_bytes),
+            "Content-Disposition": f'attachment; filename="{artifact.name}"',
+            "ETag": f'"{artifact.sha256}"',
+        },
+    )
+
+
+@router.delete("/{job_id}", status_code=204, responses=ERRORS)
+def remove_job(job_id: UUID, uow: UowDep, results: ResultsStorageDep, owner: OwnerDep) -> Response:
+    """Delete a finished job, its history and its artifacts (409 while it is active)."""
+    delete_job(uow, results, job_id, owner)
+    return Response(status_code=204)

@@ -1,0 +1,128 @@
+"""Streaming multipart upload: the file part goes to a local spool file in chunks, hashed on the way."""
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+from streaming_form_data import StreamingFormDataParser
+from streaming_form_data.targets import BaseTarget, ValueTarget
+
+from use_cases.datasets import ReceivedFile
+from use_cases.errors import InvalidInput, PayloadTooLarge
+
+HAND_OFF_BYTES = 1024 * 1024  # parse in 1 MiB batches off the event loop
+
+
+class _SpoolTarget(BaseTarget):
+    """Writes the file part to disk and hashes it, refusing to grow past a limit."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        super().__init__()
+        self.path = path
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.seen = False
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in on_finish / close
+
+    def on_start(self) -> None:
+        self.seen = True
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge(
+                f"file exceeds the upload limit of {self.max_bytes} bytes",
+                {"max_upload_bytes": self.max_bytes},
+            )
+        self.sha256.update(chunk)
+        self._file.write(chunk)
+
+    def on_finish(self) -> None:
+        self._file.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class ParsedUpload:
+    received: ReceivedFile
+    filename: str | None
+    name: str | None
+    format: str | None
+
+
+async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> ParsedUpload:
+    """Parse a multipart body with fields file, name and format; the caller removes the spool file."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidInput(
+            "expected a multipart/form-data body with a `file` field",
+            {"content_type": content_type or None},
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes exceeds the upload limit of {max_bytes} bytes",
+            {"max_upload_bytes": max_bytes},
+        )
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, spool_name = tempfile.mkstemp(prefix="upload-", dir=spool_dir)
+    os.close(fd)
+    spool = Path(spool_name)
+    file_target = _SpoolTarget(spool, max_bytes)
+    name_target, format_target = ValueTarget(), ValueTarget()
+    try:
+        try:
+            parser = StreamingFormDataParser(headers=dict(request.headers))
+        except Exception as exc:
+            raise InvalidInput(f"malformed multipart body: {exc}") from exc
+        parser.register("file", file_target)
+        parser.register("name", name_target)
+        parser.register("format", format_target)
+        buffer = bytearray()
+        async for chunk in request.stream():
+            buffer += chunk
+            if len(buffer) >= HAND_OFF_BYTES:
+                await run_in_threadpool(_feed, parser, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await run_in_threadpool(_feed, parser, bytes(buffer))
+        file_target.close()
+        if not file_target.seen:
+            raise InvalidInput("the multipart body has no `file` field", {"field": "file"})
+    except BaseException:
+        file_target.close()
+        spool.unlink(missing_ok=True)
+        raise
+    return ParsedUpload(
+        received=ReceivedFile(
+            path=spool, size_bytes=file_target.size, sha256=file_target.sha256.hexdigest()
+        ),
+        filename=file_target.multipart_filename,
+        name=_text(name_target),
+        format=_text(format_target),
+    )
+
+
+def _feed(parser: StreamingFormDataParser, data: bytes) -> None:
+    try:
+        parser.data_received(data)
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:
+        # The parser wraps errors raised by targets; unwrap our own.
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, PayloadTooLarge):
+            raise cause from None
+        raise InvalidInput(f"malformed multipart body: {exc}") from exc
+
+
+def _text(target: ValueTarget) -> str | None:
+    value = target.value.decode("utf-8", errors="replace").strip()
+    return value or None

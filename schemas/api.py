@@ -1,0 +1,149 @@
+"""HTTP request and response bodies."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from schemas.records import ColumnInfo, DatasetFormat, DatasetStatus, JobStatus, JobStep
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class DatasetLinks(BaseModel):
+    self: str
+    content: str
+    preview: str
+    failed_rows: str
+
+
+class DatasetOut(BaseModel):
+    id: UUID
+    name: str
+    format: DatasetFormat
+    status: DatasetStatus
+    size_bytes: int
+    sha256: str
+    row_count: int | None
+    columns: list[ColumnInfo] | None
+    failed_row_count: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    links: DatasetLinks
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None
+
+
+class FailedRowOut(BaseModel):
+    line_number: int
+    raw_text: str
+    reason: str
+
+
+class FailedRowPage(BaseModel):
+    dataset_id: UUID
+    total: int
+    items: list[FailedRowOut]
+    next_cursor: int | None
+
+
+class PreviewOut(BaseModel):
+    dataset_id: UUID
+    columns: list[ColumnInfo]
+    rows: list[dict[str, Any]]
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, str] = {}
+
+
+class StepIn(BaseModel):
+    processor: str
+    params: dict[str, Any] = {}
+
+
+class JobCreate(BaseModel):
+    dataset_id: UUID
+    steps: list[StepIn]
+    name: str | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    stream: str
+    result: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: UUID
+    name: str | None
+    dataset_id: UUID | None
+    status: JobStatus
+    progress: float
+    message: str | None
+    current_step: int | None
+    steps: list[JobStep]
+    attempts: int
+    cancel_requested: bool
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class JobEventOut(BaseModel):
+    id: int
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class JobEventPage(BaseModel):
+    job_id: UUID
+    items: list[JobEventOut]
+    next_cursor: int | None
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+    url: str
+
+
+class JobResultOut(BaseModel):
+    job_id: UUID
+    status: JobStatus
+    steps: list[dict[str, Any]]
+    artifacts: list[ArtifactOut]
+
+
+class ProcessorOut(BaseModel):
+    name: str
+    description: str
+    params_schema: dict[str, Any]
+    artifacts: list[str]

@@ -1,0 +1,152 @@
+"""A running Assay as a client sees it: real processes, real HTTP.
+
+Two stacks: `embedded` is `assay serve` with nothing configured (SQLite, local files,
+filesystem broker); `production` is `assay migrate`, then `assay api` and `assay worker`
+as separate processes on PostgreSQL, Redis and S3 (moto's server).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from uuid import uuid4
+
+import httpx
+import pytest
+
+from tests.fixtures.databases import _postgres_database
+from tests.services import REDIS_HOST, REDIS_PORT, require_service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    base_url: str
+    env: dict[str, str]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=30)
+
+    def logs_text(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs)
+
+
+def assay(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start an `assay` command the way a user would, with its output in a log file."""
+    out = open(log, "wb")  # noqa: SIM115 - closed when the process ends
+    return subprocess.Popen(
+        [sys.executable, "-m", "main", *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+    )
+
+
+def wait_until_healthy(stack: Stack, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in stack.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"a process exited early:\n{stack.logs_text()}")
+        try:
+            if httpx.get(f"{stack.base_url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"stack not ready in {timeout}s:\n{stack.logs_text()}")
+
+
+def stop(stack: Stack) -> None:
+    for process in stack.processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in stack.processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def base_env(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")}
+    env["ASSAY_DATA_DIR"] = str(workdir / ".assay")
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`assay serve` in an empty folder."""
+    workdir = tmp_path_factory.mktemp("embedded")
+    env = base_env(workdir)
+    port = free_port()
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env)
+    stack.logs.append(workdir / "serve.log")
+    stack.processes.append(assay(["serve", "--port", str(port)], env, stack.logs[-1], workdir))
+    try:
+        wait_until_healthy(stack)
+        yield stack
+    finally:
+        stop(stack)
+
+
+@pytest.fixture(scope="module")
+def production_stack(
+    tmp_path_factory: pytest.TempPathFactory, moto_s3_endpoint: str
+) -> Iterator[Stack]:
+    """PostgreSQL + Redis + S3, with migrate, api and worker as separate processes."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    workdir = tmp_path_factory.mktemp("production")
+    suffix = uuid4().hex[:10]
+    database = _postgres_database(template=None)
+    database_url = next(database)
+    env = base_env(workdir) | {
+        "ASSAY_DATABASE_URL": database_url,
+        "ASSAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
+        "ASSAY_QUEUE_NAME": f"assay-test-{suffix}",
+        "ASSAY_STORAGE_BACKEND": "s3",
+        "ASSAY_S3_ENDPOINT_URL": moto_s3_endpoint,
+        "ASSAY_S3_ACCESS_KEY_ID": "test",
+        "ASSAY_S3_SECRET_ACCESS_KEY": "test",
+        "ASSAY_S3_DATASETS_BUCKET": f"datasets-{suffix}",
+        "ASSAY_S3_RESULTS_BUCKET": f"results-{suffix}",
+    }
+    migrate = subprocess.run(
+        [sys.executable, "-m", "main", "migrate"], env=env, cwd=workdir, capture_output=True
+    )
+    assert migrate.returncode == 0, migrate.stderr.decode()
+    port = free_port()
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env)
+    for name, args in (
+        ("api", ["api", "--port", str(port)]),
+        ("worker", ["worker", "--concurrency", "1"]),
+    ):
+        stack.logs.append(workdir / f"{name}.log")
+        stack.processes.append(assay(args, env, stack.logs[-1], workdir))
+    try:
+        wait_until_healthy(stack)
+        yield stack
+    finally:
+        stop(stack)
+        next(database, None)
+
+
+@pytest.fixture(
+    scope="module",
+    params=["embedded", pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.redis])],
+)
+def stack(request: pytest.FixtureRequest) -> Stack:
+    """Each deployment shape in turn."""
+    return request.getfixturevalue(f"{request.param}_stack")

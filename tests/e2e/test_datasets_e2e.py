@@ -1,0 +1,113 @@
+"""The README walkthrough, against each deployment shape: upload, wait, inspect, download, delete."""
+
+import hashlib
+import io
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.e2e.conftest import Stack
+
+RAGGED_CSV = (
+    b"city,temperature,reading_at\n"
+    b"Oslo,3.5,2026-01-01T00:00:00\n"
+    b"Lima,19.25,2026-01-01T01:00:00\n"
+    b"Cairo,22.0\n"  # line 4: too few fields
+    b"Pune,28.5,2026-01-01T03:00:00\n"
+    b"Quito,14.0,2026-01-01T04:00:00,extra\n"  # line 6: too many fields
+    b"Perth,,2026-01-01T05:00:00\n"
+    b"Nuuk\n"  # line 8: too few fields
+    b"Hanoi,30.1,2026-01-01T07:00:00\n"
+)
+
+
+def wait_for(client, dataset_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/v1/datasets/{dataset_id}").json()
+        if body["status"] in ("ready", "failed"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"dataset {dataset_id} still {body['status']} after {timeout}s")
+
+
+def upload(client, content: bytes, filename: str) -> dict:
+    response = client.post("/api/v1/datasets", files={"file": (filename, content)})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_walkthrough(stack: Stack):
+    with stack.client() as client:
+        created = upload(client, RAGGED_CSV, "weather.csv")
+        assert created["status"] == "uploaded"
+        started = time.monotonic()
+        dataset = wait_for(client, created["id"])
+        took = time.monotonic() - started
+        assert dataset["status"] == "ready", dataset
+        assert took < 10, f"validation took {took:.1f}s"
+        assert dataset["row_count"] == 6
+        assert dataset["failed_row_count"] == 3
+        assert [(c["name"], c["type"]) for c in dataset["columns"]] == [
+            ("city", "string"),
+            ("temperature", "float"),
+            ("reading_at", "timestamp"),
+        ]
+        assert {c["name"]: c["null_count"] for c in dataset["columns"]}["temperature"] == 1
+        assert dataset["sha256"] == hashlib.sha256(RAGGED_CSV).hexdigest()
+
+        failed = client.get(f"/api/v1/datasets/{created['id']}/failed-rows").json()
+        assert failed["total"] == 3
+        assert [(r["line_number"], r["raw_text"]) for r in failed["items"]] == [
+            (4, "Cairo,22.0"),
+            (6, "Quito,14.0,2026-01-01T04:00:00,extra"),
+            (8, "Nuuk"),
+        ]
+        assert all(r["reason"] for r in failed["items"])
+
+        preview = client.get(f"/api/v1/datasets/{created['id']}/preview", params={"limit": 2}).json()
+        assert [row["city"] for row in preview["rows"]] == ["Oslo", "Lima"]
+        assert preview["rows"][1]["temperature"] == 19.25
+
+        content = client.get(f"/api/v1/datasets/{created['id']}/content")
+        assert content.status_code == 200
+        assert content.content == RAGGED_CSV
+
+        listed = client.get("/api/v1/datasets", params={"status": "ready"}).json()
+        assert created["id"] in [item["id"] for item in listed["items"]]
+
+        assert client.delete(f"/api/v1/datasets/{created['id']}").status_code == 204
+        assert client.get(f"/api/v1/datasets/{created['id']}").status_code == 404
+        assert client.get(f"/api/v1/datasets/{created['id']}/content").status_code == 404
+
+
+def test_parquet_and_ndjson_become_ready(stack: Stack):
+    table = pa.table({"x": [1, 2, None], "label": ["a", "b", "c"]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    with stack.client() as client:
+        parquet = wait_for(client, upload(client, buffer.getvalue(), "t.parquet")["id"])
+        ndjson = wait_for(client, upload(client, b'{"x": 1}\n{"x": 2}\n{"x": \n', "e.ndjson")["id"])
+    assert parquet["status"] == "ready"
+    assert parquet["row_count"] == 3
+    assert {c["name"]: c["null_count"] for c in parquet["columns"]} == {"x": 1, "label": 0}
+    assert ndjson["status"] == "ready"
+    assert (ndjson["row_count"], ndjson["failed_row_count"]) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("content", "filename", "says"),
+    [
+        (b"", "empty.csv", "empty"),
+        (b"name,city\ncaf\xe9,Paris\n", "latin1.csv", "UTF-8"),
+        (b"PAR1 this is not parquet", "fake.parquet", "Parquet"),
+        (b'[{"a": 1}, {"a": 2', "truncated.json", "JSON"),
+    ],
+)
+def test_unusable_files_fail_with_a_reason(stack: Stack, content: bytes, filename: str, says: str):
+    with stack.client() as client:
+        dataset = wait_for(client, upload(client, content, filename)["id"])
+    assert dataset["status"] == "failed"
+    assert says.lower() in dataset["error"].lower()

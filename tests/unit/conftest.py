@@ -1,0 +1,30 @@
+"""Unit-test fixtures: the API over in-memory fakes."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from ports.context import Context
+from schemas.settings import Settings
+from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
+
+
+@pytest.fixture
+def fake_context(tmp_path: Path) -> Context:
+    uow = FakeUnitOfWork()
+    return Context(
+        settings=Settings(data_dir=tmp_path / "data", max_upload_bytes=10 * 1024 * 1024),
+        new_uow=lambda: uow,
+        datasets_storage=FakeStorage(),
+        results_storage=FakeStorage(),
+        queue=FakeQueue(),
+    )
+
+
+@pytest.fixture
+def client(fake_context: Context) -> Iterator[TestClient]:
+    with TestClient(create_app(fake_context), raise_server_exceptions=False) as test_client:
+        yield test_client

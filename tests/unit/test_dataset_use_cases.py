@@ -1,0 +1,93 @@
+"""Dataset use cases over fakes, with the real ingest service."""
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.records import DatasetFormat, DatasetStatus
+from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
+from use_cases.datasets import (
+    ReceivedFile,
+    recover_stuck_datasets,
+    register_dataset,
+    validate_dataset,
+)
+
+
+class BrokenStorage(FakeStorage):
+    def download_file(self, key: str, path: Path) -> None:
+        raise ConnectionError("storage went away")
+
+
+def register(tmp_path: Path, uow, storage, queue, content: bytes, fmt=DatasetFormat.csv):
+    source = tmp_path / "upload"
+    source.write_bytes(content)
+    return register_dataset(
+        uow, storage, queue, owner_id="default", name="d", fmt=fmt,
+        received=ReceivedFile(path=source, size_bytes=len(content), sha256="0" * 64),
+    )
+
+
+def test_validation_keeps_good_rows_and_failed_rows(tmp_path: Path):
+    uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
+    dataset = register(tmp_path, uow, storage, queue, b"a,b\n1,2\n3\n4,5\n")
+    assert queue.validations == [dataset.id]
+
+    status = validate_dataset(uow, storage, dataset.id, tmp_path / "work")
+
+    assert status == DatasetStatus.ready
+    stored = uow.datasets.get(dataset.id)
+    assert (stored.row_count, stored.failed_row_count) == (2, 1)
+    assert [(r.line_number, r.raw_text) for r in uow.failed_rows.list(dataset.id)] == [(3, "3")]
+    assert storage.exists(stored.parquet_key)
+    assert not list((tmp_path / "work").iterdir()), "scratch files left behind"
+
+
+def test_a_second_delivery_does_nothing(tmp_path: Path):
+    uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
+    dataset = register(tmp_path, uow, storage, queue, b"a\n1\n")
+    assert validate_dataset(uow, storage, dataset.id, tmp_path) == DatasetStatus.ready
+    assert validate_dataset(uow, storage, dataset.id, tmp_path) is None
+
+
+def test_unusable_file_fails_the_dataset_with_its_reason(tmp_path: Path):
+    uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
+    dataset = register(tmp_path, uow, storage, queue, b"")
+    assert validate_dataset(uow, storage, dataset.id, tmp_path) == DatasetStatus.failed
+    assert "empty" in uow.datasets.get(dataset.id).error
+
+
+def test_transient_error_returns_the_dataset_to_uploaded_for_a_retry(tmp_path: Path):
+    uow, queue = FakeUnitOfWork(), FakeQueue()
+    storage = BrokenStorage()
+    dataset = register(tmp_path, uow, storage, queue, b"a\n1\n")
+    with pytest.raises(ConnectionError):
+        validate_dataset(uow, storage, dataset.id, tmp_path, final_attempt=False)
+    assert uow.datasets.get(dataset.id).status == DatasetStatus.uploaded
+    with pytest.raises(ConnectionError):
+        validate_dataset(uow, storage, dataset.id, tmp_path, final_attempt=True)
+    failed = uow.datasets.get(dataset.id)
+    assert failed.status == DatasetStatus.failed
+    assert "storage went away" in failed.error
+
+
+def test_reaper_republishes_unclaimed_uploads_and_resets_dead_validations(tmp_path: Path):
+    uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
+    queue.down = True
+    lost = register(tmp_path, uow, storage, queue, b"a\n1\n")
+    stuck = register(tmp_path, uow, storage, queue, b"a\n1\n")
+    long_ago = datetime.now(UTC) - timedelta(hours=3)
+    uow.datasets.rows[lost.id] = uow.datasets.rows[lost.id].model_copy(update={"updated_at": long_ago})
+    uow.datasets.rows[stuck.id] = uow.datasets.rows[stuck.id].model_copy(
+        update={"status": DatasetStatus.validating, "updated_at": long_ago}
+    )
+    queue.down = False
+
+    acted = recover_stuck_datasets(uow, queue, grace_s=60, validating_timeout_s=3600)
+
+    assert acted == 2
+    assert set(queue.validations) == {lost.id, stuck.id}
+    assert uow.datasets.get(stuck.id).status == DatasetStatus.uploaded
+    # Touched: the next pass waits another grace period instead of publishing again.
+    assert recover_stuck_datasets(uow, queue, grace_s=60, validating_timeout_s=3600) == 0

@@ -1,0 +1,177 @@
+"""Dataset routes over fakes: uploads, bad input and error bodies."""
+
+import hashlib
+from dataclasses import replace
+from datetime import UTC, datetime
+from uuid import UUID
+
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from ports.context import Context
+from schemas.ids import new_id
+from schemas.records import Job, JobStatus
+
+CSV = b"a,b\n1,2\n3,4\n"
+
+
+def upload(client: TestClient, content: bytes = CSV, filename: str = "data.csv", **form: str):
+    return client.post("/api/v1/datasets", files={"file": (filename, content)}, data=form)
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_upload_stores_bytes_and_publishes_validation(client: TestClient, fake_context: Context):
+    response = upload(client)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "uploaded"
+    assert body["format"] == "csv"
+    assert body["name"] == "data.csv"
+    assert body["size_bytes"] == len(CSV)
+    assert body["sha256"] == hashlib.sha256(CSV).hexdigest()
+    assert body["links"]["self"] == f"/api/v1/datasets/{body['id']}"
+    assert fake_context.queue.validations == [UUID(body["id"])]
+    stored = fake_context.datasets_storage.objects
+    assert list(stored.values()) == [CSV]
+    assert not list((fake_context.settings.tmp_dir).glob("upload-*")), "spool file left behind"
+
+
+def test_name_and_format_fields_override_the_file_name(client: TestClient):
+    response = upload(client, b'{"a": 1}\n', filename="blob.txt", name="events", format="ndjson")
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "events"
+    assert response.json()["format"] == "ndjson"
+
+
+def test_content_round_trips_byte_for_byte(client: TestClient):
+    data = bytes(range(256)) * 1000
+    dataset = upload(client, data, filename="x.csv").json()
+    response = client.get(f"/api/v1/datasets/{dataset['id']}/content")
+    assert response.status_code == 200
+    assert response.content == data
+    assert response.headers["content-type"].startswith("text/csv")
+
+
+def test_unsupported_extension_is_415(client: TestClient, fake_context: Context):
+    error = assert_error(upload(client, filename="sheet.xlsx"), 415, "unsupported_format")
+    assert ".xlsx" in error["message"]
+    assert fake_context.datasets_storage.objects == {}
+
+
+def test_unknown_format_field_is_415(client: TestClient):
+    error = assert_error(upload(client, format="xml"), 415, "unsupported_format")
+    assert error["details"]["field"] == "format"
+
+
+def test_file_without_extension_is_415(client: TestClient):
+    assert_error(upload(client, filename="data"), 415, "unsupported_format")
+
+
+def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: Context):
+    small = replace(fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 1000}))
+    with TestClient(create_app(small)) as client:
+        error = assert_error(upload(client, b"x" * 5000), 413, "payload_too_large")
+    assert error["details"]["max_upload_bytes"] == 1000
+    assert small.datasets_storage.objects == {}
+    assert not list(small.settings.tmp_dir.glob("upload-*"))
+
+
+def test_declared_length_over_the_limit_is_refused_before_reading(fake_context: Context):
+    small = replace(fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 10}))
+    with TestClient(create_app(small)) as client:
+        assert_error(upload(client, b"x" * 200_000), 413, "payload_too_large")
+
+
+def test_missing_file_field_is_400(client: TestClient):
+    response = client.post("/api/v1/datasets", data={"name": "x"}, files={"other": ("a.csv", b"1")})
+    error = assert_error(response, 400, "invalid_input")
+    assert error["details"]["field"] == "file"
+
+
+def test_non_multipart_body_is_400(client: TestClient):
+    response = client.post("/api/v1/datasets", content=CSV, headers={"content-type": "text/csv"})
+    assert_error(response, 400, "invalid_input")
+
+
+def test_broken_multipart_is_400(client: TestClient):
+    response = client.post(
+        "/api/v1/datasets",
+        content=b"--nope\r\ngarbage",
+        headers={"content-type": "multipart/form-data; boundary=zzz"},
+    )
+    assert response.status_code in (400, 422), response.text
+    assert "error" in response.json()
+
+
+def test_broker_down_still_accepts_the_upload(client: TestClient, fake_context: Context):
+    fake_context.queue.down = True
+    response = upload(client)
+    assert response.status_code == 201
+    assert response.json()["status"] == "uploaded"
+
+
+def test_unknown_dataset_is_404_and_malformed_id_is_422(client: TestClient):
+    assert_error(client.get(f"/api/v1/datasets/{new_id()}"), 404, "not_found")
+    error = assert_error(client.get("/api/v1/datasets/not-a-uuid"), 422, "validation_error")
+    assert "dataset_id" in error["message"]
+    assert_error(client.get(f"/api/v1/datasets/{new_id()}/content"), 404, "not_found")
+    assert_error(client.delete(f"/api/v1/datasets/{new_id()}"), 404, "not_found")
+
+
+def test_list_pages_newest_first_with_cursor(client: TestClient):
+    ids = [upload(client, filename=f"d{i}.csv").json()["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/api/v1/datasets", params=params).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+    assert client.get("/api/v1/datasets", params={"status": "ready"}).json()["items"] == []
+    assert_error(client.get("/api/v1/datasets", params={"status": "bogus"}), 422, "validation_error")
+    assert_error(client.get("/api/v1/datasets", params={"limit": 0}), 422, "validation_error")
+
+
+def test_preview_before_ready_is_409(client: TestClient):
+    dataset = upload(client).json()
+    assert_error(client.get(f"/api/v1/datasets/{dataset['id']}/preview"), 409, "conflict")
+
+
+def test_delete_removes_record_and_objects(client: TestClient, fake_context: Context):
+    dataset = upload(client).json()
+    assert client.delete(f"/api/v1/datasets/{dataset['id']}").status_code == 204
+    assert fake_context.datasets_storage.objects == {}
+    assert_error(client.get(f"/api/v1/datasets/{dataset['id']}"), 404, "not_found")
+
+
+def test_delete_while_a_job_is_active_is_409(client: TestClient, fake_context: Context):
+    dataset = upload(client).json()
+    now = datetime.now(UTC)
+    uow = fake_context.new_uow()
+    uow.jobs.add(
+        Job(id=new_id(), owner_id="default", dataset_id=UUID(dataset["id"]), status=JobStatus.running,
+            steps=[], created_at=now, updated_at=now)
+    )
+    error = assert_error(client.delete(f"/api/v1/datasets/{dataset['id']}"), 409, "conflict")
+    assert error["details"]["active_jobs"] == 1
+    assert fake_context.datasets_storage.objects != {}
+
+
+def test_health_and_ready(client: TestClient, fake_context: Context):
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/live").status_code == 200
+    assert client.get("/ready").json()["checks"]["broker"] == "ok"
+    fake_context.queue.down = True
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"].startswith("unavailable")
+    assert response.json()["checks"]["database"] == "ok"

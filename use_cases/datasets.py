@@ -1,0 +1,230 @@
+"""Dataset use cases: register an upload, validate it in a worker, delete it, recover stuck ones."""
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+from ports.queue import QueueUnavailable, TaskQueue
+from ports.repositories import UnitOfWork
+from ports.storage import ObjectStorage
+from schemas.ids import new_id
+from schemas.records import (
+    ACTIVE_JOB_STATUSES,
+    Dataset,
+    DatasetFormat,
+    DatasetStatus,
+    FailedRow,
+)
+from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
+from use_cases.errors import Conflict, NotFound
+
+log = logging.getLogger(__name__)
+
+FORMAT_EXTENSIONS = {
+    DatasetFormat.csv: "csv",
+    DatasetFormat.json: "json",
+    DatasetFormat.ndjson: "ndjson",
+    DatasetFormat.parquet: "parquet",
+}
+
+
+@dataclass(frozen=True)
+class ReceivedFile:
+    """An upload already spooled to a local file, with its size and sha256."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+def original_key(dataset_id: UUID, fmt: DatasetFormat) -> str:
+    return f"datasets/{dataset_id}/original.{FORMAT_EXTENSIONS[fmt]}"
+
+
+def parquet_key(dataset_id: UUID) -> str:
+    return f"datasets/{dataset_id}/data.parquet"
+
+
+def preview_key(dataset_id: UUID) -> str:
+    return f"datasets/{dataset_id}/preview.json"
+
+
+def register_dataset(
+    uow: UnitOfWork,
+    storage: ObjectStorage,
+    queue: TaskQueue,
+    *,
+    owner_id: str,
+    name: str,
+    fmt: DatasetFormat,
+    received: ReceivedFile,
+) -> Dataset:
+    """Store an uploaded file, record the dataset as uploaded and ask a worker to validate it."""
+    dataset_id = new_id()
+    key = original_key(dataset_id, fmt)
+    storage.put_file(key, received.path)
+    now = datetime.now(UTC)
+    dataset = Dataset(
+        id=dataset_id,
+        owner_id=owner_id,
+        name=name,
+        format=fmt,
+        status=DatasetStatus.uploaded,
+        size_bytes=received.size_bytes,
+        sha256=received.sha256,
+        storage_key=key,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with uow:
+            uow.datasets.add(dataset)
+            uow.commit()
+    except Exception:
+        storage.delete(key)
+        raise
+    publish_validation(queue, dataset_id)
+    return dataset
+
+
+def publish_validation(queue: TaskQueue, dataset_id: UUID) -> None:
+    """Publish after commit; on failure the reaper re-publishes, so the upload is not lost."""
+    try:
+        queue.enqueue_dataset_validation(dataset_id)
+    except QueueUnavailable as exc:
+        log.warning("validation of %s not published yet: %s", dataset_id, exc)
+
+
+def validate_dataset(
+    uow: UnitOfWork,
+    storage: ObjectStorage,
+    dataset_id: UUID,
+    workdir: Path,
+    *,
+    final_attempt: bool = True,
+) -> DatasetStatus | None:
+    """Infer the schema, write the typed Parquet copy and keep failed rows; None if already taken.
+
+    An unexpected error (storage or database down) puts the dataset back to `uploaded` and
+    propagates so that the caller retries; on the final attempt it fails the dataset instead.
+    """
+    with uow:
+        claimed = uow.datasets.transition(
+            dataset_id, [DatasetStatus.uploaded], DatasetStatus.validating
+        )
+        uow.commit()
+    if not claimed:
+        return None
+    with uow:
+        dataset = uow.datasets.get(dataset_id)
+    if dataset is None:  # deleted while queued
+        return None
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"validate-{dataset_id}-", dir=workdir))
+    try:
+        return _validate_in(uow, storage, dataset, scratch)
+    except Exception as exc:
+        with uow:
+            if final_attempt:
+                uow.datasets.transition(
+                    dataset_id,
+                    [DatasetStatus.validating],
+                    DatasetStatus.failed,
+                    error=f"validation could not complete: {type(exc).__name__}: {exc}",
+                )
+            else:
+                uow.datasets.transition(
+                    dataset_id, [DatasetStatus.validating], DatasetStatus.uploaded
+                )
+            uow.commit()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _validate_in(uow: UnitOfWork, storage: ObjectStorage, dataset: Dataset, scratch: Path) -> DatasetStatus:
+    source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
+    storage.download_file(dataset.storage_key, source)
+    parquet_out = scratch / "data.parquet"
+    try:
+        result = ingest(source, dataset.format, parquet_out, scratch)
+    except DatasetUnusable as exc:
+        with uow:
+            uow.datasets.transition(
+                dataset.id, [DatasetStatus.validating], DatasetStatus.failed, error=str(exc)
+            )
+            uow.commit()
+        return DatasetStatus.failed
+
+    storage.put_file(parquet_key(dataset.id), parquet_out)
+    preview = scratch / "preview.json"
+    preview.write_text(json.dumps(result.preview, default=str))
+    storage.put_file(preview_key(dataset.id), preview, content_type="application/json")
+    with uow:
+        uow.failed_rows.delete_for_dataset(dataset.id)
+        if result.failed_rows_path is not None:
+            for batch in iter_failed_rows(result.failed_rows_path):
+                uow.failed_rows.add_many(
+                    FailedRow(dataset_id=dataset.id, line_number=line, raw_text=raw, reason=reason)
+                    for line, raw, reason in batch
+                )
+        done = uow.datasets.transition(
+            dataset.id,
+            [DatasetStatus.validating],
+            DatasetStatus.ready,
+            parquet_key=parquet_key(dataset.id),
+            row_count=result.row_count,
+            columns=[column.model_dump() for column in result.columns],
+            failed_row_count=result.failed_row_count,
+            error=None,
+        )
+        if done:
+            uow.commit()
+    return DatasetStatus.ready
+
+
+def delete_dataset(
+    uow: UnitOfWork, storage: ObjectStorage, dataset_id: UUID, owner_id: str
+) -> None:
+    """Delete a dataset, its failed rows and its stored objects; refused while jobs use it."""
+    with uow:
+        dataset = uow.datasets.get(dataset_id, owner_id)
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_id} not found", {"dataset_id": str(dataset_id)})
+        active = uow.jobs.count_active_for_dataset(dataset_id)
+        if active:
+            raise Conflict(
+                f"dataset {dataset_id} is used by {active} active job(s); cancel them first",
+                {"dataset_id": str(dataset_id), "active_jobs": active,
+                 "statuses": [s.value for s in ACTIVE_JOB_STATUSES]},
+            )
+        uow.datasets.delete(dataset_id)
+        uow.commit()
+    storage.delete_prefix(f"datasets/{dataset_id}/")
+
+
+def recover_stuck_datasets(
+    uow: UnitOfWork, queue: TaskQueue, *, grace_s: float, validating_timeout_s: float
+) -> int:
+    """Re-publish uploads nobody validated and reset validations whose worker died."""
+    now = datetime.now(UTC)
+    with uow:
+        stale_uploads = uow.datasets.list_stale(
+            [DatasetStatus.uploaded], now - timedelta(seconds=grace_s)
+        )
+        stuck = uow.datasets.list_stale(
+            [DatasetStatus.validating], now - timedelta(seconds=validating_timeout_s)
+        )
+        for dataset in stuck:
+            uow.datasets.transition(dataset.id, [DatasetStatus.validating], DatasetStatus.uploaded)
+        for dataset in stale_uploads:
+            uow.datasets.update(dataset.id)  # touch: the next re-publish waits another grace period
+        uow.commit()
+    for dataset in [*stale_uploads, *stuck]:
+        publish_validation(queue, dataset.id)
+    return len(stale_uploads) + len(stuck)

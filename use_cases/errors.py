@@ -1,0 +1,34 @@
+"""Errors use cases raise; the API maps each to an HTTP status."""
+
+from typing import Any
+
+
+class UseCaseError(Exception):
+    """Base: a message for the client plus optional structured details."""
+
+    code = "error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class NotFound(UseCaseError):
+    code = "not_found"
+
+
+class Conflict(UseCaseError):
+    code = "conflict"
+
+
+class InvalidInput(UseCaseError):
+    code = "invalid_input"
+
+
+class PayloadTooLarge(UseCaseError):
+    code = "payload_too_large"
+
+
+class UnsupportedFormat(UseCaseError):
+    code = "unsupported_format"

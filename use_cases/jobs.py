@@ -1,0 +1,275 @@
+"""Job use cases: submit, cancel, delete, and hand queued jobs to workers once their dataset is ready."""
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from ports.queue import QueueUnavailable, TaskQueue
+from ports.repositories import IdempotencyConflict, UnitOfWork
+from ports.storage import ObjectStorage
+from schemas.ids import new_id
+from schemas.records import (
+    ColumnInfo,
+    DatasetStatus,
+    Job,
+    JobEvent,
+    JobStatus,
+    JobStep,
+)
+from services.processors.base import ParamsError
+from services.processors.registry import UnknownProcessor, validate_step
+from use_cases.errors import Conflict, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+FINISHED = (JobStatus.completed, JobStatus.failed, JobStatus.cancelled)
+
+
+def event(job_id: UUID, type_: str, **payload: Any) -> JobEvent:
+    return JobEvent(job_id=job_id, type=type_, payload=payload, created_at=datetime.now(UTC))
+
+
+def check_steps(steps: list[JobStep], columns: list[ColumnInfo] | None) -> list[JobStep]:
+    """Validate every step's processor and params (and columns, when the schema is known)."""
+    if not steps:
+        raise InvalidInput("a job needs at least one step", {"field": "steps"})
+    checked = []
+    for index, step in enumerate(steps):
+        where = f"steps[{index}]"
+        try:
+            params = validate_step(step.processor, step.params, columns)
+        except UnknownProcessor as exc:
+            raise InvalidInput(
+                str(exc), {"step": index, "field": f"{where}.processor", "processor": step.processor}
+            ) from None
+        except ParamsError as exc:
+            raise InvalidInput(
+                f"{where} ({step.processor}): {exc}",
+                {"step": index, "processor": step.processor, "field": f"{where}.params.{exc.field}"},
+            ) from None
+        checked.append(JobStep(processor=step.processor, params=params.model_dump(mode="json")))
+    return checked
+
+
+def request_fingerprint(dataset_id: UUID, steps: list[JobStep], name: str | None) -> str:
+    body = {"dataset_id": str(dataset_id), "steps": [s.model_dump() for s in steps], "name": name}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def submit_job(
+    uow: UnitOfWork,
+    queue: TaskQueue,
+    *,
+    owner_id: str,
+    dataset_id: UUID,
+    steps: list[JobStep],
+    name: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Record a queued job and its `created` event, then publish it; returns (job, created)."""
+    fingerprint = request_fingerprint(dataset_id, steps, name)
+    with uow:
+        if idempotency_key:
+            existing = uow.jobs.get_by_idempotency_key(owner_id, idempotency_key)
+            if existing is not None:
+                return _replay(existing, fingerprint, idempotency_key), False
+        dataset = uow.datasets.get(dataset_id, owner_id)
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_id} not found", {"dataset_id": str(dataset_id)})
+        if dataset.status == DatasetStatus.failed:
+            raise Conflict(
+                f"dataset {dataset_id} failed validation: {dataset.error}",
+                {"dataset_id": str(dataset_id), "status": dataset.status.value},
+            )
+        ready = dataset.status == DatasetStatus.ready
+        checked = check_steps(steps, dataset.columns if ready else None)
+        now = datetime.now(UTC)
+        job = Job(
+            id=new_id(),
+            owner_id=owner_id,
+            dataset_id=dataset_id,
+            name=name,
+            status=JobStatus.queued,
+            steps=checked,
+            message="queued" if ready else "waiting for the dataset to be validated",
+            idempotency_key=idempotency_key,
+            request_hash=fingerprint,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            uow.jobs.add(job)
+        except IdempotencyConflict:  # a concurrent request with the same key won the race
+            uow.rollback()
+            existing = uow.jobs.get_by_idempotency_key(owner_id, idempotency_key or "")
+            if existing is None:
+                raise
+            return _replay(existing, fingerprint, idempotency_key or ""), False
+        uow.job_events.add(event(job.id, "created", steps=len(checked), dataset_id=str(dataset_id)))
+        uow.commit()
+    if ready:
+        publish_job(uow, queue, job.id)
+    return job, True
+
+
+def _replay(existing: Job, fingerprint: str, key: str) -> Job:
+    if existing.request_hash != fingerprint:
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request body",
+            {"idempotency_key": key, "job_id": str(existing.id)},
+        )
+    return existing
+
+
+def publish_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID) -> bool:
+    """Publish after commit; when the broker is down the reaper re-publishes later."""
+    try:
+        queue.enqueue_job(job_id)
+    except QueueUnavailable as exc:
+        log.warning("job %s not published yet: %s", job_id, exc)
+        return False
+    with uow:
+        uow.job_events.add(event(job_id, "enqueued"))
+        uow.commit()
+    return True
+
+
+def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) -> None:
+    """After validation: publish jobs that waited for the dataset, or fail them if it failed."""
+    with uow:
+        dataset = uow.datasets.get(dataset_id)
+        waiting = uow.jobs.list_queued_for_dataset(dataset_id)
+        if dataset is None or not waiting:
+            return
+        if dataset.status == DatasetStatus.failed:
+            for job in waiting:
+                error = {
+                    "step": None,
+                    "type": "DatasetFailed",
+                    "message": f"dataset {dataset_id} failed validation: {dataset.error}",
+                }
+                if uow.jobs.transition(
+                    job.id, [JobStatus.queued], JobStatus.failed,
+                    error=error, finished_at=datetime.now(UTC), message="failed",
+                ):
+                    uow.job_events.add(event(job.id, "failed", error=error))
+            uow.commit()
+            return
+        # Columns are known now: a step naming a missing column fails here, not in the worker.
+        publishable = []
+        for job in waiting:
+            try:
+                check_steps(job.steps, dataset.columns)
+                publishable.append(job.id)
+            except InvalidInput as exc:
+                error = {"step": exc.details.get("step"), "type": "InvalidParams", "message": exc.message}
+                if uow.jobs.transition(
+                    job.id, [JobStatus.queued], JobStatus.failed,
+                    error=error, finished_at=datetime.now(UTC), message="failed",
+                ):
+                    uow.job_events.add(event(job.id, "failed", error=error))
+            else:
+                uow.jobs.transition(job.id, [JobStatus.queued], JobStatus.queued, message="queued")
+        uow.commit()
+    for job_id in publishable:
+        publish_job(uow, queue, job_id)
+
+
+def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -> Job:
+    """Cancel a queued job at once; ask a running one to stop (it ends `cancelled` within seconds)."""
+    with uow:
+        job = uow.jobs.get(job_id, owner_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found", {"job_id": str(job_id)})
+        if job.status in FINISHED:
+            raise Conflict(
+                f"job {job_id} is already {job.status.value}", {"status": job.status.value}
+            )
+        uow.jobs.request_cancel(job_id)
+        uow.job_events.add(event(job_id, "cancel_requested"))
+        now = datetime.now(UTC)
+        if uow.jobs.transition(
+            job_id, [JobStatus.queued], JobStatus.cancelled,
+            finished_at=now, message="cancelled before it started",
+        ):
+            uow.job_events.add(event(job_id, "cancelled", reason="cancelled before it started"))
+        uow.commit()
+        job = uow.jobs.get(job_id)
+    try:
+        queue.revoke_job(job_id)
+    except QueueUnavailable as exc:  # the claim refuses it anyway: cancel_requested is set
+        log.warning("could not revoke %s: %s", job_id, exc)
+    assert job is not None
+    return job
+
+
+def delete_job(uow: UnitOfWork, results: ObjectStorage, job_id: UUID, owner_id: str) -> None:
+    """Delete a finished job with its events and artifacts; refused while it is active."""
+    with uow:
+        job = uow.jobs.get(job_id, owner_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found", {"job_id": str(job_id)})
+        if job.status not in FINISHED:
+            raise Conflict(
+                f"job {job_id} is {job.status.value}; cancel it first", {"status": job.status.value}
+            )
+        uow.jobs.delete(job_id)
+        uow.commit()
+    results.delete_prefix(f"jobs/{job_id}/")
+
+
+def recover_jobs(
+    uow: UnitOfWork,
+    queue: TaskQueue,
+    *,
+    heartbeat_timeout_s: float,
+    grace_s: float,
+    max_attempts: int,
+) -> int:
+    """Requeue (or fail) running jobs whose worker went silent; re-publish unclaimed queued jobs."""
+    now = datetime.now(UTC)
+    to_publish: list[UUID] = []
+    with uow:
+        for job in uow.jobs.list_stale_running(now - timedelta(seconds=heartbeat_timeout_s)):
+            to_publish += _recover_running(uow, job, now, max_attempts)
+        unclaimed = uow.jobs.list_unclaimed_queued(now - timedelta(seconds=grace_s))
+        for job in unclaimed:
+            uow.jobs.touch(job.id)  # the next re-publish waits another grace period
+        uow.commit()
+    to_publish += [job.id for job in unclaimed]
+    for job_id in to_publish:
+        publish_job(uow, queue, job_id)
+    return len(to_publish)
+
+
+def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int) -> list[UUID]:
+    silent = f"worker {job.worker_id} stopped sending heartbeats"
+    if job.cancel_requested:
+        if uow.jobs.transition(
+            job.id, [JobStatus.running], JobStatus.cancelled, attempt=job.attempts,
+            finished_at=now, message="cancelled",
+        ):
+            uow.job_events.add(event(job.id, "cancelled", reason=silent))
+        return []
+    if job.attempts >= max_attempts:
+        error = {
+            "step": job.current_step,
+            "type": "WorkerLost",
+            "message": f"{silent}; gave up after {job.attempts} attempt(s)",
+        }
+        if uow.jobs.transition(
+            job.id, [JobStatus.running], JobStatus.failed, attempt=job.attempts,
+            error=error, finished_at=now, message="failed",
+        ):
+            uow.job_events.add(event(job.id, "failed", error=error))
+        return []
+    if uow.jobs.transition(
+        job.id, [JobStatus.running], JobStatus.queued, attempt=job.attempts,
+        worker_id=None, message=f"requeued: {silent}",
+    ):
+        uow.job_events.add(event(job.id, "requeued", attempt=job.attempts, reason=silent))
+        return [job.id]
+    return []

@@ -1,0 +1,291 @@
+"""The job engine's worker side: claim, run the steps with heartbeat and cancel checks, finish once."""
+
+import enum
+import hashlib
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from ports.repositories import UnitOfWork
+from ports.storage import ObjectStorage, StorageUnavailable
+from schemas.records import Artifact, DatasetStatus, Job, JobStatus
+from services.processors.base import (
+    JobCancelled,
+    ParamsError,
+    ProcessorInputError,
+    StepInput,
+)
+from services.processors.registry import get_processor, validate_step
+from use_cases.jobs import event
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    skipped = "skipped"  # not claimable: a duplicate delivery, cancelled, or dataset not ready
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+    retry = "retry"  # put back to queued after a transient error; publish again later
+    lost = "lost"  # another party (the reaper, a cancel) took the job over mid-run
+
+
+class JobLost(Exception):
+    """The job is no longer running this attempt; stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    heartbeat_interval_s: float = 0.5
+    max_attempts: int = 3
+    memory_limit: str = "1GB"
+    threads: int | None = None
+
+
+class Monitor:
+    """Heartbeat thread: writes liveness and progress, and notices cancel requests, off the hot path."""
+
+    def __init__(self, uow: UnitOfWork, job_id: UUID, attempt: int, interval_s: float) -> None:
+        self._uow, self._job_id, self._attempt = uow, job_id, attempt
+        self._interval_s = interval_s
+        self.progress, self.message, self.step = 0.0, "started", 0
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
+        self._last_event_progress = -1.0
+        self._last_event_at = 0.0
+
+    def __enter__(self) -> "Monitor":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def report(self, progress: float, message: str, step: int) -> None:
+        """Called by processors; raises to stop the step when the job was cancelled or lost."""
+        self.progress, self.message, self.step = max(self.progress, progress), message, step
+        self.check()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise JobLost()
+        if self.cancelled.is_set():
+            raise JobCancelled()
+
+    def _loop(self) -> None:
+        # One short UPDATE per period both proves liveness and reads the cancel flag.
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._beat()
+            except Exception:  # a DB hiccup must not kill the heartbeat; the next beat retries
+                log.warning("heartbeat of %s failed", self._job_id, exc_info=True)
+
+    def _beat(self) -> None:
+        progress = round(self.progress, 4)
+        with self._uow:
+            cancel = self._uow.jobs.heartbeat(
+                self._job_id, self._attempt, datetime.now(UTC),
+                progress=progress, message=self.message, current_step=self.step,
+            )
+            if cancel is None:
+                self.lost.set()
+                return
+            if cancel:
+                self.cancelled.set()
+            now = time.monotonic()
+            if progress > self._last_event_progress + 0.005 and now - self._last_event_at >= 1.0:
+                self._uow.job_events.add(
+                    event(self._job_id, "progress", progress=progress, message=self.message, step=self.step)
+                )
+                self._last_event_progress, self._last_event_at = progress, now
+            self._uow.commit()
+
+
+# Storage blips are retried in place with backoff before the whole attempt is given up.
+storage_retry = retry(
+    retry=retry_if_exception_type(StorageUnavailable),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential(multiplier=0.5, max=8),
+    reraise=True,
+)
+
+
+def artifact_prefix(job_id: UUID, attempt: int) -> str:
+    return f"jobs/{job_id}/attempt-{attempt}/"
+
+
+def run_job(
+    new_uow: Callable[[], UnitOfWork],
+    datasets: ObjectStorage,
+    results: ObjectStorage,
+    job_id: UUID,
+    *,
+    worker_id: str,
+    workdir: Path,
+    limits: EngineLimits,
+    is_transient: Callable[[BaseException], bool],
+) -> Outcome:
+    """Claim a queued job and run its steps; every terminal write is a compare-and-set."""
+    uow = new_uow()
+    with uow:
+        job = uow.jobs.get(job_id)
+        dataset = uow.datasets.get(job.dataset_id) if job and job.dataset_id else None
+        if job is None or dataset is None or dataset.status != DatasetStatus.ready:
+            return Outcome.skipped
+        claimed = uow.jobs.claim(job_id, worker_id, datetime.now(UTC))
+        if claimed is None:
+            return Outcome.skipped
+        uow.job_events.add(event(job_id, "started", attempt=claimed.attempts, worker_id=worker_id))
+        uow.commit()
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=workdir))
+    attempt = claimed.attempts
+    step_index: int | None = None
+    try:
+        with Monitor(new_uow(), job_id, attempt, limits.heartbeat_interval_s) as monitor:
+            source = scratch / "data.parquet"
+            storage_retry(datasets.download_file)(dataset.parquet_key or "", source)
+            artifacts: list[Artifact] = []
+            summaries: list[dict[str, Any]] = []
+            for step_index, step in enumerate(claimed.steps):
+                monitor.check()
+                summary, produced = _run_step(
+                    uow, results, claimed, step_index, source, dataset, scratch, monitor, limits
+                )
+                summaries.append({"processor": step.processor, "summary": summary})
+                artifacts += produced
+            monitor.check()
+            return _complete(uow, results, claimed, summaries, artifacts)
+    except JobCancelled:
+        results.delete_prefix(artifact_prefix(job_id, attempt))
+        return _end(uow, claimed, JobStatus.cancelled, message="cancelled", reason="cancel requested")
+    except JobLost:
+        results.delete_prefix(artifact_prefix(job_id, attempt))
+        return Outcome.lost
+    except (ProcessorInputError, ParamsError) as exc:
+        results.delete_prefix(artifact_prefix(job_id, attempt))
+        error = _error(claimed, step_index, exc)
+        error |= {k: getattr(exc, k) for k in ("column", "row", "field") if getattr(exc, k, None) is not None}
+        return _end(uow, claimed, JobStatus.failed, message="failed", error=error)
+    except Exception as exc:
+        results.delete_prefix(artifact_prefix(job_id, attempt))
+        error = _error(claimed, step_index, exc)
+        if is_transient(exc) and attempt < limits.max_attempts:
+            log.warning("job %s attempt %d hit a transient error: %s", job_id, attempt, exc)
+            with uow:
+                if uow.jobs.transition(
+                    job_id, [JobStatus.running], JobStatus.queued, attempt=attempt,
+                    worker_id=None, message=f"retrying after: {exc}",
+                ):
+                    uow.job_events.add(event(job_id, "retried", attempt=attempt, error=error))
+                uow.commit()
+            return Outcome.retry
+        log.exception("job %s failed", job_id)
+        return _end(uow, claimed, JobStatus.failed, message="failed", error=error)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_step(uow, results, job: Job, index, source, dataset, scratch, monitor, limits):  # type: ignore[no-untyped-def]
+    step = job.steps[index]
+    processor = get_processor(step.processor)
+    assert processor is not None, "steps are validated at submit"
+    params = validate_step(step.processor, step.params, dataset.columns)
+    with uow:
+        uow.job_events.add(event(job.id, "step_started", step=index, processor=step.processor))
+        uow.commit()
+    n = len(job.steps)
+    output_dir = scratch / f"step-{index}"
+    output_dir.mkdir()
+    same_before = sum(1 for s in job.steps[:index] if s.processor == step.processor)
+    output = processor.run(
+        StepInput(
+            parquet_path=source,
+            columns=dataset.columns or [],
+            dataset_format=dataset.format,
+            output_dir=output_dir,
+            artifact_suffix=f"-{same_before + 1}" if same_before else "",
+            report=lambda fraction, message: monitor.report(
+                (index + max(0.0, min(1.0, fraction))) / n, f"{step.processor}: {message}", index
+            ),
+            memory_limit=limits.memory_limit,
+            threads=limits.threads,
+        ),
+        params,
+    )
+    produced = []
+    for file in output.artifacts:
+        monitor.check()
+        key = artifact_prefix(job.id, job.attempts) + file.name
+        storage_retry(results.put_file)(key, file.path, content_type=file.content_type)
+        produced.append(
+            Artifact(
+                job_id=job.id, name=file.name, content_type=file.content_type,
+                size_bytes=file.path.stat().st_size, sha256=_sha256(file.path),
+                storage_key=key, created_at=datetime.now(UTC),
+            )
+        )
+    with uow:
+        uow.job_events.add(
+            event(job.id, "step_completed", step=index, processor=step.processor,
+                  artifacts=[a.name for a in produced])
+        )
+        uow.commit()
+    return output.summary, produced
+
+
+def _complete(uow: UnitOfWork, results: ObjectStorage, job: Job, summaries, artifacts) -> Outcome:  # type: ignore[no-untyped-def]
+    now = datetime.now(UTC)
+    with uow:
+        done = uow.jobs.transition(
+            job.id, [JobStatus.running], JobStatus.completed, attempt=job.attempts,
+            result={"steps": summaries}, progress=1.0, message="completed", finished_at=now,
+        )
+        if not done:  # cancelled or reaped meanwhile: this attempt's files are not the result
+            uow.rollback()
+            results.delete_prefix(artifact_prefix(job.id, job.attempts))
+            return Outcome.lost
+        for artifact in artifacts:
+            uow.artifacts.add(artifact)
+        uow.job_events.add(event(job.id, "completed", artifacts=[a.name for a in artifacts]))
+        uow.commit()
+    return Outcome.completed
+
+
+def _end(uow: UnitOfWork, job: Job, status: JobStatus, *, message: str, **payload: Any) -> Outcome:
+    with uow:
+        changes: dict[str, Any] = {"message": message, "finished_at": datetime.now(UTC)}
+        if "error" in payload:
+            changes["error"] = payload["error"]
+        if not uow.jobs.transition(job.id, [JobStatus.running], status, attempt=job.attempts, **changes):
+            return Outcome.lost
+        uow.job_events.add(event(job.id, status.value, **payload))
+        uow.commit()
+    return Outcome(status.value)
+
+
+def _error(job: Job, step_index: int | None, exc: BaseException) -> dict[str, Any]:
+    step = job.steps[step_index].processor if step_index is not None else None
+    return {"step": step_index, "processor": step, "type": type(exc).__name__, "message": str(exc)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

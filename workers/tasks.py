@@ -1,0 +1,50 @@
+"""Celery tasks: thin calls into use cases."""
+
+from pathlib import Path
+from uuid import UUID
+
+from celery import Task, shared_task
+
+from services.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
+from use_cases.datasets import validate_dataset
+from use_cases.jobs import release_waiting_jobs
+from use_cases.run_job import Outcome, run_job
+from workers.engine import engine_limits, is_transient
+from workers.reaper import reap_once
+
+VALIDATION_RETRIES = 3
+
+
+@shared_task(
+    name=VALIDATE_DATASET_TASK,
+    bind=True,
+    autoretry_for=(Exception,),
+    max_retries=VALIDATION_RETRIES,
+    retry_backoff=2,
+    retry_backoff_max=60,
+)
+def validate_dataset_task(self: Task, dataset_id: str) -> None:
+    context = self.app.context()  # type: ignore[attr-defined]
+    workdir = Path(context.settings.tmp_dir)
+    final = self.request.retries >= VALIDATION_RETRIES
+    uow = context.new_uow()
+    validate_dataset(uow, context.datasets_storage, UUID(dataset_id), workdir, final_attempt=final)
+    release_waiting_jobs(uow, context.queue, UUID(dataset_id))
+
+
+@shared_task(name="assay.reap", bind=True)
+def reap_task(self: Task) -> int:
+    return reap_once(self.app.context())  # type: ignore[attr-defined]
+
+
+@shared_task(name=RUN_JOB_TASK, bind=True, max_retries=None)
+def run_job_task(self: Task, job_id: str) -> str:
+    context = self.app.context()  # type: ignore[attr-defined]
+    outcome = run_job(
+        context.new_uow, context.datasets_storage, context.results_storage, UUID(job_id),
+        worker_id=self.request.hostname or "worker", workdir=Path(context.settings.tmp_dir),
+        limits=engine_limits(context.settings), is_transient=is_transient,
+    )
+    if outcome == Outcome.retry:  # back to queued after a transient error: publish again, later
+        raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
+    return outcome.value
