@@ -4,10 +4,10 @@ from logging.config import fileConfig
 from pathlib import Path
 from typing import Any, Literal
 
+from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection, create_engine, make_url, pool
 
-from alembic import context
 from db.models import Base, UTCDateTime
 from schemas.settings import Settings
 

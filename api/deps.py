@@ -1,4 +1,4 @@
-"""Request dependencies as Annotated aliases: routes name what they need, main.py decides what it is."""
+"""Request dependencies as Annotated aliases: routes name what they need, main.py decides."""
 
 from typing import Annotated
 

@@ -74,7 +74,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(503, "service_unavailable", str(exc), {"retry": True})
 
     # Connection-level database errors are outages, not bugs: the client may retry.
-    outages = (DatabaseUnavailable, StorageUnavailable, QueueUnavailable, OperationalError, InterfaceError)
+    outages = (
+        DatabaseUnavailable,
+        StorageUnavailable,
+        QueueUnavailable,
+        OperationalError,
+        InterfaceError,
+    )
     for kind in outages:
         app.add_exception_handler(kind, _unavailable)
 

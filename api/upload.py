@@ -1,4 +1,4 @@
-"""Streaming multipart upload: the file part goes to a local spool file in chunks, hashed on the way."""
+"""Streaming multipart upload: the file part is spooled to disk in chunks, hashed on the way."""
 
 import hashlib
 import os
@@ -58,7 +58,7 @@ class ParsedUpload:
 
 
 async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> ParsedUpload:
-    """Parse a multipart body with fields file, name and format; the caller removes the spool file."""
+    """Parse a multipart body (fields file, name, format); the caller removes the spool file."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidInput(

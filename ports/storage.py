@@ -48,7 +48,9 @@ class ObjectStorage(Protocol):
         """Remove every object whose key starts with prefix."""
         ...
 
-    def presigned_url(self, key: str, expires_s: int = 3600, filename: str | None = None) -> str | None:
+    def presigned_url(
+        self, key: str, expires_s: int = 3600, filename: str | None = None
+    ) -> str | None:
         """A time-limited download URL, or None when the backend serves no URLs (local files)."""
         ...
 

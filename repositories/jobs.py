@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Table, delete, func, insert, select, true, update
+from sqlalchemy import Table, delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -63,8 +63,10 @@ class SqlJobRepository:
             _UPSERT_INSERTS[dialect](JOBS)
             .values(values)
             .on_conflict_do_nothing(index_elements=[JOBS.c.owner_id, JOBS.c.idempotency_key])
+            # RETURNING rather than rowcount, which drivers do not all report for an INSERT.
+            .returning(JOBS.c.id)
         )
-        if self._session.execute(statement).rowcount == 0:  # type: ignore[attr-defined]
+        if self._session.execute(statement).first() is None:
             raise IdempotencyConflict(
                 f"owner {job.owner_id!r} already has a job with key {job.idempotency_key!r}"
             )
@@ -139,7 +141,8 @@ class SqlJobRepository:
                 attempts=JOBS.c.attempts + 1,
                 worker_id=worker_id,
                 heartbeat_at=now,
-                started_at=func.coalesce(JOBS.c.started_at, now),
+                # Typed like the column, so SQLite stores the same UTC text format.
+                started_at=func.coalesce(JOBS.c.started_at, literal(now, JOBS.c.started_at.type)),
                 updated_at=now,
             )
             .returning(*JOBS.c)
@@ -197,14 +200,15 @@ class SqlJobRepository:
         )
         if attempt is not None:
             statement = statement.where(JOBS.c.attempts == attempt)
-        return self._session.execute(statement.values(values)).rowcount == 1  # type: ignore[attr-defined]
+        result = self._session.execute(statement.values(values))
+        return result.rowcount == 1  # type: ignore[attr-defined]
 
     def request_cancel(self, job_id: UUID) -> bool:
         """Set cancel_requested on a queued or running job; False when it is already finished."""
         statement = (
             update(JOBS)
             .where(JOBS.c.id == job_id, JOBS.c.status.in_(_statuses(ACTIVE_JOB_STATUSES)))
-            .values(cancel_requested=true(), updated_at=utcnow())
+            .values(cancel_requested=True, updated_at=utcnow())
         )
         return self._session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
 

@@ -12,7 +12,12 @@ RUN_JOB_TASK = "assay.run_job"
 
 # Publishing must not hang a request when the broker is down: the row is already
 # committed and the reaper re-publishes it later.
-_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
 
 
 class CeleryTaskQueue:

@@ -10,6 +10,7 @@ from typing import Any, BinaryIO, Self
 from uuid import UUID
 
 from ports.queue import QueueUnavailable
+from ports.repositories import IdempotencyConflict
 from ports.storage import ObjectNotFound
 from schemas.records import (
     ACTIVE_JOB_STATUSES,
@@ -19,6 +20,7 @@ from schemas.records import (
     FailedRow,
     Job,
     JobEvent,
+    JobStatus,
 )
 
 
@@ -37,7 +39,9 @@ class FakeDatasets:
 
     def list(self, owner_id: str, *, status=None, before=None, limit: int = 50) -> list[Dataset]:
         rows = sorted(self.rows.values(), key=lambda d: d.id, reverse=True)
-        rows = [d for d in rows if d.owner_id == owner_id and (status is None or d.status == status)]
+        rows = [
+            d for d in rows if d.owner_id == owner_id and (status is None or d.status == status)
+        ]
         rows = [d for d in rows if before is None or d.id < before]
         return rows[:limit]
 
@@ -81,15 +85,62 @@ class FakeFailedRows:
 
 
 class FakeJobs:
-    def __init__(self) -> None:
+    """Jobs in memory, with the SQL repository's compare-and-set semantics.
+
+    `datasets` backs list_unclaimed_queued (a job counts only when its dataset is ready);
+    `events` and `artifacts` are emptied of a job's rows by delete.
+    """
+
+    def __init__(
+        self,
+        datasets: FakeDatasets | None = None,
+        events: FakeJobEvents | None = None,
+        artifacts: FakeArtifacts | None = None,
+    ) -> None:
         self.rows: dict[UUID, Job] = {}
+        self.datasets = datasets if datasets is not None else FakeDatasets()
+        self.events = events if events is not None else FakeJobEvents()
+        self.artifacts = artifacts if artifacts is not None else FakeArtifacts()
 
     def add(self, job: Job) -> None:
+        if job.id in self.rows:
+            raise ValueError(f"duplicate job id {job.id}")
+        if job.idempotency_key is not None and (
+            self.get_by_idempotency_key(job.owner_id, job.idempotency_key) is not None
+        ):
+            raise IdempotencyConflict(
+                f"owner {job.owner_id!r} already has a job with key {job.idempotency_key!r}"
+            )
         self.rows[job.id] = job
 
     def get(self, job_id: UUID, owner_id: str | None = None) -> Job | None:
         job = self.rows.get(job_id)
-        return None if job is None or (owner_id and job.owner_id != owner_id) else job
+        return None if job is None or (owner_id is not None and job.owner_id != owner_id) else job
+
+    def get_by_idempotency_key(self, owner_id: str, key: str) -> Job | None:
+        return next(
+            (j for j in self.rows.values() if j.owner_id == owner_id and j.idempotency_key == key),
+            None,
+        )
+
+    def list(
+        self,
+        owner_id: str,
+        *,
+        status: JobStatus | None = None,
+        dataset_id: UUID | None = None,
+        before: UUID | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        rows = [
+            j
+            for j in sorted(self.rows.values(), key=lambda j: j.id, reverse=True)
+            if j.owner_id == owner_id
+            and (status is None or j.status == status)
+            and (dataset_id is None or j.dataset_id == dataset_id)
+            and (before is None or j.id < before)
+        ]
+        return rows[:limit]
 
     def count_active_for_dataset(self, dataset_id: UUID) -> int:
         return sum(
@@ -98,13 +149,121 @@ class FakeJobs:
             if j.dataset_id == dataset_id and j.status in ACTIVE_JOB_STATUSES
         )
 
+    def list_queued_for_dataset(self, dataset_id: UUID) -> list[Job]:
+        return sorted(
+            (
+                j
+                for j in self.rows.values()
+                if j.dataset_id == dataset_id and j.status == JobStatus.queued
+            ),
+            key=lambda j: j.id,
+        )
+
+    def claim(self, job_id: UUID, worker_id: str, now: datetime) -> Job | None:
+        job = self.rows.get(job_id)
+        if job is None or job.status != JobStatus.queued or job.cancel_requested:
+            return None
+        return self._set(
+            job_id,
+            status=JobStatus.running,
+            attempts=job.attempts + 1,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            started_at=job.started_at or now,
+            updated_at=now,
+        )
+
+    def heartbeat(
+        self,
+        job_id: UUID,
+        attempt: int,
+        now: datetime,
+        *,
+        progress: float | None = None,
+        message: str | None = None,
+        current_step: int | None = None,
+    ) -> bool | None:
+        job = self.rows.get(job_id)
+        if job is None or job.status != JobStatus.running or job.attempts != attempt:
+            return None
+        optional = {"progress": progress, "message": message, "current_step": current_step}
+        changes = {name: value for name, value in optional.items() if value is not None}
+        return self._set(job_id, heartbeat_at=now, updated_at=now, **changes).cancel_requested
+
+    def transition(
+        self,
+        job_id: UUID,
+        from_statuses: Sequence[JobStatus],
+        to_status: JobStatus,
+        *,
+        attempt: int | None = None,
+        **changes: Any,
+    ) -> bool:
+        job = self.rows.get(job_id)
+        if job is None or job.status not in from_statuses:
+            return False
+        if attempt is not None and job.attempts != attempt:
+            return False
+        self._set(job_id, **{"updated_at": datetime.now(UTC), **changes, "status": to_status})
+        return True
+
+    def request_cancel(self, job_id: UUID) -> bool:
+        job = self.rows.get(job_id)
+        if job is None or job.status not in ACTIVE_JOB_STATUSES:
+            return False
+        self._set(job_id, cancel_requested=True, updated_at=datetime.now(UTC))
+        return True
+
+    def list_stale_running(self, heartbeat_before: datetime, limit: int = 100) -> list[Job]:
+        def last_seen(job: Job) -> datetime:
+            return job.heartbeat_at or job.updated_at
+
+        stale = [
+            j
+            for j in self.rows.values()
+            if j.status == JobStatus.running and last_seen(j) < heartbeat_before
+        ]
+        return sorted(stale, key=lambda j: (last_seen(j), j.id))[:limit]
+
+    def list_unclaimed_queued(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+        def dataset_ready(job: Job) -> bool:
+            dataset = self.datasets.get(job.dataset_id) if job.dataset_id is not None else None
+            return dataset is not None and dataset.status == DatasetStatus.ready
+
+        unclaimed = [
+            j
+            for j in self.rows.values()
+            if j.status == JobStatus.queued and j.updated_at < updated_before and dataset_ready(j)
+        ]
+        return sorted(unclaimed, key=lambda j: (j.updated_at, j.id))[:limit]
+
+    def touch(self, job_id: UUID) -> None:
+        if job_id in self.rows:
+            self._set(job_id, updated_at=datetime.now(UTC))
+
+    def delete(self, job_id: UUID) -> None:
+        self.artifacts.rows = [a for a in self.artifacts.rows if a.job_id != job_id]
+        self.events.rows = [e for e in self.events.rows if e.job_id != job_id]
+        self.rows.pop(job_id, None)
+
+    def _set(self, job_id: UUID, **changes: Any) -> Job:
+        unknown = set(changes) - set(Job.model_fields)
+        if unknown:
+            raise ValueError(f"jobs has no column {sorted(unknown)[0]!r}")
+        # Validate like a row read back from the database (e.g. an error dict, a status string).
+        job = Job.model_validate(self.rows[job_id].model_dump() | changes)
+        self.rows[job_id] = job
+        return job
+
 
 class FakeJobEvents:
     def __init__(self) -> None:
         self.rows: list[JobEvent] = []
+        self._last_id = 0
 
     def add(self, event: JobEvent) -> JobEvent:
-        stored = event.model_copy(update={"id": len(self.rows) + 1})
+        self._last_id += 1  # never reused, even after a job's events were deleted
+        stored = event.model_copy(update={"id": self._last_id})
         self.rows.append(stored)
         return stored
 
@@ -117,10 +276,15 @@ class FakeArtifacts:
         self.rows: list[Artifact] = []
 
     def add(self, artifact: Artifact) -> None:
+        if self.get(artifact.job_id, artifact.name) is not None:  # UNIQUE (job_id, name)
+            raise ValueError(f"job {artifact.job_id} already has an artifact {artifact.name!r}")
         self.rows.append(artifact)
 
     def list_for_job(self, job_id: UUID) -> list[Artifact]:
         return sorted((a for a in self.rows if a.job_id == job_id), key=lambda a: a.name)
+
+    def get(self, job_id: UUID, name: str) -> Artifact | None:
+        return next((a for a in self.rows if a.job_id == job_id and a.name == name), None)
 
 
 class FakeUnitOfWork:
@@ -129,9 +293,9 @@ class FakeUnitOfWork:
     def __init__(self) -> None:
         self.datasets = FakeDatasets()
         self.failed_rows = FakeFailedRows()
-        self.jobs = FakeJobs()
         self.job_events = FakeJobEvents()
         self.artifacts = FakeArtifacts()
+        self.jobs = FakeJobs(self.datasets, self.job_events, self.artifacts)
         self.committed = 0
 
     def __enter__(self) -> Self:

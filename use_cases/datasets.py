@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
+from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
+
 from ports.queue import QueueUnavailable, TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
@@ -20,7 +22,6 @@ from schemas.records import (
     DatasetStatus,
     FailedRow,
 )
-from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
 from use_cases.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,9 @@ def validate_dataset(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _validate_in(uow: UnitOfWork, storage: ObjectStorage, dataset: Dataset, scratch: Path) -> DatasetStatus:
+def _validate_in(
+    uow: UnitOfWork, storage: ObjectStorage, dataset: Dataset, scratch: Path
+) -> DatasetStatus:
     source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
     storage.download_file(dataset.storage_key, source)
     parquet_out = scratch / "data.parquet"
@@ -200,8 +203,11 @@ def delete_dataset(
         if active:
             raise Conflict(
                 f"dataset {dataset_id} is used by {active} active job(s); cancel them first",
-                {"dataset_id": str(dataset_id), "active_jobs": active,
-                 "statuses": [s.value for s in ACTIVE_JOB_STATUSES]},
+                {
+                    "dataset_id": str(dataset_id),
+                    "active_jobs": active,
+                    "statuses": [s.value for s in ACTIVE_JOB_STATUSES],
+                },
             )
         uow.datasets.delete(dataset_id)
         uow.commit()

@@ -1,4 +1,4 @@
-"""Job use cases: submit, cancel, delete, and hand queued jobs to workers once their dataset is ready."""
+"""Job use cases: submit, cancel, delete, release waiting jobs, and recover lost ones."""
 
 import hashlib
 import json
@@ -6,6 +6,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
+
+from services.processors.registry import UnknownProcessor, validate_step
 
 from ports.queue import QueueUnavailable, TaskQueue
 from ports.repositories import IdempotencyConflict, UnitOfWork
@@ -20,7 +22,6 @@ from schemas.records import (
     JobStep,
 )
 from services.processors.base import ParamsError
-from services.processors.registry import UnknownProcessor, validate_step
 from use_cases.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,17 @@ def check_steps(steps: list[JobStep], columns: list[ColumnInfo] | None) -> list[
             params = validate_step(step.processor, step.params, columns)
         except UnknownProcessor as exc:
             raise InvalidInput(
-                str(exc), {"step": index, "field": f"{where}.processor", "processor": step.processor}
+                str(exc),
+                {"step": index, "field": f"{where}.processor", "processor": step.processor},
             ) from None
         except ParamsError as exc:
             raise InvalidInput(
                 f"{where} ({step.processor}): {exc}",
-                {"step": index, "processor": step.processor, "field": f"{where}.params.{exc.field}"},
+                {
+                    "step": index,
+                    "processor": step.processor,
+                    "field": f"{where}.params.{exc.field}",
+                },
             ) from None
         checked.append(JobStep(processor=step.processor, params=params.model_dump(mode="json")))
     return checked
@@ -152,8 +158,12 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
                     "message": f"dataset {dataset_id} failed validation: {dataset.error}",
                 }
                 if uow.jobs.transition(
-                    job.id, [JobStatus.queued], JobStatus.failed,
-                    error=error, finished_at=datetime.now(UTC), message="failed",
+                    job.id,
+                    [JobStatus.queued],
+                    JobStatus.failed,
+                    error=error,
+                    finished_at=datetime.now(UTC),
+                    message="failed",
                 ):
                     uow.job_events.add(event(job.id, "failed", error=error))
             uow.commit()
@@ -165,10 +175,18 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
                 check_steps(job.steps, dataset.columns)
                 publishable.append(job.id)
             except InvalidInput as exc:
-                error = {"step": exc.details.get("step"), "type": "InvalidParams", "message": exc.message}
+                error = {
+                    "step": exc.details.get("step"),
+                    "type": "InvalidParams",
+                    "message": exc.message,
+                }
                 if uow.jobs.transition(
-                    job.id, [JobStatus.queued], JobStatus.failed,
-                    error=error, finished_at=datetime.now(UTC), message="failed",
+                    job.id,
+                    [JobStatus.queued],
+                    JobStatus.failed,
+                    error=error,
+                    finished_at=datetime.now(UTC),
+                    message="failed",
                 ):
                     uow.job_events.add(event(job.id, "failed", error=error))
             else:
@@ -179,7 +197,7 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
 
 
 def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -> Job:
-    """Cancel a queued job at once; ask a running one to stop (it ends `cancelled` within seconds)."""
+    """Cancel a queued job at once; ask a running one to stop (it ends `cancelled` in seconds)."""
     with uow:
         job = uow.jobs.get(job_id, owner_id)
         if job is None:
@@ -192,8 +210,11 @@ def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -
         uow.job_events.add(event(job_id, "cancel_requested"))
         now = datetime.now(UTC)
         if uow.jobs.transition(
-            job_id, [JobStatus.queued], JobStatus.cancelled,
-            finished_at=now, message="cancelled before it started",
+            job_id,
+            [JobStatus.queued],
+            JobStatus.cancelled,
+            finished_at=now,
+            message="cancelled before it started",
         ):
             uow.job_events.add(event(job_id, "cancelled", reason="cancelled before it started"))
         uow.commit()
@@ -249,8 +270,12 @@ def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int
     silent = f"worker {job.worker_id} stopped sending heartbeats"
     if job.cancel_requested:
         if uow.jobs.transition(
-            job.id, [JobStatus.running], JobStatus.cancelled, attempt=job.attempts,
-            finished_at=now, message="cancelled",
+            job.id,
+            [JobStatus.running],
+            JobStatus.cancelled,
+            attempt=job.attempts,
+            finished_at=now,
+            message="cancelled",
         ):
             uow.job_events.add(event(job.id, "cancelled", reason=silent))
         return []
@@ -261,14 +286,23 @@ def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int
             "message": f"{silent}; gave up after {job.attempts} attempt(s)",
         }
         if uow.jobs.transition(
-            job.id, [JobStatus.running], JobStatus.failed, attempt=job.attempts,
-            error=error, finished_at=now, message="failed",
+            job.id,
+            [JobStatus.running],
+            JobStatus.failed,
+            attempt=job.attempts,
+            error=error,
+            finished_at=now,
+            message="failed",
         ):
             uow.job_events.add(event(job.id, "failed", error=error))
         return []
     if uow.jobs.transition(
-        job.id, [JobStatus.running], JobStatus.queued, attempt=job.attempts,
-        worker_id=None, message=f"requeued: {silent}",
+        job.id,
+        [JobStatus.running],
+        JobStatus.queued,
+        attempt=job.attempts,
+        worker_id=None,
+        message=f"requeued: {silent}",
     ):
         uow.job_events.add(event(job.id, "requeued", attempt=job.attempts, reason=silent))
         return [job.id]

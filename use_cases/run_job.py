@@ -1,4 +1,4 @@
-"""The job engine's worker side: claim, run the steps with heartbeat and cancel checks, finish once."""
+"""The job engine's worker side: claim, run steps with heartbeat and cancel checks, finish once."""
 
 import enum
 import hashlib
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from services.processors.registry import get_processor, validate_step
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ports.repositories import UnitOfWork
@@ -25,7 +26,6 @@ from services.processors.base import (
     ProcessorInputError,
     StepInput,
 )
-from services.processors.registry import get_processor, validate_step
 from use_cases.jobs import event
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class EngineLimits:
 
 
 class Monitor:
-    """Heartbeat thread: writes liveness and progress, and notices cancel requests, off the hot path."""
+    """Heartbeat thread: writes liveness and progress, notices cancel requests, off the hot path."""
 
     def __init__(self, uow: UnitOfWork, job_id: UUID, attempt: int, interval_s: float) -> None:
         self._uow, self._job_id, self._attempt = uow, job_id, attempt
@@ -97,8 +97,12 @@ class Monitor:
         progress = round(self.progress, 4)
         with self._uow:
             cancel = self._uow.jobs.heartbeat(
-                self._job_id, self._attempt, datetime.now(UTC),
-                progress=progress, message=self.message, current_step=self.step,
+                self._job_id,
+                self._attempt,
+                datetime.now(UTC),
+                progress=progress,
+                message=self.message,
+                current_step=self.step,
             )
             if cancel is None:
                 self.lost.set()
@@ -108,7 +112,13 @@ class Monitor:
             now = time.monotonic()
             if progress > self._last_event_progress + 0.005 and now - self._last_event_at >= 1.0:
                 self._uow.job_events.add(
-                    event(self._job_id, "progress", progress=progress, message=self.message, step=self.step)
+                    event(
+                        self._job_id,
+                        "progress",
+                        progress=progress,
+                        message=self.message,
+                        step=self.step,
+                    )
                 )
                 self._last_event_progress, self._last_event_at = progress, now
             self._uow.commit()
@@ -151,9 +161,11 @@ def run_job(
         uow.job_events.add(event(job_id, "started", attempt=claimed.attempts, worker_id=worker_id))
         uow.commit()
 
+    attempt = claimed.attempts
+    for earlier in range(1, attempt):  # files a dead earlier attempt may have left
+        results.delete_prefix(artifact_prefix(job_id, earlier))
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=workdir))
-    attempt = claimed.attempts
     step_index: int | None = None
     try:
         with Monitor(new_uow(), job_id, attempt, limits.heartbeat_interval_s) as monitor:
@@ -172,14 +184,20 @@ def run_job(
             return _complete(uow, results, claimed, summaries, artifacts)
     except JobCancelled:
         results.delete_prefix(artifact_prefix(job_id, attempt))
-        return _end(uow, claimed, JobStatus.cancelled, message="cancelled", reason="cancel requested")
+        return _end(
+            uow, claimed, JobStatus.cancelled, message="cancelled", reason="cancel requested"
+        )
     except JobLost:
         results.delete_prefix(artifact_prefix(job_id, attempt))
         return Outcome.lost
     except (ProcessorInputError, ParamsError) as exc:
         results.delete_prefix(artifact_prefix(job_id, attempt))
         error = _error(claimed, step_index, exc)
-        error |= {k: getattr(exc, k) for k in ("column", "row", "field") if getattr(exc, k, None) is not None}
+        error |= {
+            k: getattr(exc, k)
+            for k in ("column", "row", "field")
+            if getattr(exc, k, None) is not None
+        }
         return _end(uow, claimed, JobStatus.failed, message="failed", error=error)
     except Exception as exc:
         results.delete_prefix(artifact_prefix(job_id, attempt))
@@ -188,8 +206,12 @@ def run_job(
             log.warning("job %s attempt %d hit a transient error: %s", job_id, attempt, exc)
             with uow:
                 if uow.jobs.transition(
-                    job_id, [JobStatus.running], JobStatus.queued, attempt=attempt,
-                    worker_id=None, message=f"retrying after: {exc}",
+                    job_id,
+                    [JobStatus.running],
+                    JobStatus.queued,
+                    attempt=attempt,
+                    worker_id=None,
+                    message=f"retrying after: {exc}",
                 ):
                     uow.job_events.add(event(job_id, "retried", attempt=attempt, error=error))
                 uow.commit()
@@ -234,15 +256,24 @@ def _run_step(uow, results, job: Job, index, source, dataset, scratch, monitor, 
         storage_retry(results.put_file)(key, file.path, content_type=file.content_type)
         produced.append(
             Artifact(
-                job_id=job.id, name=file.name, content_type=file.content_type,
-                size_bytes=file.path.stat().st_size, sha256=_sha256(file.path),
-                storage_key=key, created_at=datetime.now(UTC),
+                job_id=job.id,
+                name=file.name,
+                content_type=file.content_type,
+                size_bytes=file.path.stat().st_size,
+                sha256=_sha256(file.path),
+                storage_key=key,
+                created_at=datetime.now(UTC),
             )
         )
     with uow:
         uow.job_events.add(
-            event(job.id, "step_completed", step=index, processor=step.processor,
-                  artifacts=[a.name for a in produced])
+            event(
+                job.id,
+                "step_completed",
+                step=index,
+                processor=step.processor,
+                artifacts=[a.name for a in produced],
+            )
         )
         uow.commit()
     return output.summary, produced
@@ -252,8 +283,14 @@ def _complete(uow: UnitOfWork, results: ObjectStorage, job: Job, summaries, arti
     now = datetime.now(UTC)
     with uow:
         done = uow.jobs.transition(
-            job.id, [JobStatus.running], JobStatus.completed, attempt=job.attempts,
-            result={"steps": summaries}, progress=1.0, message="completed", finished_at=now,
+            job.id,
+            [JobStatus.running],
+            JobStatus.completed,
+            attempt=job.attempts,
+            result={"steps": summaries},
+            progress=1.0,
+            message="completed",
+            finished_at=now,
         )
         if not done:  # cancelled or reaped meanwhile: this attempt's files are not the result
             uow.rollback()
@@ -271,7 +308,9 @@ def _end(uow: UnitOfWork, job: Job, status: JobStatus, *, message: str, **payloa
         changes: dict[str, Any] = {"message": message, "finished_at": datetime.now(UTC)}
         if "error" in payload:
             changes["error"] = payload["error"]
-        if not uow.jobs.transition(job.id, [JobStatus.running], status, attempt=job.attempts, **changes):
+        if not uow.jobs.transition(
+            job.id, [JobStatus.running], status, attempt=job.attempts, **changes
+        ):
             return Outcome.lost
         uow.job_events.add(event(job.id, status.value, **payload))
         uow.commit()

@@ -8,7 +8,12 @@ from schemas.settings import Settings
 from use_cases.run_job import EngineLimits
 
 TRANSIENT_ERRORS = (
-    StorageUnavailable, DatabaseUnavailable, OperationalError, InterfaceError, ConnectionError, TimeoutError,
+    StorageUnavailable,
+    DatabaseUnavailable,
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    TimeoutError,
 )
 
 

@@ -41,9 +41,14 @@ def reap_task(self: Task) -> int:
 def run_job_task(self: Task, job_id: str) -> str:
     context = self.app.context()  # type: ignore[attr-defined]
     outcome = run_job(
-        context.new_uow, context.datasets_storage, context.results_storage, UUID(job_id),
-        worker_id=self.request.hostname or "worker", workdir=Path(context.settings.tmp_dir),
-        limits=engine_limits(context.settings), is_transient=is_transient,
+        context.new_uow,
+        context.datasets_storage,
+        context.results_storage,
+        UUID(job_id),
+        worker_id=self.request.hostname or "worker",
+        workdir=Path(context.settings.tmp_dir),
+        limits=engine_limits(context.settings),
+        is_transient=is_transient,
     )
     if outcome == Outcome.retry:  # back to queued after a transient error: publish again, later
         raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))

@@ -41,9 +41,7 @@ CONTENT_TYPES = {
     DatasetFormat.ndjson: "application/x-ndjson",
     DatasetFormat.parquet: "application/vnd.apache.parquet",
 }
-ERRORS = {
-    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)
-}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)}
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:
@@ -97,7 +95,7 @@ async def upload_dataset(
     settings: SettingsDep,
     owner: OwnerDep,
 ) -> DatasetOut:
-    """Upload a dataset (multipart field `file`, optional `name` and `format`); validation runs in a worker."""
+    """Upload a dataset (multipart `file`, optional `name`, `format`); a worker validates it."""
     upload = await receive_upload(request, settings.tmp_dir, settings.max_upload_bytes)
     try:
         fmt = resolve_format(upload.format, upload.filename)
@@ -197,7 +195,10 @@ def list_failed_rows(
     return FailedRowPage(
         dataset_id=dataset_id,
         total=dataset.failed_row_count,
-        items=[FailedRowOut(**r.model_dump(include={"line_number", "raw_text", "reason"})) for r in rows],
+        items=[
+            FailedRowOut(**r.model_dump(include={"line_number", "raw_text", "reason"}))
+            for r in rows
+        ],
         next_cursor=rows[-1].line_number if has_more else None,
     )
 

@@ -38,8 +38,11 @@ def job_out(job: Job) -> JobOut:
     return JobOut(
         **job.model_dump(include=set(JobOut.model_fields) - {"links"}),
         links=JobLinks(
-            self=base, events=f"{base}/events", stream=f"{base}/stream",
-            result=f"{base}/result", cancel=f"{base}/cancel",
+            self=base,
+            events=f"{base}/events",
+            stream=f"{base}/stream",
+            result=f"{base}/result",
+            cancel=f"{base}/cancel",
         ),
     )
 
@@ -66,9 +69,13 @@ def create_job(
 ) -> JobOut:
     """Queue a job running `steps` in order on a dataset; an Idempotency-Key makes retries safe."""
     job, created = submit_job(
-        uow, queue, owner_id=owner, dataset_id=body.dataset_id,
+        uow,
+        queue,
+        owner_id=owner,
+        dataset_id=body.dataset_id,
         steps=[JobStep(processor=s.processor, params=s.params) for s in body.steps],
-        name=body.name, idempotency_key=idempotency_key,
+        name=body.name,
+        idempotency_key=idempotency_key,
     )
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     if not created:
@@ -87,7 +94,9 @@ def list_jobs(
 ) -> JobPage:
     """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     with uow:
-        jobs = uow.jobs.list(owner, status=status, dataset_id=dataset_id, before=cursor, limit=limit + 1)
+        jobs = uow.jobs.list(
+            owner, status=status, dataset_id=dataset_id, before=cursor, limit=limit + 1
+        )
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobPage(items=[job_out(j) for j in jobs], next_cursor=str(jobs[-1].id) if more else None)
@@ -113,7 +122,10 @@ def list_job_events(
     events = events[:limit]
     return JobEventPage(
         job_id=job.id,
-        items=[JobEventOut(**e.model_dump(include={"id", "type", "payload", "created_at"})) for e in events],
+        items=[
+            JobEventOut(**e.model_dump(include={"id", "type", "payload", "created_at"}))
+            for e in events
+        ],
         next_cursor=events[-1].id if more and events else None,
     )
 
@@ -133,9 +145,14 @@ async def stream_job(
         for item in events:
             after = item.id or after
             yield ServerSentEvent(
-                id=str(item.id), event=item.type,
-                data={"job_id": str(job.id), "type": item.type, **item.payload,
-                      "created_at": item.created_at.isoformat()},
+                id=str(item.id),
+                event=item.type,
+                data={
+                    "job_id": str(job.id),
+                    "type": item.type,
+                    **item.payload,
+                    "created_at": item.created_at.isoformat(),
+                },
             )
             if item.type in TERMINAL_EVENTS:
                 return
@@ -185,7 +202,9 @@ def get_result(job: JobDep, uow: UowDep) -> JobResultOut:
     )
 
 
-@router.get("/{job_id}/artifacts/{name}", responses=ERRORS | {307: {"description": "presigned URL"}})
+@router.get(
+    "/{job_id}/artifacts/{name}", responses=ERRORS | {307: {"description": "presigned URL"}}
+)
 def download_artifact(job: JobDep, name: str, uow: UowDep, results: ResultsStorageDep) -> Response:
     """The artifact file, or a redirect to a presigned URL when storage is S3."""
     with uow:

@@ -41,14 +41,20 @@ class Stack:
         return httpx.Client(base_url=self.base_url, timeout=30)
 
     def logs_text(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs)
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs
+        )
 
 
 def assay(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     """Start an `assay` command the way a user would, with its output in a log file."""
     out = open(log, "wb")  # noqa: SIM115 - closed when the process ends
     return subprocess.Popen(
-        [sys.executable, "-m", "main", *args], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "main", *args],
+        env=env,
+        cwd=cwd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -145,7 +151,10 @@ def production_stack(
 
 @pytest.fixture(
     scope="module",
-    params=["embedded", pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.redis])],
+    params=[
+        "embedded",
+        pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ],
 )
 def stack(request: pytest.FixtureRequest) -> Stack:
     """Each deployment shape in turn."""

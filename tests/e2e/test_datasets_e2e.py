@@ -1,4 +1,4 @@
-"""The README walkthrough, against each deployment shape: upload, wait, inspect, download, delete."""
+"""The README walkthrough on each deployment shape: upload, wait, inspect, download, delete."""
 
 import hashlib
 import io
@@ -67,7 +67,9 @@ def test_walkthrough(stack: Stack):
         ]
         assert all(r["reason"] for r in failed["items"])
 
-        preview = client.get(f"/api/v1/datasets/{created['id']}/preview", params={"limit": 2}).json()
+        preview = client.get(
+            f"/api/v1/datasets/{created['id']}/preview", params={"limit": 2}
+        ).json()
         assert [row["city"] for row in preview["rows"]] == ["Oslo", "Lima"]
         assert preview["rows"][1]["temperature"] == 19.25
 

@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine, inspect, pool
 
-from alembic import command
 from db.migrations import alembic_config, upgrade_to_head
 from db.models import Base
 

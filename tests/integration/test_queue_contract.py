@@ -59,7 +59,9 @@ def celery_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Assay
 def receive(app: AssayCelery, timeout: float = 5) -> tuple[str, list[str], str]:
     """Read one raw message from the app's queue, as a worker would, and ack it."""
     settings_queue = app.conf.task_default_queue
-    with Connection(app.conf.broker_url, transport_options=app.conf.broker_transport_options) as conn:
+    with Connection(
+        app.conf.broker_url, transport_options=app.conf.broker_transport_options
+    ) as conn:
         simple = conn.SimpleQueue(settings_queue)
         message = simple.get(timeout=timeout)
         message.ack()

@@ -24,7 +24,12 @@ def register(tmp_path: Path, uow, storage, queue, content: bytes, fmt=DatasetFor
     source = tmp_path / "upload"
     source.write_bytes(content)
     return register_dataset(
-        uow, storage, queue, owner_id="default", name="d", fmt=fmt,
+        uow,
+        storage,
+        queue,
+        owner_id="default",
+        name="d",
+        fmt=fmt,
         received=ReceivedFile(path=source, size_bytes=len(content), sha256="0" * 64),
     )
 
@@ -78,7 +83,9 @@ def test_reaper_republishes_unclaimed_uploads_and_resets_dead_validations(tmp_pa
     lost = register(tmp_path, uow, storage, queue, b"a\n1\n")
     stuck = register(tmp_path, uow, storage, queue, b"a\n1\n")
     long_ago = datetime.now(UTC) - timedelta(hours=3)
-    uow.datasets.rows[lost.id] = uow.datasets.rows[lost.id].model_copy(update={"updated_at": long_ago})
+    uow.datasets.rows[lost.id] = uow.datasets.rows[lost.id].model_copy(
+        update={"updated_at": long_ago}
+    )
     uow.datasets.rows[stuck.id] = uow.datasets.rows[stuck.id].model_copy(
         update={"status": DatasetStatus.validating, "updated_at": long_ago}
     )

@@ -75,7 +75,9 @@ def test_file_without_extension_is_415(client: TestClient):
 
 
 def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: Context):
-    small = replace(fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 1000}))
+    small = replace(
+        fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 1000})
+    )
     with TestClient(create_app(small)) as client:
         error = assert_error(upload(client, b"x" * 5000), 413, "payload_too_large")
     assert error["details"]["max_upload_bytes"] == 1000
@@ -84,7 +86,9 @@ def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: Context):
 
 
 def test_declared_length_over_the_limit_is_refused_before_reading(fake_context: Context):
-    small = replace(fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 10}))
+    small = replace(
+        fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 10})
+    )
     with TestClient(create_app(small)) as client:
         assert_error(upload(client, b"x" * 200_000), 413, "payload_too_large")
 
@@ -137,7 +141,9 @@ def test_list_pages_newest_first_with_cursor(client: TestClient):
             break
     assert seen == list(reversed(ids))
     assert client.get("/api/v1/datasets", params={"status": "ready"}).json()["items"] == []
-    assert_error(client.get("/api/v1/datasets", params={"status": "bogus"}), 422, "validation_error")
+    assert_error(
+        client.get("/api/v1/datasets", params={"status": "bogus"}), 422, "validation_error"
+    )
     assert_error(client.get("/api/v1/datasets", params={"limit": 0}), 422, "validation_error")
 
 
@@ -158,8 +164,15 @@ def test_delete_while_a_job_is_active_is_409(client: TestClient, fake_context: C
     now = datetime.now(UTC)
     uow = fake_context.new_uow()
     uow.jobs.add(
-        Job(id=new_id(), owner_id="default", dataset_id=UUID(dataset["id"]), status=JobStatus.running,
-            steps=[], created_at=now, updated_at=now)
+        Job(
+            id=new_id(),
+            owner_id="default",
+            dataset_id=UUID(dataset["id"]),
+            status=JobStatus.running,
+            steps=[],
+            created_at=now,
+            updated_at=now,
+        )
     )
     error = assert_error(client.delete(f"/api/v1/datasets/{dataset['id']}"), 409, "conflict")
     assert error["details"]["active_jobs"] == 1

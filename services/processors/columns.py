@@ -1,0 +1,61 @@
+"""Column kinds and the checks that params name existing columns of the right kind."""
+
+from collections.abc import Callable, Sequence
+
+from schemas.records import ColumnInfo
+from services.processors.base import ParamsError
+
+NUMERIC_TYPES = frozenset({"integer", "float", "decimal"})
+TEMPORAL_TYPES = frozenset({"date", "timestamp", "time"})
+
+
+def is_numeric(column: ColumnInfo) -> bool:
+    """Integer, float or decimal."""
+    return column.type in NUMERIC_TYPES
+
+
+def is_temporal(column: ColumnInfo) -> bool:
+    """Date, time or timestamp (with or without a time zone)."""
+    return column.type in TEMPORAL_TYPES or column.type.startswith("timestamp")
+
+
+def quote(name: str) -> str:
+    """Quote an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def select_columns(
+    names: Sequence[str] | None,
+    columns: list[ColumnInfo],
+    *,
+    field: str,
+    accept: Callable[[ColumnInfo], bool] | None = None,
+    kind: str = "",
+) -> list[ColumnInfo]:
+    """Resolve requested names (None: every accepted column), raising ParamsError per bad entry."""
+    if names is None:
+        return [c for c in columns if accept is None or accept(c)]
+    by_name = {c.name: c for c in columns}
+    selected: list[ColumnInfo] = []
+    for i, name in enumerate(names):
+        column = by_name.get(name)
+        if column is None:
+            raise ParamsError(f"column {name!r} is not in the dataset", field=f"{field}[{i}]")
+        if accept is not None and not accept(column):
+            raise ParamsError(
+                f"column {name!r} has type {column.type}; {kind} column required",
+                field=f"{field}[{i}]",
+            )
+        selected.append(column)
+    return selected
+
+
+def unique_names(names: list[str] | None) -> list[str] | None:
+    """Pydantic validator body: reject a column listed twice."""
+    if names is not None:
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise ValueError(f"column {name!r} is listed twice")
+            seen.add(name)
+    return names

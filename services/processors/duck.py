@@ -1,0 +1,205 @@
+"""DuckDB plumbing shared by the processors: connection, progress/cancel, literals, JSON values."""
+
+import math
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import duckdb
+
+from services.processors.base import ProcessorInputError, ProgressCallback, StepInput
+
+T = TypeVar("T")
+POLL_SECONDS = 0.2
+# Errors caused by the data itself (a value that does not cast, overflow...): not retryable.
+DATA_ERRORS = (
+    duckdb.ConversionException,
+    duckdb.OutOfRangeException,
+    duckdb.InvalidInputException,
+    duckdb.BinderException,
+)
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+
+
+@contextmanager
+def connect(step: StepInput) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with the step's memory limit, threads and temp folder."""
+    temp_dir = step.output_dir / ".duckdb-tmp"
+    config: dict[str, Any] = {"memory_limit": step.memory_limit, "temp_directory": str(temp_dir)}
+    if step.threads:
+        config["threads"] = step.threads
+    con = duckdb.connect(":memory:", config=config)
+    try:
+        # The progress bar must be enabled for query_progress(); never printed.
+        con.execute(
+            "SET enable_progress_bar = true; SET enable_progress_bar_print = false;"
+            " SET progress_bar_time = 0"
+        )
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def parquet_source(path: Path, *, row_numbers: bool = False) -> str:
+    """The read_parquet(...) table expression; `row_numbers` adds file_row_number (0-based)."""
+    option = ", file_row_number = true" if row_numbers else ""
+    return f"read_parquet({literal(str(path))}{option})"
+
+
+def run_with_progress(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    report: ProgressCallback,
+    message: str,
+    *,
+    start: float = 0.0,
+    end: float = 1.0,
+) -> list[tuple[Any, ...]]:
+    """Run `sql` in a worker thread, reporting DuckDB's progress; interrupt it on cancel."""
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["rows"] = con.execute(sql).fetchall()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    report(start, message)
+    thread = threading.Thread(target=work, name="duckdb-query", daemon=True)
+    thread.start()
+    fraction = start
+    try:
+        while thread.is_alive():
+            thread.join(POLL_SECONDS)
+            if thread.is_alive():
+                percent = con.query_progress()
+                if percent >= 0:  # -1 while DuckDB cannot estimate
+                    fraction = max(fraction, start + (end - start) * min(percent, 100.0) / 100.0)
+                report(fraction, message)
+    except BaseException:
+        _interrupt_until_stopped(con, thread)
+        raise
+    if "error" in outcome:
+        _reraise(outcome["error"])
+    return outcome["rows"]
+
+
+def map_with_progress(
+    con: duckdb.DuckDBPyConnection,
+    tasks: Sequence[Callable[[duckdb.DuckDBPyConnection], T]],
+    report: ProgressCallback,
+    message: str,
+    *,
+    workers: int,
+    start: float = 0.0,
+    end: float = 1.0,
+) -> list[T]:
+    """Run tasks (each on its own cursor) in a thread pool; report progress; interrupt on cancel."""
+    live: set[duckdb.DuckDBPyConnection] = set()
+    lock = threading.Lock()
+
+    def call(task: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        cursor = con.cursor()
+        with lock:
+            live.add(cursor)
+        try:
+            return task(cursor)
+        finally:
+            with lock:
+                live.discard(cursor)
+            cursor.close()
+
+    report(start, message)
+    if not tasks:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="processor") as pool:
+        futures = [pool.submit(call, task) for task in tasks]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # surface a failure at once
+                finished = len(futures) - len(pending)
+                report(start + (end - start) * finished / len(futures), message)
+        except BaseException as exc:
+            for future in futures:
+                future.cancel()
+            with lock:
+                for cursor in live:
+                    cursor.interrupt()
+            _reraise(exc)
+    return [future.result() for future in futures]
+
+
+def _interrupt_until_stopped(con: duckdb.DuckDBPyConnection, thread: threading.Thread) -> None:
+    # Repeat: an interrupt sent before the query has really started is lost.
+    while thread.is_alive():
+        con.interrupt()
+        thread.join(0.05)
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    # A DuckDB error caused by the data becomes ProcessorInputError; others pass unchanged.
+    if isinstance(exc, DATA_ERRORS):
+        raise ProcessorInputError(str(exc).splitlines()[0] or type(exc).__name__) from exc
+    raise exc
+
+
+def parquet_types(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
+    """Column name -> DuckDB type of the Parquet file (from its metadata only)."""
+    rows = con.execute(f"DESCRIBE SELECT * FROM {parquet_source(path)}").fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def literal(value: Any) -> str:
+    """An SQL literal for a Python scalar (floats are cast from text so they round-trip)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"CAST('{value!r}' AS DOUBLE)"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a DuckDB-style size ("1GB", "512MiB"); 1 GB if it cannot be parsed."""
+    match = _SIZE.match(text)
+    if not match:
+        return 10**9
+    number, unit = float(match.group(1)), match.group(2).lower()
+    base = 1024 if "i" in unit else 1000
+    power = "kmgt".find(unit[0]) + 1 if unit and unit[0] in "kmgt" else 0
+    return int(number * base**power)
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-serialisable copy of a value from DuckDB or numpy (NaN and inf become None)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return json_safe(float(value))
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalar
+        return json_safe(value.item())
+    return str(value)

@@ -1,0 +1,204 @@
+"""metrics: a profile of the dataset (counts, nulls, distinct, duplicates, stats, top values).
+
+Figures equal pandas on the same data: `null_count` = isna().sum() (a float NaN counts
+as null), `distinct_count` = nunique(), numeric `std` = std(ddof=1), `p25/p50/p75` =
+quantile(interpolation="linear"), `histogram` = numpy.histogram(values, bins=10) and
+`top_values` = value_counts() (ties by value ascending). `duplicate_rows` =
+df[columns].duplicated().sum(): rows equal to an earlier row over the selected columns
+(all dataset columns when `columns` is not given), nulls comparing equal.
+"""
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.records import ColumnInfo
+from services.processors.base import ProgressCallback, StepInput, StepOutput
+from services.processors.columns import is_numeric, is_temporal, quote, select_columns, unique_names
+from services.processors.duck import (
+    connect,
+    json_safe,
+    map_with_progress,
+    parquet_source,
+    parquet_types,
+    parse_size,
+    run_with_progress,
+)
+from services.processors.numeric import QUANTILES, SortedStats, sorted_stats
+
+TOP_VALUES = 10
+SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
+FLOATS = {"FLOAT", "DOUBLE"}
+
+
+class MetricsParams(BaseModel):
+    """Profile the dataset."""
+
+    model_config = ConfigDict(extra="forbid", title="metrics")
+    columns: list[str] | None = Field(
+        default=None, min_length=1, description="Columns to profile (default: all)."
+    )
+    _unique = field_validator("columns")(unique_names)
+
+
+def check_columns(params: MetricsParams, columns: list[ColumnInfo]) -> None:
+    """Every listed column must exist."""
+    select_columns(params.columns, columns, field="columns")
+
+
+def value_expr(name: str, duck_type: str) -> str:
+    """The column as an SQL expression where a float NaN is NULL, as pandas sees it."""
+    return f"nullif({quote(name)}, 'NaN'::DOUBLE)" if duck_type in FLOATS else quote(name)
+
+
+def _sorts(column: ColumnInfo) -> bool:
+    # Columns whose values fetch as fixed-width numpy arrays are profiled by sorting.
+    return is_numeric(column) or column.type in {"date", "timestamp"}
+
+
+def run(step: StepInput, params: MetricsParams) -> StepOutput:
+    """Profile the selected columns of the typed copy."""
+    selected = select_columns(params.columns, step.columns, field="columns")
+    src = parquet_source(step.parquet_path)
+    with connect(step) as con:
+        types = parquet_types(con, step.parquet_path)
+        exprs = {c.name: value_expr(c.name, types[c.name]) for c in selected}
+        rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
+        tasks = [
+            _sort_task(src, c, exprs[c.name], types[c.name]) if _sorts(c)
+            else _group_task(src, exprs[c.name])
+            for c in selected
+        ]  # fmt: skip
+        # A sort holds its column twice for a moment (DuckDB result, numpy array).
+        budget_workers = parse_size(step.memory_limit) // (16 * max(rows, 1))
+        workers = max(1, min(step.threads or os.cpu_count() or 1, budget_workers))
+        results = map_with_progress(
+            con, tasks, step.report, "profiling columns", workers=workers, start=0.2, end=0.8
+        )
+        profiles = {c.name: result for c, result in zip(selected, results, strict=True)}
+        duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
+    columns = {
+        c.name: _column_summary(c, rows, aggregates[c.name], profiles[c.name]) for c in selected
+    }
+    summary = {
+        "row_count": rows,
+        "column_count": len(selected),
+        "duplicate_rows": duplicates,
+        "columns": columns,
+    }
+    return StepOutput(summary=json_safe(summary), artifacts=[])
+
+
+def _aggregates(
+    con: duckdb.DuckDBPyConnection,
+    src: str,
+    selected: list[ColumnInfo],
+    exprs: dict[str, str],
+    report: ProgressCallback,
+) -> tuple[int, dict[str, list[Any]]]:
+    """One scan: row count; per column the non-null count and mean/std or min/max."""
+    parts: dict[str, list[str]] = {}
+    for c in selected:
+        e = exprs[c.name]
+        parts[c.name] = [f"count({e})"]
+        if is_numeric(c):
+            parts[c.name] += [f"avg({e})", f"stddev_samp({e})"]
+        elif is_temporal(c):
+            parts[c.name] += [f"min({e})", f"max({e})"]
+    select = ", ".join(["count(*)"] + [p for c in selected for p in parts[c.name]])
+    values = iter(run_with_progress(con, f"SELECT {select} FROM {src}", report, "counting",
+                                    end=0.2)[0])  # fmt: skip
+    rows = next(values)
+    return rows, {name: [next(values) for _ in exprs] for name, exprs in parts.items()}
+
+
+def _sort_task(src: str, column: ColumnInfo, expr: str, duck_type: str) -> Callable[..., Any]:
+    if is_numeric(column):
+        cast = "BIGINT" if duck_type in SMALL_INTEGERS else "DOUBLE"
+        expr = f"CAST({expr} AS {cast})"
+    sql = f"SELECT {expr} FROM {src} WHERE {expr} IS NOT NULL"
+
+    def task(cursor: duckdb.DuckDBPyConnection) -> SortedStats:
+        (values,) = cursor.execute(sql).fetchnumpy().values()
+        values = np.asarray(values)
+        return sorted_stats(values, numeric=is_numeric(column))
+
+    return task
+
+
+def _group_task(src: str, expr: str) -> Callable[..., Any]:
+    # One GROUP BY gives both the distinct count and the most frequent values.
+    sql = (
+        f"SELECT {expr}, count(*), count(*) OVER () FROM {src} WHERE {expr} IS NOT NULL"
+        f" GROUP BY 1 ORDER BY 2 DESC, 1 ASC LIMIT {TOP_VALUES}"
+    )
+
+    def task(cursor: duckdb.DuckDBPyConnection) -> tuple[int, list[dict[str, Any]]]:
+        result = cursor.execute(sql).fetchall()
+        top = [{"value": json_safe(value), "count": count} for value, count, _ in result]
+        return (result[0][2] if result else 0), top
+
+    return task
+
+
+def _duplicate_rows(
+    con: duckdb.DuckDBPyConnection,
+    src: str,
+    selected: list[ColumnInfo],
+    exprs: dict[str, str],
+    profiles: dict[str, Any],
+    rows: int,
+    report: ProgressCallback,
+) -> int:
+    """Rows minus distinct rows, over only the rows that can have a twin.
+
+    Two equal rows agree on every column, so a row whose value in some numeric column
+    is unique can have no twin: the count is taken over the rows where that column is
+    null or holds a repeated value, which is usually a small fraction.
+    """
+    where = ""
+    keyed = [c for c in selected if is_numeric(c) and isinstance(profiles[c.name], SortedStats)]
+    if keyed:
+        key = min(keyed, key=lambda c: rows - profiles[c.name].count + profiles[c.name].dup_rows)
+        stats: SortedStats = profiles[key.name]
+        if rows - stats.count + stats.dup_rows <= rows // 2:
+            con.register("metrics_dup_keys", pa.table({"k": stats.dup_keys}))
+            e = exprs[key.name]
+            where = f" WHERE {e} IS NULL OR {e} IN (SELECT k FROM metrics_dup_keys)"
+    cols = ", ".join(exprs[c.name] for c in selected)
+    sql = (
+        f"SELECT (SELECT count(*) FROM {src}{where})"
+        f" - (SELECT count(*) FROM (SELECT DISTINCT {cols} FROM {src}{where}))"
+    )
+    return run_with_progress(con, sql, report, "counting duplicate rows", start=0.8)[0][0]
+
+
+def _column_summary(
+    column: ColumnInfo, rows: int, aggregate: list[Any], profile: Any
+) -> dict[str, Any]:
+    non_null = aggregate[0]
+    out: dict[str, Any] = {
+        "type": column.type,
+        "null_count": rows - non_null,
+        "null_ratio": (rows - non_null) / rows if rows else None,
+    }
+    if isinstance(profile, SortedStats):
+        out["distinct_count"] = profile.distinct
+    else:
+        out["distinct_count"], top = profile
+    if is_numeric(column):
+        assert isinstance(profile, SortedStats)
+        out.update(min=profile.minimum, max=profile.maximum, mean=aggregate[1], std=aggregate[2])
+        for q, value in zip(QUANTILES, profile.quantiles, strict=True):
+            out[f"p{round(q * 100)}"] = value
+        out["histogram"] = profile.histogram
+    elif is_temporal(column):
+        out.update(min=aggregate[1], max=aggregate[2])
+    else:
+        out["top_values"] = top
+    return out

@@ -1,0 +1,87 @@
+"""Statistics of one column's sorted non-null values, with numpy's exact semantics.
+
+Sorting once gives the exact distinct count, quantiles and histogram together and is
+about twice as fast as DuckDB's hash-based count(DISTINCT) on high-cardinality columns.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+HISTOGRAM_BINS = 10
+QUANTILES = (0.25, 0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class SortedStats:
+    count: int
+    distinct: int
+    minimum: Any
+    maximum: Any
+    quantiles: list[float | None]
+    histogram: dict[str, list[float] | list[int]] | None
+    dup_keys: np.ndarray  # the values that occur more than once
+    dup_rows: int  # how many values are one of dup_keys
+
+
+def sorted_stats(values: np.ndarray, *, numeric: bool) -> SortedStats:
+    """Stats of a 1-d array of non-null values, which is sorted in place."""
+    values.sort()
+    n = len(values)
+    if n == 0:
+        empty = np.empty(0, dtype=values.dtype)
+        return SortedStats(0, 0, None, None, [None] * len(QUANTILES), None, empty, 0)
+    repeated = values[1:] == values[:-1]
+    distinct = n - int(np.count_nonzero(repeated))
+    in_dups = np.zeros(n, dtype=bool)
+    in_dups[1:] |= repeated
+    in_dups[:-1] |= repeated
+    dup_rows = int(np.count_nonzero(in_dups))
+    dup_keys = values[1:][repeated]
+    if len(dup_keys):
+        dup_keys = dup_keys[np.concatenate(([True], dup_keys[1:] != dup_keys[:-1]))]
+    if not numeric:
+        return SortedStats(n, distinct, None, None, [], None, dup_keys, dup_rows)
+    return SortedStats(
+        count=n,
+        distinct=distinct,
+        minimum=values[0].item(),
+        maximum=values[-1].item(),
+        quantiles=[quantile_sorted(values, q) for q in QUANTILES],
+        histogram=histogram_sorted(values),
+        dup_keys=dup_keys,
+        dup_rows=dup_rows,
+    )
+
+
+def quantile_sorted(values: np.ndarray, q: float) -> float:
+    """numpy.quantile(values, q) (method "linear") of an already sorted array."""
+    n = len(values)
+    # numpy's virtual index n*q + (1 - q) - 1, exact for q in quarters.
+    index = n * q + (1 - q) - 1
+    low = math.floor(index)
+    gamma = index - low
+    a = float(values[low])
+    b = float(values[min(low + 1, n - 1)])
+    # numpy's _lerp: interpolate from the nearer end for stability.
+    diff = b - a
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+def histogram_sorted(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, Any] | None:
+    """numpy.histogram(values, bins) of a sorted array: equal-width bins, the last one closed."""
+    first, last = float(values[0]), float(values[-1])
+    if not (math.isfinite(first) and math.isfinite(last)):
+        return None
+    if first == last:
+        first, last = first - 0.5, last + 0.5
+    edges = np.linspace(first, last, bins + 1)
+    inner = edges[1:-1]
+    if values.dtype.kind in "iu":
+        # For an integer x: x < e  <=>  x < ceil(e); avoids a float copy of the column.
+        inner = np.ceil(inner).astype(values.dtype)
+    below = np.searchsorted(values, inner, side="left")
+    bounds = np.concatenate(([0], below, [len(values)]))
+    return {"edges": edges.tolist(), "counts": np.diff(bounds).tolist()}
