@@ -5,14 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import uvicorn
-from fastapi import FastAPI
 from rich.console import Console
 
-from api.app import create_app
 from db.engine import make_engine, make_session_factory
 from db.migrations import upgrade_to_head
 from ports.context import Context
@@ -23,6 +21,9 @@ from services.celery_queue import CeleryTaskQueue
 from services.storage.local import LocalObjectStorage
 from services.storage.s3 import S3ObjectStorage
 from workers.celery_app import AssayCelery, make_celery
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 console = Console()
 cli = typer.Typer(help="Assay: asynchronous dataset processing.", no_args_is_help=True)
@@ -67,8 +68,10 @@ def prepare_storage(context: Context) -> None:
         storage.ensure_ready()  # type: ignore[attr-defined]
 
 
-def create_api() -> FastAPI:
+def create_api() -> "FastAPI":
     """ASGI factory used by uvicorn (`assay api`, `assay serve`)."""
+    from api.app import create_app  # here, so that worker processes never load the web stack
+
     settings = Settings()
     configure_logging(settings)
     context = bootstrap(settings)

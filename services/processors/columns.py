@@ -7,6 +7,7 @@ from services.processors.base import ParamsError
 
 NUMERIC_TYPES = frozenset({"integer", "float", "decimal"})
 TEMPORAL_TYPES = frozenset({"date", "timestamp", "time"})
+FLOAT_DUCK_TYPES = frozenset({"FLOAT", "DOUBLE"})
 
 
 def is_numeric(column: ColumnInfo) -> bool:
@@ -22,6 +23,14 @@ def is_temporal(column: ColumnInfo) -> bool:
 def quote(name: str) -> str:
     """Quote an SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def value_expr(name: str, duck_type: str) -> str:
+    """The column as an SQL expression where a float NaN is NULL, as pandas sees it."""
+    if duck_type not in FLOAT_DUCK_TYPES:
+        return quote(name)
+    # Not nullif(x, 'NaN'): DuckDB folds it away when Parquet statistics exclude NaN.
+    return f"CASE WHEN isnan({quote(name)}) THEN NULL ELSE {quote(name)} END"
 
 
 def select_columns(

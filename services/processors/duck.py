@@ -62,13 +62,14 @@ def run_with_progress(
     *,
     start: float = 0.0,
     end: float = 1.0,
+    params: list[Any] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Run `sql` in a worker thread, reporting DuckDB's progress; interrupt it on cancel."""
     outcome: dict[str, Any] = {}
 
     def work() -> None:
         try:
-            outcome["rows"] = con.execute(sql).fetchall()
+            outcome["rows"] = con.execute(sql, params).fetchall()
         except BaseException as exc:
             outcome["error"] = exc
 
@@ -203,3 +204,40 @@ def json_safe(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalar
         return json_safe(value.item())
     return str(value)
+
+
+def aggregate_columns(
+    con: duckdb.DuckDBPyConnection,
+    src: str,
+    exprs: Sequence[str],
+    aggregates: dict[str, str],
+    step: StepInput,
+    rows: int,
+    *,
+    start: float = 0.0,
+    end: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Per expression the aggregates {key: "sql with {e}"}, in as few scans as memory allows."""
+    if not exprs:
+        return []
+    size = len(exprs)
+    if any("quantile" in template for template in aggregates.values()):
+        # An exact quantile keeps every value (8 bytes, plus slack) in memory.
+        size = max(1, parse_size(step.memory_limit) // 2 // (16 * max(rows, 1)))
+    groups = [list(range(i, min(i + size, len(exprs)))) for i in range(0, len(exprs), size)]
+    keys = list(aggregates)
+    out: list[dict[str, Any]] = []
+    for n, group in enumerate(groups):
+        select = ", ".join(aggregates[k].format(e=exprs[i]) for i in group for k in keys)
+        part = (end - start) / len(groups)
+        values = run_with_progress(
+            con,
+            f"SELECT {select} FROM {src}",
+            step.report,
+            "computing statistics",
+            start=start + n * part,
+            end=start + (n + 1) * part,
+        )[0]
+        for j in range(len(group)):
+            out.append(dict(zip(keys, values[j * len(keys) : (j + 1) * len(keys)], strict=True)))
+    return out

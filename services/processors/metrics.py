@@ -14,12 +14,17 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.records import ColumnInfo
 from services.processors.base import ProgressCallback, StepInput, StepOutput
-from services.processors.columns import is_numeric, is_temporal, quote, select_columns, unique_names
+from services.processors.columns import (
+    is_numeric,
+    is_temporal,
+    select_columns,
+    unique_names,
+    value_expr,
+)
 from services.processors.duck import (
     connect,
     json_safe,
@@ -32,8 +37,8 @@ from services.processors.duck import (
 from services.processors.numeric import QUANTILES, SortedStats, sorted_stats
 
 TOP_VALUES = 10
+MAX_DUP_KEYS = 100_000  # repeated key values passed to the duplicate count as a list
 SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
-FLOATS = {"FLOAT", "DOUBLE"}
 
 
 class MetricsParams(BaseModel):
@@ -49,11 +54,6 @@ class MetricsParams(BaseModel):
 def check_columns(params: MetricsParams, columns: list[ColumnInfo]) -> None:
     """Every listed column must exist."""
     select_columns(params.columns, columns, field="columns")
-
-
-def value_expr(name: str, duck_type: str) -> str:
-    """The column as an SQL expression where a float NaN is NULL, as pandas sees it."""
-    return f"nullif({quote(name)}, 'NaN'::DOUBLE)" if duck_type in FLOATS else quote(name)
 
 
 def _sorts(column: ColumnInfo) -> bool:
@@ -161,21 +161,27 @@ def _duplicate_rows(
     is unique can have no twin: the count is taken over the rows where that column is
     null or holds a repeated value, which is usually a small fraction.
     """
-    where = ""
+    where, params = "", None
     keyed = [c for c in selected if is_numeric(c) and isinstance(profiles[c.name], SortedStats)]
     if keyed:
         key = min(keyed, key=lambda c: rows - profiles[c.name].count + profiles[c.name].dup_rows)
         stats: SortedStats = profiles[key.name]
-        if rows - stats.count + stats.dup_rows <= rows // 2:
-            con.register("metrics_dup_keys", pa.table({"k": stats.dup_keys}))
+        candidates = rows - stats.count + stats.dup_rows
+        if candidates <= rows // 2 and len(stats.dup_keys) <= MAX_DUP_KEYS:
             e = exprs[key.name]
-            where = f" WHERE {e} IS NULL OR {e} IN (SELECT k FROM metrics_dup_keys)"
+            where = f" WHERE {e} IS NULL"
+            if len(stats.dup_keys):
+                where += f" OR {e} IN (SELECT unnest($1))"
+                params = [stats.dup_keys.tolist()]
     cols = ", ".join(exprs[c.name] for c in selected)
     sql = (
         f"SELECT (SELECT count(*) FROM {src}{where})"
         f" - (SELECT count(*) FROM (SELECT DISTINCT {cols} FROM {src}{where}))"
     )
-    return run_with_progress(con, sql, report, "counting duplicate rows", start=0.8)[0][0]
+    result = run_with_progress(
+        con, sql, report, "counting duplicate rows", start=0.8, params=params
+    )
+    return result[0][0]
 
 
 def _column_summary(

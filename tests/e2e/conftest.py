@@ -18,7 +18,7 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from tests.fixtures.databases import _postgres_database
+from tests.fixtures.databases import postgres_database
 from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +73,21 @@ def wait_until_healthy(stack: Stack, timeout: float = 60) -> None:
     raise RuntimeError(f"stack not ready in {timeout}s:\n{stack.logs_text()}")
 
 
+def wait_for_worker(stack: Stack, timeout: float = 90) -> None:
+    """Validate a tiny dataset: proves a worker consumes the queue (and warms it up)."""
+    with stack.client() as client:
+        created = client.post("/api/v1/datasets", files={"file": ("warm-up.csv", b"a\n1\n")})
+        assert created.status_code == 201, created.text
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = client.get(f"/api/v1/datasets/{created.json()['id']}").json()["status"]
+            if status == "ready":
+                client.delete(f"/api/v1/datasets/{created.json()['id']}")
+                return
+            time.sleep(0.1)
+    raise RuntimeError(f"no worker validated a dataset in {timeout}s:\n{stack.logs_text()}")
+
+
 def stop(stack: Stack) -> None:
     for process in stack.processes:
         if process.poll() is None:
@@ -103,6 +118,7 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack.processes.append(assay(["serve", "--port", str(port)], env, stack.logs[-1], workdir))
     try:
         wait_until_healthy(stack)
+        wait_for_worker(stack)
         yield stack
     finally:
         stop(stack)
@@ -116,8 +132,8 @@ def production_stack(
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     workdir = tmp_path_factory.mktemp("production")
     suffix = uuid4().hex[:10]
-    database = _postgres_database(template=None)
-    database_url = next(database)
+    database = postgres_database()
+    database_url = database.__enter__()
     env = base_env(workdir) | {
         "ASSAY_DATABASE_URL": database_url,
         "ASSAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
@@ -143,10 +159,11 @@ def production_stack(
         stack.processes.append(assay(args, env, stack.logs[-1], workdir))
     try:
         wait_until_healthy(stack)
+        wait_for_worker(stack)
         yield stack
     finally:
         stop(stack)
-        next(database, None)
+        database.__exit__(None, None, None)
 
 
 @pytest.fixture(

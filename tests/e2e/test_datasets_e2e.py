@@ -48,7 +48,7 @@ def test_walkthrough(stack: Stack):
         took = time.monotonic() - started
         assert dataset["status"] == "ready", dataset
         assert took < 10, f"validation took {took:.1f}s"
-        assert dataset["row_count"] == 6
+        assert dataset["row_count"] == 5
         assert dataset["failed_row_count"] == 3
         assert [(c["name"], c["type"]) for c in dataset["columns"]] == [
             ("city", "string"),

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.e2e.conftest import Stack, base_env, free_port, stop, wait_until_healthy
-from tests.fixtures.databases import _postgres_database
+from tests.fixtures.databases import postgres_database
 from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
@@ -100,7 +100,7 @@ def engine_stack(
         yield stack
     finally:
         stop(stack)
-        next(database, None)
+        database.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")
@@ -312,4 +312,4 @@ def test_broker_outage_loses_no_job_and_never_500(tmp_path: Path):
         stop(stack)
         redis.terminate()
         redis.wait()
-        next(database, None)
+        database.__exit__(None, None, None)

@@ -1,0 +1,238 @@
+"""CSV to Parquet with DuckDB's sniffer and read_csv(store_rejects=true).
+
+DuckDB (2.0) behaviour this module relies on, each pinned by a test in
+tests/unit/test_ingest_csv.py:
+
+- reject_errors.line counts records, not physical lines: a quoted field with a line
+  break earlier in the file shifts it. line_byte_position is the 1-based byte offset
+  (BOM included) where csv_line starts, and csv_line may begin with the line breaks
+  before the record (the "\\n" of a CRLF, blank lines). The physical line number is
+  computed from that offset plus the leading breaks, checked against the file bytes.
+- One reject row per problem: a row with two extra fields gives two TOO MANY COLUMNS
+  rows ("Found: 4", "Found: 5"), two bad casts give two CAST rows; they are merged.
+- The sniffer chooses "no quoting" when its sample holds no quote or a broken one, so a
+  correctly quoted "a, b" later on splits into two fields. quote='"' is therefore
+  forced. When that sniff fails while the unforced one works, the sample has a broken
+  quote: DatasetUnusable names its line. Broken quotes after the sample become failed
+  rows (DuckDB reads up to the next quote, so the failed row may span several lines).
+- Types come from the whole file when it is small (sample_size=-1 doubles the time of a
+  big file: 570 MB took 4.7 s with 20480 rows and 8.0 s with the whole file); in larger
+  files a value that does not fit the sampled type makes its row a failed row.
+- The BOM is stripped; duplicate header names get _1, _2 suffixes, empty ones columnN.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import BinaryIO
+
+import duckdb
+
+from services.datasets.ingest import (
+    CHUNK_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_ROW_BYTES,
+    DatasetUnusable,
+    FailedRowsWriter,
+    TextScan,
+    copy_to_parquet,
+    describe,
+    first_line,
+    friendly_type,
+    lit,
+    unique_names,
+)
+
+SAMPLE_ROWS = 20480
+FULL_SNIFF_BYTES = 32 * 1024 * 1024
+MAX_COLUMNS = 10_000  # DuckDB's sniffer slows down about linearly: 10k columns take ~4 s
+QUOTE_REASON = "unterminated or misplaced quote (a quoted field must end with a quote"
+QUOTE_REASON += " followed by a delimiter or the end of the line)"
+
+_BASE = f"header=true, skip=0, comment='', max_line_size={MAX_ROW_BYTES}, store_rejects=true"
+_REJECTS = "rejects_table='ingest_errors', rejects_scan='ingest_scans'"
+_FIELDS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
+_CAST = re.compile(r"Could not convert string \"(.*)\" to '(.+?)'", re.S)
+_SIZE = re.compile(r"Actual Size:\s*(\d+)")
+
+Columns = list[tuple[str, str]]
+
+
+def convert(
+    con: duckdb.DuckDBPyConnection,
+    source: Path,
+    scan: TextScan,
+    parquet_out: Path,
+    failed: FailedRowsWriter,
+) -> None:
+    """Write the good rows of a CSV file to `parquet_out` and the rejected ones to `failed`."""
+    _check_header(scan)
+    options, columns = _sniff(con, source, scan)
+    relation = f"read_csv({lit(source)}, {options}, {_REJECTS})"
+    try:
+        copy_to_parquet(con, relation, parquet_out, columns)
+    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        raise DatasetUnusable(f"could not read the file as CSV: {first_line(exc)}") from None
+    _collect_rejects(con, source, unique_names([name for name, _ in columns]), failed)
+
+
+def _check_header(scan: TextScan) -> None:
+    if scan.header_bytes > MAX_HEADER_BYTES:
+        raise DatasetUnusable(
+            f"line 1 is {scan.header_bytes} bytes long; a CSV header row must be under "
+            "1 MiB (is the first line really a header?)"
+        )
+    fields = 1 + max(scan.header.count(d) for d in (b",", b";", b"\t", b"|"))
+    if fields > MAX_COLUMNS:
+        raise DatasetUnusable(
+            f"line 1 (the header) has {fields} fields; at most {MAX_COLUMNS} columns are supported"
+        )
+
+
+def _sniff(con: duckdb.DuckDBPyConnection, source: Path, scan: TextScan) -> tuple[str, Columns]:
+    """read_csv options and the columns they give; see the module docstring for the policy."""
+    samples = (-1, SAMPLE_ROWS) if scan.size <= FULL_SNIFF_BYTES else (SAMPLE_ROWS,)
+    for sample in samples:
+        options = f"{_BASE}, sample_size={sample}, quote='\"'"
+        quoted, error = _try_describe(con, source, options)
+        if quoted is not None:
+            break
+    if quoted is not None and len(quoted) > 1:
+        return options, quoted
+    free_options = f"{_BASE}, sample_size={SAMPLE_ROWS}"
+    free, free_error = _try_describe(con, source, free_options)
+    if free is None or (quoted is not None and len(free) <= len(quoted)):
+        if quoted is not None:
+            return options, quoted
+        if scan.long_line:
+            line, size = scan.long_line
+            raise DatasetUnusable(
+                f"line {line} is {size} bytes long; rows over 16 MiB are not supported"
+            )
+        raise DatasetUnusable(f"could not detect the CSV layout: {error or free_error}")
+    _raise_on_broken_quote(con, source, free_options, len(free))
+    return free_options, free
+
+
+def _try_describe(
+    con: duckdb.DuckDBPyConnection, source: Path, options: str
+) -> tuple[Columns | None, str | None]:
+    try:
+        return describe(con, f"read_csv({lit(source)}, {options})"), None
+    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        return None, first_line(exc)
+
+
+def _raise_on_broken_quote(
+    con: duckdb.DuckDBPyConnection, source: Path, free_options: str, n_columns: int
+) -> None:
+    """Raise DatasetUnusable naming the first row that standard CSV quoting cannot read."""
+    row = con.execute(f"SELECT Delimiter FROM sniff_csv({lit(source)}, {free_options})").fetchone()
+    if row is None or not row[0] or row[0] == "(empty)":
+        return
+    columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n_columns))
+    relation = (
+        f"read_csv({lit(source)}, auto_detect=false, header=true, delim={lit(row[0])}, "
+        f"quote='\"', escape='\"', columns={{{columns}}}, max_line_size={MAX_ROW_BYTES}, "
+        "store_rejects=true, rejects_table='quote_errors', rejects_scan='quote_scans')"
+    )
+    try:
+        con.execute(f"SELECT count(*) FROM {relation}").fetchall()
+    except duckdb.Error:
+        return
+    bad = con.execute(
+        "SELECT line_byte_position, csv_line FROM quote_errors "
+        "WHERE error_type = 'UNQUOTED VALUE' ORDER BY line_byte_position LIMIT 1"
+    ).fetchone()
+    if bad is None:
+        return
+    with source.open("rb") as f:
+        line, text = _LineLocator(f).locate(bad[0], bad[1])
+    raise DatasetUnusable(
+        f"malformed quoting at line {line}: {QUOTE_REASON}; "
+        f"the row starts {text.splitlines()[0][:80]!r}"
+    )
+
+
+def _collect_rejects(
+    con: duckdb.DuckDBPyConnection, source: Path, names: list[str], failed: FailedRowsWriter
+) -> None:
+    """Turn DuckDB's reject rows into failed rows, one per record, in file order."""
+    cursor = con.execute(
+        "SELECT min(line_byte_position), any_value(csv_line), "
+        "list(error_type::VARCHAR ORDER BY column_idx), "
+        "list(error_message ORDER BY column_idx), list(column_idx ORDER BY column_idx) "
+        "FROM ingest_errors GROUP BY scan_id, file_id, line ORDER BY 1"
+    )
+    with source.open("rb") as f:
+        locator = _LineLocator(f)
+        while batch := cursor.fetchmany(10_000):
+            for position, csv_line, kinds, messages, indexes in batch:
+                line, text = locator.locate(position, csv_line or "")
+                reason, total = _reason(kinds, messages, indexes, names)
+                failed.add(line, text, reason, total)
+
+
+def _reason(
+    kinds: list[str], messages: list[str], indexes: list[int | None], names: list[str]
+) -> tuple[str, int | None]:
+    """A human reason for one rejected record, and its full size when DuckDB cut it."""
+    parts: list[str] = []
+    total: int | None = None
+    for kind, message, index in zip(kinds, messages, indexes, strict=True):
+        fields = _FIELDS.search(message or "")
+        if kind in ("MISSING COLUMNS", "TOO MANY COLUMNS") and fields:
+            expected = int(fields[1])
+            # One reject per missing/extra field: the real count is the extreme one.
+            founds = [int(m[2]) for m in map(_FIELDS.search, messages) if m is not None]
+            found = min(founds) if kind == "MISSING COLUMNS" else max(founds)
+            parts.append(f"expected {expected} fields, found {found}")
+        elif kind == "CAST" and (cast := _CAST.search(message or "")):
+            column = names[index] if index is not None and index < len(names) else "?"
+            value = cast[1] if len(cast[1]) <= 100 else cast[1][:100] + "…"
+            parts.append(f'column "{column}": cannot convert "{value}" to {friendly_type(cast[2])}')
+        elif kind == "UNQUOTED VALUE":
+            parts.append(QUOTE_REASON)
+        elif kind == "LINE SIZE OVER MAXIMUM":
+            size = _SIZE.search(message or "")
+            total = int(size[1]) if size else None
+            parts.append(f"row is {total or 'over 16 MiB'} bytes long; the limit is 16 MiB")
+        elif kind == "INVALID ENCODING":
+            parts.append("invalid UTF-8")
+        else:
+            parts.append(message or kind)
+    return "; ".join(dict.fromkeys(parts)), total
+
+
+class _LineLocator:
+    """Maps reject byte positions, in ascending order, to physical lines in one forward read."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._pos = 0
+        self._newlines = 0
+
+    def locate(self, position: int, csv_line: str) -> tuple[int, str]:
+        """(1-based physical line, raw text) of the record DuckDB reported at `position`."""
+        text = csv_line.lstrip("\r\n")
+        start = position - 1 + len(csv_line) - len(text)
+        expected = text[:32].encode()
+        for candidate in (start, start + 1, start - 1):  # in case the offset base changes
+            self._f.seek(max(candidate, 0))
+            if candidate >= 0 and self._f.read(len(expected)) == expected:
+                start = candidate
+                break
+        return self._line_at(max(start, 0)), text.rstrip("\r\n")
+
+    def _line_at(self, offset: int) -> int:
+        if offset < self._pos:
+            self._pos = self._newlines = 0
+        self._f.seek(self._pos)
+        while self._pos < offset:
+            chunk = self._f.read(min(CHUNK_BYTES, offset - self._pos))
+            if not chunk:
+                break
+            self._newlines += chunk.count(b"\n")
+            self._pos += len(chunk)
+        return self._newlines + 1

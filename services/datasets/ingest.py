@@ -1,0 +1,379 @@
+"""Dataset ingest: validate an uploaded file and convert it to a typed Parquet copy.
+
+Pure: a local file in, a Parquet copy plus a summary out (no database, storage or
+network). One fresh DuckDB connection per call does the parsing and writing; the
+format specifics live in csv_reader, json_reader and parquet_reader; this module
+holds the entry point and what they share.
+
+Outcomes: a file with nothing usable raises DatasetUnusable (empty, not UTF-8, not
+Parquet, broken JSON array, no parsable row, ...); otherwise bad rows become failed
+rows (physical 1-based line number, raw text capped at 64 KiB, reason) and the good
+rows land in the copy.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.records import ColumnInfo, DatasetFormat
+
+PREVIEW_ROWS = 100
+PREVIEW_TEXT_CHARS = 1000  # long strings are cut in the preview only, never in the copy
+MAX_ROW_BYTES = 16 * 1024 * 1024  # longest accepted row (CSV line / JSON object)
+RAW_TEXT_LIMIT = 64 * 1024  # bytes of a failed row's raw text that are kept
+CHUNK_BYTES = 1024 * 1024
+BOM = codecs.BOM_UTF8
+_ERROR_PREFIX = re.compile(r"^[A-Za-z ]*Error: ")
+
+_FAILED_SCHEMA = pa.schema(
+    [("line_number", pa.int64()), ("raw_text", pa.string()), ("reason", pa.string())]
+)
+
+
+class DatasetUnusable(Exception):
+    """Nothing usable in the file; str(exc) says what and where (line, byte offset, column)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    row_count: int
+    columns: list[ColumnInfo]
+    failed_row_count: int
+    failed_rows_path: Path | None
+    preview: list[dict[str, Any]]
+
+
+def ingest(source: Path, fmt: DatasetFormat, parquet_out: Path, workdir: Path) -> IngestResult:
+    """Validate `source`, write its typed Parquet copy to `parquet_out`, summarise it."""
+    # Imported here because the readers import the shared helpers from this module.
+    from services.datasets import csv_reader, json_reader, parquet_reader
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if source.stat().st_size == 0:
+        raise DatasetUnusable("file is empty")
+    failed = FailedRowsWriter(workdir / "failed_rows.parquet")
+    con = connect(workdir)
+    try:
+        if fmt is DatasetFormat.parquet:
+            parquet_reader.convert(con, source, parquet_out)
+        else:
+            scan = scan_text(source)
+            if fmt is DatasetFormat.csv:
+                csv_reader.convert(con, source, scan, parquet_out, failed)
+            else:
+                json_reader.convert(con, source, fmt, scan, parquet_out, workdir, failed)
+        failed_path = failed.close()
+        result = summarize(con, parquet_out, failed.count, failed_path)
+        if result.row_count == 0 and failed.first is not None:
+            line, reason = failed.first
+            raise DatasetUnusable(f"no row could be parsed; first error at line {line}: {reason}")
+        return result
+    finally:
+        failed.close()
+        con.close()
+
+
+def iter_failed_rows(path: Path, batch_size: int = 1000) -> Iterator[list[tuple[int, str, str]]]:
+    """Yield batches of (line_number, raw_text, reason) from a failed-rows file, in line order."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+        yield list(
+            zip(
+                batch.column("line_number").to_pylist(),
+                batch.column("raw_text").to_pylist(),
+                batch.column("reason").to_pylist(),
+                strict=True,
+            )
+        )
+
+
+def connect(workdir: Path) -> duckdb.DuckDBPyConnection:
+    """A fresh DuckDB connection with the ingest limits (reject tables are per connection)."""
+    con = duckdb.connect()
+    con.execute("SET memory_limit='1GB'")
+    con.execute(f"SET temp_directory={lit(workdir / 'duckdb_tmp')}")
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
+def lit(value: object) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception message, without DuckDB's "Invalid Input Error: "."""
+    text = str(exc).strip()
+    return _ERROR_PREFIX.sub("", text.splitlines()[0]) if text else type(exc).__name__
+
+
+def truncate_raw(text: str, total_bytes: int | None = None) -> str:
+    """Cap a failed row's raw text at RAW_TEXT_LIMIT bytes, with a marker giving its size."""
+    if total_bytes is None and len(text) <= RAW_TEXT_LIMIT // 4:
+        return text
+    data = text.encode()
+    total = max(total_bytes or 0, len(data))
+    if total <= RAW_TEXT_LIMIT:
+        return text
+    return data[:RAW_TEXT_LIMIT].decode("utf-8", "ignore") + f"… [truncated, {total} bytes]"
+
+
+class FailedRowsWriter:
+    """Streams failed rows, added in line order, into a Parquet file created on the first row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self.first: tuple[int, str] | None = None
+        self._rows: list[tuple[int, str, str]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._closed = False
+
+    def add(
+        self, line_number: int, raw_text: str, reason: str, total_bytes: int | None = None
+    ) -> None:
+        """Record one failed row; `total_bytes` is the row's size when raw_text is partial."""
+        if self.first is None:
+            self.first = (line_number, reason)
+        self._rows.append((line_number, truncate_raw(raw_text, total_bytes), reason))
+        self.count += 1
+        if len(self._rows) >= 10_000:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, _FAILED_SCHEMA, compression="zstd")
+        lines, raws, reasons = zip(*self._rows, strict=True)
+        self._writer.write_table(
+            pa.table([list(lines), list(raws), list(reasons)], schema=_FAILED_SCHEMA)
+        )
+        self._rows.clear()
+
+    def close(self) -> Path | None:
+        """Finish the file; its path, or None when no row failed."""
+        if not self._closed:
+            self._flush()
+            if self._writer is not None:
+                self._writer.close()
+            self._closed = True
+        return self.path if self.count else None
+
+
+@dataclass(frozen=True)
+class TextScan:
+    """What one streaming pass over a text file learned about it."""
+
+    size: int
+    first_char: bytes  # first non-whitespace byte after any BOM
+    header: bytes  # line 1 without BOM and line ending, cut after MAX_HEADER_BYTES
+    header_bytes: int  # full length of line 1
+    long_line: tuple[int, int] | None  # (line, bytes) of the first line over MAX_ROW_BYTES
+
+
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+def scan_text(path: Path) -> TextScan:
+    """Check UTF-8 and emptiness in one streaming pass; raise DatasetUnusable if either fails."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = run = 0  # run: bytes of the current, unfinished line
+    line_start = 0
+    first_char = b""
+    header = bytearray()
+    header_bytes: int | None = None
+    long_line: tuple[int, int] | None = None
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            pending = decoder.getstate()[0]
+            if pending or not chunk.isascii():
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(exc, offset - len(pending), newlines, line_start) from None
+            if not first_char:
+                text = chunk.removeprefix(BOM) if offset == 0 else chunk
+                first_char = text.lstrip()[:1]
+            if header_bytes is None and len(header) <= MAX_HEADER_BYTES:
+                header += chunk.split(b"\n", 1)[0][: MAX_HEADER_BYTES + 1 - len(header)]
+            count = chunk.count(b"\n")
+            if count:
+                length = run + chunk.find(b"\n")
+                if header_bytes is None:
+                    header_bytes = length
+                if long_line is None and length > MAX_ROW_BYTES:
+                    long_line = (newlines + 1, length)
+                last = chunk.rfind(b"\n")
+                run = len(chunk) - last - 1
+                line_start = offset + last + 1
+                newlines += count
+            else:
+                run += len(chunk)
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(exc, offset - len(exc.object), newlines, line_start) from None
+    if not first_char:
+        raise DatasetUnusable("file is empty")
+    if long_line is None and run > MAX_ROW_BYTES:
+        long_line = (newlines + 1, run)
+    header = header.removeprefix(BOM).removesuffix(b"\r")
+    return TextScan(offset, first_char, bytes(header), header_bytes or run, long_line)
+
+
+def _not_utf8(
+    exc: UnicodeDecodeError, base: int, newlines: int, line_start: int
+) -> DatasetUnusable:
+    """Describe the first invalid UTF-8 byte; `base` is the file offset of exc.object[0]."""
+    before = exc.object[: exc.start]
+    last = before.rfind(b"\n")
+    if last >= 0:
+        line_start = base + last + 1
+    bad_offset = base + exc.start
+    line = newlines + before.count(b"\n") + 1
+    return DatasetUnusable(
+        f"file is not valid UTF-8: invalid byte 0x{exc.object[exc.start]:02x} at line "
+        f"{line}, column {bad_offset - line_start + 1} "
+        f"(byte offset {bad_offset}); re-encode the file as UTF-8 (for example from "
+        "Latin-1 or Windows-1252) and upload it again"
+    )
+
+
+def copy_to_parquet(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    out: Path,
+    columns: list[tuple[str, str]] | None = None,
+) -> list[tuple[str, str]]:
+    """COPY a relation to the Parquet copy with unique, non-empty column names."""
+    if columns is None:
+        columns = describe(con, relation)
+    names = unique_names([name for name, _ in columns])
+    select = ", ".join(
+        # A column DuckDB typed "NULL" (JSON key that is always null) becomes a string.
+        f"{ident(old)}::VARCHAR AS {ident(new)}"
+        if kind == '"NULL"'
+        else f"{ident(old)} AS {ident(new)}"
+        for (old, kind), new in zip(columns, names, strict=True)
+    )
+    con.execute(
+        f"COPY (SELECT {select} FROM {relation}) TO {lit(out)} "
+        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+    )
+    return columns
+
+
+def describe(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[str, str]]:
+    """(name, DuckDB type) of each column of a relation."""
+    rows = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Non-empty names, unique ignoring case (DuckDB identifiers are case-insensitive)."""
+    seen: set[str] = set()
+    result = []
+    for i, name in enumerate(names):
+        base = name if name.strip() else f"column{i}"
+        candidate, n = base, 1
+        while candidate.lower() in seen:
+            candidate, n = f"{base}_{n}", n + 1
+        seen.add(candidate.lower())
+        result.append(candidate)
+    return result
+
+
+_INTEGER_TYPES = {
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
+}  # fmt: skip
+
+
+def friendly_type(duckdb_type: str) -> str:
+    """Map a DuckDB type to the type name the API shows."""
+    t = duckdb_type.upper()
+    if t in _INTEGER_TYPES:
+        return "integer"
+    if t in ("FLOAT", "DOUBLE"):
+        return "float"
+    if t.startswith("DECIMAL"):
+        return "decimal"
+    if t == "VARCHAR":
+        return "string"
+    if t.startswith("TIMESTAMP"):
+        return "timestamp"
+    if t.startswith("TIME"):
+        return "time"
+    if t in ("BOOLEAN", "DATE"):
+        return t.lower()
+    return duckdb_type.lower()
+
+
+def summarize(
+    con: duckdb.DuckDBPyConnection, parquet: Path, failed_count: int, failed_path: Path | None
+) -> IngestResult:
+    """Row count, column types and null counts (one aggregate query) and the preview."""
+    relation = f"read_parquet({lit(parquet)})"
+    columns = describe(con, relation)
+    nulls = ", ".join(f"count(*) - count({ident(name)})" for name, _ in columns)
+    counts = con.execute(f"SELECT count(*), {nulls} FROM {relation}").fetchone()
+    assert counts is not None
+    preview_cols = ", ".join(
+        f"CASE WHEN length({ident(n)}::VARCHAR) > {PREVIEW_TEXT_CHARS} "
+        f"THEN left({ident(n)}::VARCHAR, {PREVIEW_TEXT_CHARS}) || '…' "
+        f"ELSE {ident(n)}::VARCHAR END AS {ident(n)}"
+        if t in ("VARCHAR", "JSON")
+        else ident(n)
+        for n, t in columns
+    )
+    rows = con.execute(f"SELECT {preview_cols} FROM {relation} LIMIT {PREVIEW_ROWS}").fetchall()
+    names = [name for name, _ in columns]
+    return IngestResult(
+        row_count=counts[0],
+        columns=[
+            ColumnInfo(name=name, type=friendly_type(kind), null_count=n)
+            for (name, kind), n in zip(columns, counts[1:], strict=True)
+        ],
+        failed_row_count=failed_count,
+        failed_rows_path=failed_path,
+        preview=[{k: json_safe(v) for k, v in zip(names, row, strict=True)} for row in rows],
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """A value orjson/json can serialise: ISO strings for times, str for decimals, None for NaN."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value) if value.is_finite() else None
+    if isinstance(value, timedelta):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return str(value)

@@ -1,0 +1,200 @@
+"""anomalies: flag outlying values per numeric column (z-score, modified z-score, IQR).
+
+- zscore: z = (x - mean) / std with the population std (ddof=0), as
+  scipy.stats.zscore(nan_policy="omit"); flagged when |z| > threshold (default 3.0).
+- modified_zscore (Iglewicz & Hoaglin, 1993): M = 0.6745 * (x - median) / MAD with
+  MAD = median(|x - median|); flagged when |M| > threshold (default 3.5). When MAD = 0
+  (more than half the values equal the median) M = (x - median) / (1.253314 * MeanAD),
+  the IBM SPSS / Cognos Analytics convention ("Modified z score"), where MeanAD is the
+  mean absolute deviation around the median, mean(|x - median|): 1.253314 = sqrt(pi/2)
+  turns it into a standard deviation for normal data, as 1/0.6745 does for the MAD.
+- iqr (Tukey's fences): q1, q3 by linear interpolation (numpy's default), IQR = q3 - q1;
+  flagged when x < q1 - k*IQR or x > q3 + k*IQR, k = threshold (default 1.5). The score
+  is the signed distance beyond the fence in IQR units: (x - lower) / IQR below (< 0),
+  (x - upper) / IQR above (> 0).
+
+Nulls (and float NaN) are ignored. A column whose scale (std, MAD and MeanAD, or IQR)
+is 0 flags nothing, since every score would divide by zero; its summary says so.
+The artifact anomalies.csv lists row_number (1-based data row of the dataset), column,
+value (as stored) and score, ordered by row then by column order.
+"""
+
+from typing import Any, Literal
+
+import duckdb
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from schemas.records import ColumnInfo
+from services.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
+from services.processors.columns import is_numeric, select_columns, unique_names, value_expr
+from services.processors.duck import (
+    aggregate_columns,
+    connect,
+    json_safe,
+    literal,
+    parquet_source,
+    parquet_types,
+    run_with_progress,
+)
+
+DEFAULT_THRESHOLDS = {"zscore": 3.0, "modified_zscore": 3.5, "iqr": 1.5}
+ARTIFACT = "anomalies.csv"
+
+
+class AnomaliesParams(BaseModel):
+    """Flag outliers per numeric column."""
+
+    model_config = ConfigDict(extra="forbid", title="anomalies")
+    columns: list[str] | None = Field(
+        default=None, min_length=1, description="Numeric columns to check (default: all numeric)."
+    )
+    method: Literal["zscore", "modified_zscore", "iqr"] = Field(
+        description="zscore: |z| > t; modified_zscore: |0.6745(x-median)/MAD| > t;"
+        " iqr: outside [q1 - t*IQR, q3 + t*IQR]."
+    )
+    threshold: float | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Default 3.0 (zscore), 3.5 (modified_zscore), 1.5 (iqr: the k of the fences).",
+    )
+    _unique = field_validator("columns")(unique_names)
+
+
+def check_columns(params: AnomaliesParams, columns: list[ColumnInfo]) -> None:
+    """Listed columns must exist and be numeric."""
+    select_columns(params.columns, columns, field="columns", accept=is_numeric, kind="a numeric")
+
+
+def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
+    """Compute each column's centre and scale, then write the flagged values."""
+    selected = select_columns(params.columns, step.columns, field="columns", accept=is_numeric)
+    threshold = (
+        params.threshold if params.threshold is not None else DEFAULT_THRESHOLDS[params.method]
+    )
+    src = parquet_source(step.parquet_path, row_numbers=True)
+    name = artifact_name(ARTIFACT, step.artifact_suffix)
+    path = step.output_dir / name
+    with connect(step) as con:
+        types = parquet_types(con, step.parquet_path)
+        raw = [value_expr(c.name, types[c.name]) for c in selected]
+        exprs = [f"CAST({e} AS DOUBLE)" for e in raw]
+        rows = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]  # from metadata
+        stats = _statistics(con, step, src, exprs, params.method, threshold, rows)
+        branches = [
+            _flag_branch(src, i, raw[i], exprs[i], params.method, s, threshold)
+            for i, s in enumerate(stats)
+        ]
+        branches = [b for b in branches if b] or [
+            "SELECT NULL::BIGINT AS row_number, NULL::INTEGER AS col, NULL::VARCHAR AS value,"
+            " NULL::DOUBLE AS score WHERE false"
+        ]
+        run_with_progress(
+            con,
+            "CREATE TEMP TABLE flagged AS " + " UNION ALL ".join(branches),
+            step.report,
+            "flagging values",
+            start=0.5,
+            end=0.9,
+        )
+        counts = dict(con.execute("SELECT col, count(*) FROM flagged GROUP BY col").fetchall())
+        names = "[" + ", ".join(literal(c.name) for c in selected) + "]"
+        copy = (
+            f"COPY (SELECT row_number, {names}[col + 1] AS column, value, score FROM flagged"
+            f" ORDER BY row_number, col) TO {literal(str(path))} (FORMAT csv, HEADER true)"
+        )
+        run_with_progress(con, copy, step.report, f"writing {name}", start=0.9)
+    columns = {}
+    for i, (column, s) in enumerate(zip(selected, stats, strict=True)):
+        columns[column.name] = {"count": counts.get(i, 0), **s}
+    summary = {
+        "method": params.method,
+        "threshold": threshold,
+        "total": sum(counts.values()),
+        "columns": columns,
+    }
+    artifact = ArtifactFile(name=name, path=path, content_type="text/csv")
+    return StepOutput(summary=json_safe(summary), artifacts=[artifact])
+
+
+def _statistics(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    exprs: list[str],
+    method: str,
+    threshold: float,
+    rows: int,
+) -> list[dict[str, Any]]:
+    """Per column: non-null count and the centre/scale of the method (two passes for MAD)."""
+    if method == "zscore":
+        aggregates = {"non_null": "count({e})", "mean": "avg({e})", "std": "stddev_pop({e})"}
+    elif method == "iqr":
+        aggregates = {"non_null": "count({e})", "quartiles": "quantile_cont({e}, [0.25, 0.75])"}
+    else:
+        aggregates = {"non_null": "count({e})", "median": "quantile_cont({e}, 0.5)"}
+    stats = aggregate_columns(con, src, exprs, aggregates, step, rows, end=0.25)
+    if method == "modified_zscore":
+        deviations = [
+            f"abs({e} - {literal(s['median'])})" for e, s in zip(exprs, stats, strict=True)
+        ]
+        spread = aggregate_columns(
+            con,
+            src,
+            deviations,
+            {"mad": "quantile_cont({e}, 0.5)", "meanad": "avg({e})"},
+            step,
+            rows,
+            start=0.25,
+            end=0.5,
+        )
+        for s, d in zip(stats, spread, strict=True):
+            s["mad"] = d["mad"]
+            if d["mad"] == 0:
+                s["meanad"] = d["meanad"]
+    for s in stats:
+        if method == "iqr":
+            s["q1"], s["q3"] = s.pop("quartiles") or (None, None)
+        if method == "iqr" and s["non_null"]:
+            s["iqr"] = s["q3"] - s["q1"]
+            s["lower"] = s["q1"] - threshold * s["iqr"]
+            s["upper"] = s["q3"] + threshold * s["iqr"]
+        if s["non_null"] and _scale(method, s) is None:
+            s["note"] = "scale is 0 (constant column): nothing flagged"
+    return stats
+
+
+def _scale(method: str, s: dict[str, Any]) -> float | None:
+    """The divisor of the score, or None when it is 0 (or there are no values)."""
+    if method == "zscore":
+        scale = s["std"]
+    elif method == "iqr":
+        scale = s.get("iqr")
+    else:
+        scale = s["mad"] / 0.6745 if s["mad"] else 1.253314 * (s.get("meanad") or 0.0)
+    return scale if scale else None
+
+
+def _flag_branch(
+    src: str, index: int, raw: str, x: str, method: str, s: dict[str, Any], threshold: float
+) -> str | None:
+    """SELECT of the flagged values of one column, or None when nothing can be flagged."""
+    if _scale(method, s) is None:
+        return None
+    if method == "iqr":
+        lower, upper, iqr = literal(s["lower"]), literal(s["upper"]), literal(s["iqr"])
+        score = f"CASE WHEN {x} < {lower} THEN ({x} - {lower}) ELSE ({x} - {upper}) END / {iqr}"
+        where = f"{x} < {lower} OR {x} > {upper}"
+    else:
+        if method == "zscore":
+            score = f"({x} - {literal(s['mean'])}) / {literal(s['std'])}"
+        elif s["mad"]:
+            score = f"{literal(0.6745)} * ({x} - {literal(s['median'])}) / {literal(s['mad'])}"
+        else:
+            scale = f"({literal(1.253314)} * {literal(s['meanad'])})"
+            score = f"({x} - {literal(s['median'])}) / {scale}"
+        where = f"abs({score}) > {literal(threshold)}"
+    return (
+        f"SELECT file_row_number + 1 AS row_number, {index} AS col,"
+        f" CAST({raw} AS VARCHAR) AS value, {score} AS score FROM {src} WHERE {where}"
+    )

@@ -1,0 +1,140 @@
+"""The fill_nulls stage of normalize: which columns, which value, and the SQL that fills."""
+
+from collections.abc import Callable
+from datetime import date, datetime, time
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from schemas.records import ColumnInfo
+from services.processors.base import ParamsError, ProcessorInputError, StepInput
+from services.processors.columns import is_numeric, select_columns, value_expr
+from services.processors.duck import aggregate_columns, literal, run_with_progress
+
+if TYPE_CHECKING:
+    from services.processors.normalize import FillNulls
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "date": date.fromisoformat,
+    "timestamp": datetime.fromisoformat,
+    "time": time.fromisoformat,
+}
+SCALAR_TYPES = {"integer", "float", "decimal", "boolean", "string", "date", "timestamp", "time"}
+
+
+def fits(value: Any, column: ColumnInfo) -> bool:
+    """Whether a constant fill value can be stored in the column without guessing."""
+    kind = "timestamp" if column.type.startswith("timestamp") else column.type
+    if isinstance(value, bool):
+        return kind == "boolean"
+    if isinstance(value, int):
+        return kind in {"integer", "float", "decimal"}
+    if isinstance(value, float):
+        return kind in {"float", "decimal"} or (kind == "integer" and value.is_integer())
+    if kind == "string":
+        return True
+    if kind in PARSERS:
+        try:
+            PARSERS[kind](value)
+        except ValueError:
+            return False
+        return True
+    return kind not in SCALAR_TYPES  # other DuckDB types: DuckDB casts it (or fails) at run time
+
+
+def fill_targets(fill: "FillNulls", columns: list[ColumnInfo]) -> list[ColumnInfo]:
+    """The columns to fill, raising ParamsError for a missing or unsuitable one."""
+    field = "fill_nulls.columns"
+    if fill.strategy in ("mean", "median"):
+        return select_columns(
+            fill.columns, columns, field=field, accept=is_numeric, kind="a numeric"
+        )
+    if fill.strategy == "mode":
+        return select_columns(
+            fill.columns, columns, field=field, accept=_scalar, kind="a scalar-typed"
+        )
+    if fill.columns is None:
+        targets = [c for c in columns if fits(fill.value, c)]
+        if not targets:
+            raise ParamsError(
+                f"value {fill.value!r} fits no column of the dataset", field="fill_nulls.value"
+            )
+        return targets
+    targets = select_columns(fill.columns, columns, field=field)
+    for i, column in enumerate(targets):
+        if not fits(fill.value, column):
+            raise ParamsError(
+                f"value {fill.value!r} cannot be stored in column {column.name!r}"
+                f" of type {column.type}",
+                field=f"{field}[{i}]",
+            )
+    return targets
+
+
+def _scalar(column: ColumnInfo) -> bool:
+    return column.type in SCALAR_TYPES or column.type.startswith("timestamp")
+
+
+def fill_expressions(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    relation: str,
+    fill: "FillNulls",
+    types: dict[str, str],
+    rows: int,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Fill values computed on `relation`: (column -> filling SQL expression, summary)."""
+    targets = fill_targets(fill, step.columns)
+    numeric = fill.strategy in ("mean", "median")
+    exprs = [value_expr(c.name, types[c.name]) for c in targets]
+    if numeric:
+        exprs = [f"CAST({e} AS DOUBLE)" for e in exprs]
+    aggregates = {"nulls": "count(*) - count({e})"}
+    if numeric:
+        aggregates["value"] = "avg({e})" if fill.strategy == "mean" else "quantile_cont({e}, 0.5)"
+    stats = aggregate_columns(con, relation, exprs, aggregates, step, rows, start=0.2, end=0.3)
+    filled: dict[str, str] = {}
+    summary: dict[str, Any] = {}
+    for i, (column, expr, s) in enumerate(zip(targets, exprs, stats, strict=True)):
+        if fill.strategy == "constant":
+            value = fill.value
+        elif fill.strategy == "mode":
+            span = (0.3 + 0.05 * i / len(targets), 0.3 + 0.05 * (i + 1) / len(targets))
+            value = _mode(con, step, relation, expr, column.name, span)
+        else:
+            value = s["value"]
+        if numeric:
+            filled[column.name] = expr if value is None else f"coalesce({expr}, {literal(value)})"
+        elif value is not None:
+            typed = f"CAST({literal(value)} AS {types[column.name]})"
+            _check_cast(con, typed, column.name)
+            filled[column.name] = f"coalesce({expr}, {typed})"
+        summary[column.name] = {"count": s["nulls"] if value is not None else 0, "value": value}
+    return filled, summary
+
+
+def _mode(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    relation: str,
+    expr: str,
+    name: str,
+    span: tuple[float, float],
+) -> Any:
+    sql = (
+        f"SELECT {expr} FROM {relation} WHERE {expr} IS NOT NULL"
+        " GROUP BY 1 ORDER BY count(*) DESC, 1 ASC LIMIT 1"
+    )
+    result = run_with_progress(
+        con, sql, step.report, f"finding the mode of {name}", start=span[0], end=span[1]
+    )
+    return result[0][0] if result else None
+
+
+def _check_cast(con: duckdb.DuckDBPyConnection, typed: str, name: str) -> None:
+    try:
+        con.execute(f"SELECT {typed}").fetchall()
+    except (duckdb.ConversionException, duckdb.OutOfRangeException) as exc:
+        raise ProcessorInputError(
+            f"fill value does not fit column {name!r}: {str(exc).splitlines()[0]}", column=name
+        ) from exc

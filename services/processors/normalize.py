@@ -1,0 +1,236 @@
+"""normalize: drop duplicate rows, fill nulls, scale numeric columns; write the result.
+
+Stages run in this order, each computing its statistics on the output of the one before:
+
+- drop_duplicates: true (all columns) or {subset}; keeps the first occurrence, as
+  pandas drop_duplicates(keep="first"); nulls compare equal.
+- fill_nulls: mean | median (numeric columns; default all numeric) or mode | constant
+  (default every column the value fits). mode ties go to the smallest value, as
+  pandas .mode()[0]. A mean/median-filled column is written as DOUBLE, also when it
+  was an integer column (a mean is rarely an integer; the type does not depend on the
+  data). constant `value` must fit the column type: an int for integer columns, a
+  number for float/decimal, a bool for boolean, a string for string columns, an ISO
+  string for date/timestamp/time.
+- scale (numeric columns, default all numeric; written as DOUBLE): minmax (x - min) /
+  (max - min); zscore (x - mean) / std with ddof=0 (sklearn StandardScaler); robust
+  (x - median) / IQR with linear quartiles 25-75 (sklearn RobustScaler). A constant
+  column becomes 0.0; for robust an IQR of 0 is replaced by 1, as sklearn does.
+
+Float NaN counts as null. Row order is the dataset's. The artifact normalized.<ext> is
+written in `output_format`: csv, parquet, json (one JSON array) or ndjson (one object
+per line); the default is the dataset's own format.
+"""
+
+from typing import Annotated, Any, Literal
+
+import duckdb
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core.core_schema import ValidationInfo
+
+from schemas.records import ColumnInfo
+from services.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
+from services.processors.columns import is_numeric, quote, select_columns, unique_names, value_expr
+from services.processors.duck import (
+    aggregate_columns,
+    connect,
+    json_safe,
+    literal,
+    parquet_source,
+    parquet_types,
+    run_with_progress,
+)
+from services.processors.fill import fill_expressions, fill_targets
+
+FORMATS = {
+    "csv": ("text/csv", "FORMAT csv, HEADER true"),
+    "parquet": ("application/vnd.apache.parquet", "FORMAT parquet, COMPRESSION zstd"),
+    "json": ("application/json", "FORMAT json, ARRAY true"),
+    "ndjson": ("application/x-ndjson", "FORMAT json"),
+}
+
+
+class DropDuplicates(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subset: list[str] | None = Field(
+        default=None, min_length=1, description="Columns that define a duplicate (default: all)."
+    )
+    _unique = field_validator("subset")(unique_names)
+
+
+class FillNulls(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["mean", "median", "mode", "constant"]
+    value: str | int | float | bool | None = Field(
+        default=None, validate_default=True, description="The fill value (strategy constant)."
+    )
+    columns: list[str] | None = Field(default=None, min_length=1)
+    _unique = field_validator("columns")(unique_names)
+
+    @field_validator("value")
+    @classmethod
+    def _value_for_constant(cls, value: Any, info: ValidationInfo) -> Any:
+        strategy = info.data.get("strategy")
+        if strategy == "constant" and value is None:
+            raise ValueError("a value is required when strategy is 'constant'")
+        if strategy not in (None, "constant") and value is not None:
+            raise ValueError("a value is only used when strategy is 'constant'")
+        return value
+
+
+class Scale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["minmax", "zscore", "robust"]
+    columns: list[str] | None = Field(default=None, min_length=1)
+    _unique = field_validator("columns")(unique_names)
+
+
+def _duplicates_option(value: Any) -> Any:
+    # `true` means every column, `false` nothing; the object form names a subset.
+    if value is True:
+        return {}
+    if value is False or value is None:
+        return None
+    if not isinstance(value, dict | DropDuplicates):
+        raise ValueError("must be true, false or an object {subset: [column, ...]}")
+    return value
+
+
+class NormalizeParams(BaseModel):
+    """Deduplicate, fill nulls and scale, then write the dataset."""
+
+    model_config = ConfigDict(extra="forbid", title="normalize")
+    drop_duplicates: Annotated[
+        DropDuplicates | None,
+        BeforeValidator(_duplicates_option, json_schema_input_type=bool | DropDuplicates),
+        Field(description="true: rows equal in every column; {subset}: equal in those columns."),
+    ] = None
+    fill_nulls: FillNulls | None = None
+    scale: Scale | None = None
+    output_format: Literal["csv", "parquet", "json", "ndjson"] | None = Field(
+        default=None, description="Default: the dataset's format."
+    )
+
+
+def check_columns(params: NormalizeParams, columns: list[ColumnInfo]) -> None:
+    """Every named column must exist and suit its stage; a constant must fit its columns."""
+    if params.drop_duplicates is not None:
+        select_columns(params.drop_duplicates.subset, columns, field="drop_duplicates.subset")
+    if params.fill_nulls is not None:
+        fill_targets(params.fill_nulls, columns)
+    if params.scale is not None:
+        select_columns(
+            params.scale.columns,
+            columns,
+            field="scale.columns",
+            accept=is_numeric,
+            kind="a numeric",
+        )
+
+
+def run(step: StepInput, params: NormalizeParams) -> StepOutput:
+    """Apply the stages in order and write normalized.<format> in the dataset's row order."""
+    fmt = params.output_format or step.dataset_format.value
+    content_type, options = FORMATS[fmt]
+    name = artifact_name(f"normalized.{fmt}", step.artifact_suffix)
+    path = step.output_dir / name
+    src = parquet_source(step.parquet_path, row_numbers=True)
+    with connect(step) as con:
+        types = parquet_types(con, step.parquet_path)
+        rows_in = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]  # from metadata
+        relation, rows_out = src, rows_in
+        if params.drop_duplicates is not None:
+            relation, rows_out = _drop_duplicates(con, step, src, params.drop_duplicates, types)
+        exprs = {c.name: quote(c.name) for c in step.columns}
+        filled: dict[str, Any] = {}
+        if params.fill_nulls is not None:
+            fill_exprs, filled = fill_expressions(
+                con, step, relation, params.fill_nulls, types, rows_out
+            )
+            exprs.update(fill_exprs)
+        scaled: dict[str, Any] = {}
+        if params.scale is not None:
+            scale_exprs, scaled = _scale(con, step, relation, params.scale, exprs, rows_out)
+            exprs.update(scale_exprs)
+        select = ", ".join(f"{expr} AS {quote(column)}" for column, expr in exprs.items())
+        # Scans keep the file order (preserve_insertion_order); a join may not.
+        order = " ORDER BY file_row_number" if relation != src else ""
+        copy = f"COPY (SELECT {select} FROM {relation}{order}) TO {literal(str(path))} ({options})"
+        run_with_progress(con, copy, step.report, f"writing {name}", start=0.4)
+    summary = {
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "rows_dropped": rows_in - rows_out,
+        "fill_strategy": params.fill_nulls.strategy if params.fill_nulls else None,
+        "filled": filled,
+        "scale_method": params.scale.method if params.scale else None,
+        "scaled": scaled,
+        "output_format": fmt,
+    }
+    artifact = ArtifactFile(name=name, path=path, content_type=content_type)
+    return StepOutput(summary=json_safe(summary), artifacts=[artifact])
+
+
+def _drop_duplicates(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    option: DropDuplicates,
+    types: dict[str, str],
+) -> tuple[str, int]:
+    """Keep the first row of every group of equal rows: (the kept relation, its row count)."""
+    subset = option.subset or [c.name for c in step.columns]
+    keys = ", ".join(value_expr(name, types[name]) for name in subset)
+    sql = (
+        "CREATE TABLE normalize_keep AS SELECT min(file_row_number) AS rn"
+        f" FROM {src} GROUP BY {keys}"
+    )
+    run_with_progress(con, sql, step.report, "finding duplicate rows", end=0.2)
+    rows_out = con.execute("SELECT count(*) FROM normalize_keep").fetchone()[0]
+    return (
+        f"(SELECT * FROM {src} WHERE file_row_number IN (SELECT rn FROM normalize_keep))",
+        rows_out,
+    )
+
+
+def _scale(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    relation: str,
+    scale: Scale,
+    exprs: dict[str, str],
+    rows: int,
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """Scaling statistics computed on the (filled) relation: (column -> SQL, summary)."""
+    targets = select_columns(scale.columns, step.columns, field="scale.columns", accept=is_numeric)
+    xs = [f"CAST({exprs[c.name]} AS DOUBLE)" for c in targets]
+    aggregates = {
+        "minmax": {"min": "min({e})", "max": "max({e})"},
+        "zscore": {
+            "mean": "avg({e})",
+            "std": "stddev_pop({e})",
+            "min": "min({e})",
+            "max": "max({e})",
+        },
+        "robust": {"quartiles": "quantile_cont({e}, [0.25, 0.5, 0.75])"},
+    }[scale.method]
+    stats = aggregate_columns(con, relation, xs, aggregates, step, rows, start=0.35, end=0.4)
+    out: dict[str, str] = {}
+    summary: dict[str, Any] = {}
+    for column, x, s in zip(targets, xs, stats, strict=True):
+        if scale.method == "robust":
+            q1, median, q3 = s.pop("quartiles") or (None, None, None)
+            iqr = None if q1 is None else q3 - q1
+            s.update(median=median, q1=q1, q3=q3, iqr=iqr, scale=iqr or 1.0)
+            centre, divisor = median, s["scale"]
+        elif scale.method == "minmax":
+            centre, divisor = s["min"], None if s["min"] is None else s["max"] - s["min"]
+        else:
+            centre, divisor = s["mean"], s["std"]
+        if centre is None:  # no values at all
+            out[column.name] = x
+        elif s.get("min") is not None and s["min"] == s["max"]:
+            out[column.name] = f"({x} - {literal(s['min'])})"  # constant: exactly 0.0
+        else:
+            out[column.name] = f"({x} - {literal(centre)}) / {literal(divisor)}"
+        summary[column.name] = s
+    return out, summary

@@ -1,0 +1,114 @@
+"""Generated datasets for the processor tests, and a StepInput factory."""
+
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.records import ColumnInfo, DatasetFormat
+from services.processors.base import StepInput
+
+ROWS = 3000
+FRIENDLY = {
+    pa.float64(): "float",
+    pa.int64(): "integer",
+    pa.string(): "string",
+    pa.bool_(): "boolean",
+    pa.timestamp("us"): "timestamp",
+    pa.date32(): "date",
+}
+
+
+def _with_nulls(rng: np.random.Generator, values: np.ndarray, ratio: float) -> pa.Array:
+    return pa.array(values, mask=rng.random(len(values)) < ratio)
+
+
+def make_table(rows: int = ROWS, seed: int = 7) -> pa.Table:
+    """Nulls, NaN, a constant column, ties, outliers, integers, strings, times, duplicates."""
+    rng = np.random.default_rng(seed)
+    normal = rng.normal(50.0, 10.0, rows)
+    normal[rng.choice(rows, 12, replace=False)] *= rng.choice([-8.0, 9.0], 12)  # outliers
+    normal[[5, 17]] = np.nan  # NaN, not null: pandas treats it as missing too
+    ties = np.round(rng.normal(3.0, 1.0, rows), 1)  # many equal values
+    mostly_zero = np.where(rng.random(rows) < 0.8, 0.0, rng.normal(5.0, 3.0, rows))
+    mostly_zero[rng.choice(rows, 3, replace=False)] = 500.0
+    categories = np.array(["delta", "alpha", "charlie", "bravo", "echo", "foxtrot", "golf",
+                           "hotel", "india", "juliet", "kilo", "lima", "mike"])  # fmt: skip
+    # Weights with equal pairs so that top-value ties must be broken by value.
+    weights = np.array([3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1], dtype=float)
+    cats = categories[rng.choice(len(categories), rows, p=weights / weights.sum())]
+    start = datetime(2024, 1, 1)
+    stamps = np.array([start + timedelta(seconds=int(s)) for s in rng.integers(0, 10**7, rows)])
+    days = np.array([date(2023, 1, 1) + timedelta(days=int(d)) for d in rng.integers(0, 400, rows)])
+    table = pa.table(
+        {
+            "normal": _with_nulls(rng, normal, 0.05),
+            "ties": _with_nulls(rng, ties, 0.03),
+            "constant": _with_nulls(rng, np.full(rows, 7.25), 0.02),
+            "mostly_zero": _with_nulls(rng, mostly_zero, 0.01),
+            "count": _with_nulls(rng, rng.integers(0, 20, rows), 0.04),
+            "big_int": pa.array(rng.integers(-(10**6), 10**6, rows)),
+            "category": _with_nulls(rng, cats, 0.05),
+            "flag": _with_nulls(rng, rng.random(rows) < 0.3, 0.02),
+            "stamp": pa.array(stamps, type=pa.timestamp("us"), mask=rng.random(rows) < 0.03),
+            "day": pa.array(days, type=pa.date32(), mask=rng.random(rows) < 0.03),
+        }
+    )
+    # Exact duplicates of earlier rows, some of them rows with nulls.
+    source = rng.choice(rows // 2, 40, replace=False)
+    target = rng.choice(np.arange(rows // 2, rows), 40, replace=False)
+    index = np.arange(rows)
+    index[target] = source
+    return table.take(pa.array(index))
+
+
+def columns_of(table: pa.Table) -> list[ColumnInfo]:
+    """The dataset schema as ingest records it."""
+    return [
+        ColumnInfo(name=f.name, type=FRIENDLY[f.type], null_count=table[f.name].null_count)
+        for f in table.schema
+    ]
+
+
+def write_parquet(table: pa.Table, path: Path) -> Path:
+    """Write like the typed copy: zstd, row groups of 122880 rows."""
+    pq.write_table(table, path, compression="zstd", row_group_size=122_880)
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ColumnInfo]]:
+    table = make_table()
+    path = write_parquet(table, tmp_path_factory.mktemp("data") / "data.parquet")
+    return path, columns_of(table)
+
+
+StepFactory = Callable[..., StepInput]
+
+
+@pytest.fixture
+def make_step(tmp_path: Path, dataset: tuple[Path, list[ColumnInfo]]) -> StepFactory:
+    """StepInput for the generated dataset; keyword overrides for any field."""
+    counter = iter(range(1000))
+
+    def factory(**overrides: object) -> StepInput:
+        output_dir = tmp_path / f"step{next(counter)}"
+        output_dir.mkdir()
+        path, columns = dataset
+        fields: dict[str, object] = {
+            "parquet_path": path,
+            "columns": columns,
+            "dataset_format": DatasetFormat.csv,
+            "output_dir": output_dir,
+            "artifact_suffix": "",
+            "report": lambda fraction, message: None,
+            "threads": 2,
+        }
+        fields.update(overrides)
+        return StepInput(**fields)  # type: ignore[arg-type]
+
+    return factory

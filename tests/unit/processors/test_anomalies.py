@@ -1,0 +1,173 @@
+"""anomalies equals an independent pandas/scipy computation, flagged set included."""
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from schemas.records import ColumnInfo
+from services.processors import anomalies, duck
+from services.processors.base import JobCancelled
+from tests.unit.processors.conftest import StepFactory
+
+NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]
+
+
+def expected(df: pd.DataFrame, method: str, k: float) -> tuple[dict[str, Any], list[tuple]]:
+    """Per-column parameters and the flagged (row_number, column, value, score) rows."""
+    params: dict[str, Any] = {}
+    flagged: list[tuple[int, int, str, float, float]] = []
+    for position, name in enumerate(NUMERIC):
+        s = df[name].astype(float)
+        p: dict[str, Any] = {"non_null": int(s.notna().sum())}
+        if method == "zscore":
+            score = pd.Series(stats.zscore(s, nan_policy="omit"), index=s.index)
+            p.update(mean=s.mean(), std=s.std(ddof=0))
+            zero_scale = p["std"] == 0
+        elif method == "modified_zscore":
+            median = s.median()
+            deviation = (s - median).abs()
+            p.update(median=median, mad=deviation.median())
+            if p["mad"] != 0:
+                score = 0.6745 * (s - median) / p["mad"]
+            else:
+                p["meanad"] = deviation.mean()
+                score = (s - median) / (1.253314 * p["meanad"])
+            zero_scale = p["mad"] == 0 and p["meanad"] == 0
+        else:
+            q1, q3 = s.quantile(0.25), s.quantile(0.75)
+            iqr = q3 - q1
+            lower, upper = q1 - k * iqr, q3 + k * iqr
+            p.update(q1=q1, q3=q3, iqr=iqr, lower=lower, upper=upper)
+            zero_scale = iqr == 0
+            score = pd.Series(np.nan, index=s.index)
+            score[s < lower] = (s[s < lower] - lower) / iqr
+            score[s > upper] = (s[s > upper] - upper) / iqr
+        mask = (
+            pd.Series(False, index=s.index)
+            if zero_scale
+            else (score.abs() > k if method != "iqr" else score.notna())
+        )
+        p["count"] = int(mask.sum())
+        params[name] = p
+        for row in np.flatnonzero(mask.to_numpy()):
+            flagged.append((row + 1, position, name, float(s.iloc[row]), float(score.iloc[row])))
+    flagged.sort(key=lambda item: (item[0], item[1]))
+    return params, [(r, n, v, sc) for r, _, n, v, sc in flagged]
+
+
+def read_artifact(path: Path) -> list[tuple[int, str, float, float]]:
+    with path.open(newline="") as f:
+        reader = csv.reader(f)
+        assert next(reader) == ["row_number", "column", "value", "score"]
+        return [(int(r), c, float(v), float(s)) for r, c, v, s in reader]
+
+
+@pytest.mark.parametrize(
+    ("method", "threshold"),
+    [("zscore", None), ("zscore", 2.0), ("modified_zscore", None), ("iqr", None), ("iqr", 3.0)],
+)
+def test_equals_pandas(
+    make_step: StepFactory,
+    dataset: tuple[Path, list[ColumnInfo]],
+    method: str,
+    threshold: float | None,
+) -> None:
+    df = pd.read_parquet(dataset[0])
+    k = threshold if threshold is not None else anomalies.DEFAULT_THRESHOLDS[method]
+    want_params, want_rows = expected(df, method, k)
+    params = anomalies.AnomaliesParams(method=method, threshold=threshold)  # type: ignore[arg-type]
+    result = anomalies.run(make_step(), params)
+
+    summary = result.summary
+    assert summary["method"] == method and summary["threshold"] == k
+    assert list(summary["columns"]) == NUMERIC  # default: every numeric column
+    assert summary["total"] == len(want_rows) > 0
+    for name, want in want_params.items():
+        got = summary["columns"][name]
+        assert got["count"] == want["count"], name
+        assert got["non_null"] == want["non_null"], name
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+
+    [artifact] = result.artifacts
+    assert artifact.name == "anomalies.csv" and artifact.content_type == "text/csv"
+    got_rows = read_artifact(artifact.path)
+    assert [(r, c, v) for r, c, v, _ in got_rows] == [(r, c, v) for r, c, v, _ in want_rows]
+    for got, want in zip(got_rows, want_rows, strict=True):
+        assert got[3] == pytest.approx(want[3], rel=1e-9)
+
+
+def test_special_columns(make_step: StepFactory) -> None:
+    summary = anomalies.run(make_step(), anomalies.AnomaliesParams(method="modified_zscore")).summary
+    columns = summary["columns"]
+    # MAD = 0 (80% zeros): the MeanAD fallback is used and reported.
+    assert columns["mostly_zero"]["mad"] == 0 and columns["mostly_zero"]["meanad"] > 0
+    assert columns["mostly_zero"]["count"] > 0
+    assert "meanad" not in columns["normal"]
+    # A constant column has no scale: nothing flagged, and the summary says why.
+    assert columns["constant"]["count"] == 0 and "note" in columns["constant"]
+    iqr = anomalies.run(make_step(), anomalies.AnomaliesParams(method="iqr")).summary["columns"]
+    assert iqr["mostly_zero"]["iqr"] == 0 and iqr["mostly_zero"]["count"] == 0
+    assert "note" in iqr["mostly_zero"]
+
+
+def test_selected_columns_suffix_and_integer_values(make_step: StepFactory) -> None:
+    params = anomalies.AnomaliesParams(method="iqr", columns=["big_int", "count"], threshold=0.1)
+    result = anomalies.run(make_step(artifact_suffix="-2"), params)
+    assert list(result.summary["columns"]) == ["big_int", "count"]
+    [artifact] = result.artifacts
+    assert artifact.name == "anomalies-2.csv" and artifact.path.name == "anomalies-2.csv"
+    text = artifact.path.read_text().splitlines()
+    assert len(text) == result.summary["total"] + 1
+    # Integer values are written as stored (no ".0"); columns keep the requested order.
+    rows = [line.split(",") for line in text[1:]]
+    assert all("." not in value for _, _, value, _ in rows)
+    by_row: dict[str, list[str]] = {}
+    for row, column, _, _ in rows:
+        by_row.setdefault(row, []).append(column)
+    assert all(cols == sorted(cols, key=["big_int", "count"].index) for cols in by_row.values())
+
+
+def test_small_memory_budget_batches_columns(
+    make_step: StepFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = anomalies.AnomaliesParams(method="iqr")
+    whole = anomalies.run(make_step(), params).summary
+    queries: list[str] = []
+    real = duck.run_with_progress
+
+    def spy(con: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
+        queries.append(sql)
+        return real(con, sql, *args, **kwargs)
+
+    # Room for one column's quantile state at a time (3000 rows * 16 bytes * 2).
+    monkeypatch.setattr(duck, "parse_size", lambda text: 100_000)
+    monkeypatch.setattr(duck, "run_with_progress", spy)
+    assert anomalies.run(make_step(), params).summary == whole
+    assert sum("quantile_cont" in sql for sql in queries) == len(NUMERIC)
+
+
+def test_nothing_flagged_writes_a_header_only(make_step: StepFactory) -> None:
+    params = anomalies.AnomaliesParams(method="zscore", columns=["constant"])
+    result = anomalies.run(make_step(), params)
+    assert result.summary["total"] == 0
+    assert result.artifacts[0].path.read_text().strip() == "row_number,column,value,score"
+
+
+@pytest.mark.parametrize("fail_on_call", [1, 2])
+def test_cancel(make_step: StepFactory, fail_on_call: int) -> None:
+    calls = 0
+
+    def report(fraction: float, message: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == fail_on_call:
+            raise JobCancelled()
+
+    with pytest.raises(JobCancelled):
+        anomalies.run(make_step(report=report), anomalies.AnomaliesParams(method="iqr"))
