@@ -16,6 +16,7 @@ from ports.storage import ObjectNotFound, StorageUnavailable
 from use_cases.errors import (
     Conflict,
     InvalidInput,
+    InvalidParams,
     NotFound,
     PayloadTooLarge,
     UnsupportedFormat,
@@ -28,6 +29,7 @@ STATUS_BY_ERROR: dict[type[UseCaseError], int] = {
     NotFound: 404,
     Conflict: 409,
     InvalidInput: 400,
+    InvalidParams: 422,
     PayloadTooLarge: 413,
     UnsupportedFormat: 415,
 }

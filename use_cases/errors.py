@@ -26,6 +26,12 @@ class InvalidInput(UseCaseError):
     code = "invalid_input"
 
 
+class InvalidParams(UseCaseError):
+    """Well-formed request whose content cannot be used (unknown processor, bad params, column)."""
+
+    code = "invalid_params"
+
+
 class PayloadTooLarge(UseCaseError):
     code = "payload_too_large"
 

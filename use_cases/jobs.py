@@ -22,7 +22,7 @@ from schemas.records import (
     JobStep,
 )
 from services.processors.base import ParamsError
-from use_cases.errors import Conflict, InvalidInput, NotFound
+from use_cases.errors import Conflict, InvalidParams, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +36,19 @@ def event(job_id: UUID, type_: str, **payload: Any) -> JobEvent:
 def check_steps(steps: list[JobStep], columns: list[ColumnInfo] | None) -> list[JobStep]:
     """Validate every step's processor and params (and columns, when the schema is known)."""
     if not steps:
-        raise InvalidInput("a job needs at least one step", {"field": "steps"})
+        raise InvalidParams("a job needs at least one step", {"field": "steps"})
     checked = []
     for index, step in enumerate(steps):
         where = f"steps[{index}]"
         try:
             params = validate_step(step.processor, step.params, columns)
         except UnknownProcessor as exc:
-            raise InvalidInput(
+            raise InvalidParams(
                 str(exc),
                 {"step": index, "field": f"{where}.processor", "processor": step.processor},
             ) from None
         except ParamsError as exc:
-            raise InvalidInput(
+            raise InvalidParams(
                 f"{where} ({step.processor}): {exc}",
                 {
                     "step": index,
@@ -174,7 +174,7 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
             try:
                 check_steps(job.steps, dataset.columns)
                 publishable.append(job.id)
-            except InvalidInput as exc:
+            except InvalidParams as exc:
                 error = {
                     "step": exc.details.get("step"),
                     "type": "InvalidParams",

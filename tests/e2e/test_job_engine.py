@@ -73,12 +73,12 @@ def engine_stack(
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     workdir = tmp_path_factory.mktemp("engine")
     suffix = uuid4().hex[:10]
-    database = _postgres_database(template=None)
+    database = postgres_database()
     env = (
         base_env(workdir)
         | FAST_RECOVERY
         | {
-            "ASSAY_DATABASE_URL": next(database),
+            "ASSAY_DATABASE_URL": database.__enter__(),
             "ASSAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
             "ASSAY_QUEUE_NAME": f"assay-test-{suffix}",
             "ASSAY_STORAGE_BACKEND": "s3",
@@ -254,12 +254,12 @@ def test_broker_outage_loses_no_job_and_never_500(tmp_path: Path):
         raise RuntimeError("redis-server did not start")
 
     redis = start_redis()
-    database = _postgres_database(template=None)
+    database = postgres_database()
     env = (
         base_env(tmp_path)
         | FAST_RECOVERY
         | {
-            "ASSAY_DATABASE_URL": next(database),
+            "ASSAY_DATABASE_URL": database.__enter__(),
             "ASSAY_BROKER_URL": f"redis://127.0.0.1:{port}/0",
         }
     )
