@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import duckdb
 
-from services.processors.base import ProcessorInputError, ProgressCallback, StepInput
+from services.processors.base import JobCancelled, ProcessorInputError, ProgressCallback, StepInput
 
 T = TypeVar("T")
 POLL_SECONDS = 0.2
@@ -106,10 +106,13 @@ def map_with_progress(
     """Run tasks (each on its own cursor) in a thread pool; report progress; interrupt on cancel."""
     live: set[duckdb.DuckDBPyConnection] = set()
     lock = threading.Lock()
+    stop = threading.Event()
 
     def call(task: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        cursor = con.cursor()
         with lock:
+            if stop.is_set():
+                raise JobCancelled()
+            cursor = con.cursor()
             live.add(cursor)
         try:
             return task(cursor)
@@ -132,11 +135,15 @@ def map_with_progress(
                 finished = len(futures) - len(pending)
                 report(start + (end - start) * finished / len(futures), message)
         except BaseException as exc:
+            stop.set()
             for future in futures:
                 future.cancel()
-            with lock:
-                for cursor in live:
-                    cursor.interrupt()
+            # Repeat: an interrupt sent just before a query starts is lost.
+            while not all(future.done() for future in futures):
+                with lock:
+                    for cursor in live:
+                        cursor.interrupt()
+                wait(futures, timeout=0.05)
             _reraise(exc)
     return [future.result() for future in futures]
 

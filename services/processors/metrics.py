@@ -70,10 +70,11 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
         exprs = {c.name: value_expr(c.name, types[c.name]) for c in selected}
         rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
         tasks = [
-            _sort_task(src, c, exprs[c.name], types[c.name]) if _sorts(c)
+            _sort_task(src, c, exprs[c.name], types[c.name])
+            if _sorts(c)
             else _group_task(src, exprs[c.name])
             for c in selected
-        ]  # fmt: skip
+        ]
         # A sort holds its column twice for a moment (DuckDB result, numpy array).
         budget_workers = parse_size(step.memory_limit) // (16 * max(rows, 1))
         workers = max(1, min(step.threads or os.cpu_count() or 1, budget_workers))
@@ -111,10 +112,11 @@ def _aggregates(
         elif is_temporal(c):
             parts[c.name] += [f"min({e})", f"max({e})"]
     select = ", ".join(["count(*)"] + [p for c in selected for p in parts[c.name]])
-    values = iter(run_with_progress(con, f"SELECT {select} FROM {src}", report, "counting",
-                                    end=0.2)[0])  # fmt: skip
+    values = iter(
+        run_with_progress(con, f"SELECT {select} FROM {src}", report, "counting", end=0.2)[0]
+    )
     rows = next(values)
-    return rows, {name: [next(values) for _ in exprs] for name, exprs in parts.items()}
+    return rows, {name: [next(values) for _ in sql] for name, sql in parts.items()}
 
 
 def _sort_task(src: str, column: ColumnInfo, expr: str, duck_type: str) -> Callable[..., Any]:

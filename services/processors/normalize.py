@@ -50,6 +50,8 @@ FORMATS = {
 
 
 class DropDuplicates(BaseModel):
+    """Drop rows equal to an earlier row (over `subset`, default all columns)."""
+
     model_config = ConfigDict(extra="forbid")
     subset: list[str] | None = Field(
         default=None, min_length=1, description="Columns that define a duplicate (default: all)."
@@ -58,6 +60,8 @@ class DropDuplicates(BaseModel):
 
 
 class FillNulls(BaseModel):
+    """Fill nulls with the column mean, median, mode or a constant."""
+
     model_config = ConfigDict(extra="forbid")
     strategy: Literal["mean", "median", "mode", "constant"]
     value: str | int | float | bool | None = Field(
@@ -78,6 +82,8 @@ class FillNulls(BaseModel):
 
 
 class Scale(BaseModel):
+    """Scale numeric columns: minmax, zscore (ddof=0) or robust (median/IQR)."""
+
     model_config = ConfigDict(extra="forbid")
     method: Literal["minmax", "zscore", "robust"]
     columns: list[str] | None = Field(default=None, min_length=1)
@@ -149,7 +155,7 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
             exprs.update(fill_exprs)
         scaled: dict[str, Any] = {}
         if params.scale is not None:
-            scale_exprs, scaled = _scale(con, step, relation, params.scale, exprs, rows_out)
+            scale_exprs, scaled = _scale(con, step, relation, params.scale, exprs, types, rows_out)
             exprs.update(scale_exprs)
         select = ", ".join(f"{expr} AS {quote(column)}" for column, expr in exprs.items())
         # Scans keep the file order (preserve_insertion_order); a join may not.
@@ -198,11 +204,19 @@ def _scale(
     relation: str,
     scale: Scale,
     exprs: dict[str, str],
+    types: dict[str, str],
     rows: int,
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """Scaling statistics computed on the (filled) relation: (column -> SQL, summary)."""
     targets = select_columns(scale.columns, step.columns, field="scale.columns", accept=is_numeric)
-    xs = [f"CAST({exprs[c.name]} AS DOUBLE)" for c in targets]
+    # A column that was not filled: read NaN as null, or min/max would be NaN.
+    current = {
+        c.name: value_expr(c.name, types[c.name])
+        if exprs[c.name] == quote(c.name)
+        else exprs[c.name]
+        for c in targets
+    }
+    xs = [f"CAST({current[c.name]} AS DOUBLE)" for c in targets]
     aggregates = {
         "minmax": {"min": "min({e})", "max": "max({e})"},
         "zscore": {

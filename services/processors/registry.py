@@ -47,8 +47,10 @@ def get_processor(name: str) -> Processor | None:
     return PROCESSORS.get(name)
 
 
-def validate_step(name: str, params: dict[str, Any], columns: list[ColumnInfo]) -> BaseModel:
-    """Parse a step's params and check its columns against the dataset schema."""
+def validate_step(
+    name: str, params: dict[str, Any], columns: list[ColumnInfo] | None
+) -> BaseModel:
+    """Parse a step's params; check its columns when the dataset schema is known (not None)."""
     processor = PROCESSORS.get(name)
     if processor is None:
         raise UnknownProcessor(name, list(PROCESSORS))
@@ -63,13 +65,10 @@ def validate_step(name: str, params: dict[str, Any], columns: list[ColumnInfo]) 
             for error in exc.errors()
         ]
         first = errors[0]
-        where = f" ({first['field']})" if first["field"] else ""
-        raise ParamsError(
-            f"invalid params for {name}{where}: {first['message']}",
-            field=first["field"],
-            errors=errors,
-        ) from None
-    processor.check_columns(model, columns)
+        message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        raise ParamsError(message, field=first["field"], errors=errors) from None
+    if columns is not None:
+        processor.check_columns(model, columns)
     return model
 
 

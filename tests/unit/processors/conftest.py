@@ -36,8 +36,23 @@ def make_table(rows: int = ROWS, seed: int = 7) -> pa.Table:
     ties = np.round(rng.normal(3.0, 1.0, rows), 1)  # many equal values
     mostly_zero = np.where(rng.random(rows) < 0.8, 0.0, rng.normal(5.0, 3.0, rows))
     mostly_zero[rng.choice(rows, 3, replace=False)] = 500.0
-    categories = np.array(["delta", "alpha", "charlie", "bravo", "echo", "foxtrot", "golf",
-                           "hotel", "india", "juliet", "kilo", "lima", "mike"])  # fmt: skip
+    categories = np.array(
+        [
+            "delta",
+            "alpha",
+            "charlie",
+            "bravo",
+            "echo",
+            "foxtrot",
+            "golf",
+            "hotel",
+            "india",
+            "juliet",
+            "kilo",
+            "lima",
+            "mike",
+        ]
+    )
     # Weights with equal pairs so that top-value ties must be broken by value.
     weights = np.array([3, 3, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1], dtype=float)
     cats = categories[rng.choice(len(categories), rows, p=weights / weights.sum())]

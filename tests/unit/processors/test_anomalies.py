@@ -103,7 +103,9 @@ def test_equals_pandas(
 
 
 def test_special_columns(make_step: StepFactory) -> None:
-    summary = anomalies.run(make_step(), anomalies.AnomaliesParams(method="modified_zscore")).summary
+    summary = anomalies.run(
+        make_step(), anomalies.AnomaliesParams(method="modified_zscore")
+    ).summary
     columns = summary["columns"]
     # MAD = 0 (80% zeros): the MeanAD fallback is used and reported.
     assert columns["mostly_zero"]["mad"] == 0 and columns["mostly_zero"]["meanad"] > 0
