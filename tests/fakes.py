@@ -46,9 +46,10 @@ class FakeDatasets:
         return rows[:limit]
 
     def update(self, dataset_id: UUID, **changes: Any) -> None:
-        current = self.rows[dataset_id]
-        self.rows[dataset_id] = current.model_copy(
-            update={**changes, "updated_at": datetime.now(UTC)}
+        current = self.rows[dataset_id].model_dump()
+        # Validate like a database round trip would: JSON columns come back as records.
+        self.rows[dataset_id] = Dataset.model_validate(
+            current | changes | {"updated_at": datetime.now(UTC)}
         )
 
     def transition(self, dataset_id, from_statuses: Sequence[DatasetStatus], to_status, **changes):

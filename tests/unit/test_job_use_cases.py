@@ -1,0 +1,240 @@
+"""Job use cases and the engine over fakes, with the real processors on a small Parquet file."""
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from schemas.ids import new_id
+from schemas.records import (
+    ColumnInfo,
+    Dataset,
+    DatasetFormat,
+    DatasetStatus,
+    JobStatus,
+    JobStep,
+)
+from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
+from use_cases.errors import Conflict, InvalidParams, NotFound
+from use_cases.jobs import cancel_job, recover_jobs, release_waiting_jobs, submit_job
+from use_cases.run_job import EngineLimits, Outcome, run_job
+
+COLUMNS = [
+    ColumnInfo(name="x", type="float", null_count=0),
+    ColumnInfo(name="g", type="string", null_count=0),
+]
+METRICS = [JobStep(processor="metrics")]
+
+
+@pytest.fixture
+def world(tmp_path: Path):
+    uow, datasets, results, queue = FakeUnitOfWork(), FakeStorage(), FakeStorage(), FakeQueue()
+    parquet = tmp_path / "data.parquet"
+    duckdb.sql(
+        "COPY (SELECT i::DOUBLE AS x, (i % 3)::VARCHAR AS g FROM range(1000) t(i)) "
+        f"TO '{parquet}' (FORMAT parquet)"
+    )
+    return uow, datasets, results, queue, parquet
+
+
+def add_dataset(uow, storage, parquet: Path, status=DatasetStatus.ready) -> Dataset:
+    now = datetime.now(UTC)
+    dataset = Dataset(
+        id=new_id(),
+        owner_id="default",
+        name="d",
+        format=DatasetFormat.csv,
+        status=status,
+        size_bytes=1,
+        sha256="0" * 64,
+        storage_key="k",
+        parquet_key=f"p/{new_id()}",
+        row_count=1000,
+        columns=COLUMNS if status == DatasetStatus.ready else None,
+        created_at=now,
+        updated_at=now,
+    )
+    uow.datasets.add(dataset)
+    storage.put_file(dataset.parquet_key, parquet)
+    return dataset
+
+
+def run(uow, datasets, results, job_id, tmp_path, **kwargs):
+    return run_job(
+        lambda: uow,
+        datasets,
+        results,
+        job_id,
+        worker_id="w1",
+        workdir=tmp_path / "work",
+        limits=EngineLimits(heartbeat_interval_s=0.05),
+        is_transient=kwargs.get("is_transient", lambda exc: isinstance(exc, ConnectionError)),
+    )
+
+
+def types(uow, job_id) -> list[str]:
+    return [e.type for e in uow.job_events.list_for_job(job_id)]
+
+
+def test_submit_publishes_after_commit_and_the_worker_completes_once(world, tmp_path):
+    uow, datasets, results, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    steps = [
+        JobStep(processor="metrics"),
+        JobStep(processor="anomalies", params={"method": "zscore"}),
+        JobStep(processor="anomalies", params={"method": "iqr"}),
+    ]
+    job, created = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=steps)
+    assert created and queue.jobs == [job.id]
+
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.completed
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.skipped  # duplicate delivery
+
+    done = uow.jobs.get(job.id)
+    assert (done.status, done.attempts, done.progress) == (JobStatus.completed, 1, 1.0)
+    assert [a.name for a in uow.artifacts.list_for_job(job.id)] == [
+        "anomalies-2.csv",
+        "anomalies.csv",
+    ]
+    assert all(k.startswith(f"jobs/{job.id}/attempt-1/") for k in results.objects)
+    assert types(uow, job.id).count("completed") == 1
+    assert types(uow, job.id)[:3] == ["created", "enqueued", "started"]
+    assert done.result["steps"][0]["summary"]["row_count"] == 1000
+
+
+def test_idempotency_key_replays_the_job_or_conflicts(world):
+    uow, datasets, _, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    first, created = submit_job(
+        uow, queue, owner_id="default", dataset_id=dataset.id, steps=METRICS, idempotency_key="k"
+    )
+    again, created_again = submit_job(
+        uow, queue, owner_id="default", dataset_id=dataset.id, steps=METRICS, idempotency_key="k"
+    )
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(Conflict):
+        submit_job(
+            uow,
+            queue,
+            owner_id="default",
+            dataset_id=dataset.id,
+            steps=METRICS,
+            name="x",
+            idempotency_key="k",
+        )
+
+
+def test_bad_steps_name_the_step_and_field(world):
+    uow, datasets, _, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    with pytest.raises(InvalidParams) as unknown:
+        submit_job(
+            uow, queue, owner_id="default", dataset_id=dataset.id, steps=[JobStep(processor="nope")]
+        )
+    assert unknown.value.details["field"] == "steps[0].processor"
+    steps = [
+        JobStep(processor="metrics"),
+        JobStep(processor="anomalies", params={"method": "zscore", "columns": ["g"]}),
+    ]
+    with pytest.raises(InvalidParams) as wrong_type:
+        submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=steps)
+    assert wrong_type.value.details["field"] == "steps[1].params.columns[0]"
+    with pytest.raises(NotFound):
+        submit_job(uow, queue, owner_id="default", dataset_id=new_id(), steps=METRICS)
+    failed = add_dataset(uow, datasets, parquet, status=DatasetStatus.failed)
+    with pytest.raises(Conflict):
+        submit_job(uow, queue, owner_id="default", dataset_id=failed.id, steps=METRICS)
+
+
+def test_a_job_waits_for_its_dataset_then_runs_or_fails(world):
+    uow, datasets, _, queue, parquet = world
+    pending = add_dataset(uow, datasets, parquet, status=DatasetStatus.validating)
+    ok, _ = submit_job(uow, queue, owner_id="default", dataset_id=pending.id, steps=METRICS)
+    bad_column, _ = submit_job(
+        uow,
+        queue,
+        owner_id="default",
+        dataset_id=pending.id,
+        steps=[JobStep(processor="metrics", params={"columns": ["nope"]})],
+    )
+    assert queue.jobs == []  # nothing to run yet
+    uow.datasets.update(
+        pending.id, status=DatasetStatus.ready, columns=[c.model_dump() for c in COLUMNS]
+    )
+    release_waiting_jobs(uow, queue, pending.id)
+    assert queue.jobs == [ok.id]
+    assert uow.jobs.get(bad_column.id).status == JobStatus.failed
+    assert "nope" in uow.jobs.get(bad_column.id).error["message"]
+
+    doomed = add_dataset(uow, datasets, parquet, status=DatasetStatus.validating)
+    waiting, _ = submit_job(uow, queue, owner_id="default", dataset_id=doomed.id, steps=METRICS)
+    uow.datasets.update(doomed.id, status=DatasetStatus.failed, error="file is empty")
+    release_waiting_jobs(uow, queue, doomed.id)
+    assert uow.jobs.get(waiting.id).status == JobStatus.failed
+    assert "file is empty" in uow.jobs.get(waiting.id).error["message"]
+
+
+def test_cancel_of_a_queued_job_is_immediate_and_the_worker_skips_it(world, tmp_path):
+    uow, datasets, results, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    job, _ = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=METRICS)
+    assert cancel_job(uow, queue, job.id, "default").status == JobStatus.cancelled
+    assert queue.revoked == [job.id]
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.skipped
+    with pytest.raises(Conflict):
+        cancel_job(uow, queue, job.id, "default")
+
+
+def test_cancel_while_running_removes_partial_artifacts(world, tmp_path, monkeypatch):
+    uow, datasets, results, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    steps = [
+        JobStep(processor="anomalies", params={"method": "zscore"}),
+        JobStep(processor="metrics"),
+    ]
+    job, _ = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=steps)
+    real_put = results.put_file
+
+    def put_then_cancel(key, path, content_type=None):
+        real_put(key, path, content_type)
+        uow.jobs.request_cancel(job.id)  # the user cancels while step 2 is about to start
+
+    monkeypatch.setattr(results, "put_file", put_then_cancel)
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.cancelled
+    assert uow.jobs.get(job.id).status == JobStatus.cancelled
+    assert results.objects == {}
+    assert uow.artifacts.list_for_job(job.id) == []
+
+
+def test_data_errors_fail_at_once_and_transient_errors_retry(world, tmp_path):
+    uow, datasets, results, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    job, _ = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=METRICS)
+    datasets.objects.pop(dataset.parquet_key)
+    real_download = datasets.download_file
+    datasets.download_file = lambda key, path: (_ for _ in ()).throw(ConnectionError("blip"))
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.retry
+    assert uow.jobs.get(job.id).status == JobStatus.queued
+    datasets.download_file = real_download
+    datasets.put_file(dataset.parquet_key, parquet)
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.completed
+    assert uow.jobs.get(job.id).attempts == 2
+    assert "retried" in types(uow, job.id)
+
+
+def test_reaper_requeues_silent_jobs_then_gives_up(world):
+    uow, datasets, _, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    job, _ = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=METRICS)
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    for attempt in (1, 2):
+        claimed = uow.jobs.claim(job.id, "dead-worker", long_ago)
+        assert claimed.attempts == attempt
+        assert recover_jobs(uow, queue, heartbeat_timeout_s=30, grace_s=60, max_attempts=2) == (
+            1 if attempt == 1 else 0
+        )
+    failed = uow.jobs.get(job.id)
+    assert failed.status == JobStatus.failed
+    assert failed.error["type"] == "WorkerLost"
+    assert types(uow, job.id).count("requeued") == 1
