@@ -8,8 +8,13 @@ tests/unit/test_ingest_csv.py:
   (BOM included) where csv_line starts, and csv_line may begin with the line breaks
   before the record (the "\\n" of a CRLF, blank lines). The physical line number is
   computed from that offset plus the leading breaks, checked against the file bytes.
+- csv_line keeps only the first 10,000 bytes of a row; longer rows are re-read from the
+  file for the failed row's raw text (kept up to 64 KiB, with the full size).
 - One reject row per problem: a row with two extra fields gives two TOO MANY COLUMNS
-  rows ("Found: 4", "Found: 5"), two bad casts give two CAST rows; they are merged.
+  rows ("Found: 4", "Found: 5"), two bad casts give two CAST rows; they are merged, and
+  CAST errors that come with a wrong field count (shifted fields) are left out.
+  column_idx is not a reliable position (1-based for CAST, 0-based for MISSING COLUMNS),
+  so column_name is used.
 - The sniffer chooses "no quoting" when its sample holds no quote or a broken one, so a
   correctly quoted "a, b" later on splits into two fields. quote='"' is therefore
   forced. When that sniff fails while the unforced one works, the sample has a broken
@@ -19,6 +24,9 @@ tests/unit/test_ingest_csv.py:
   big file: 570 MB took 4.7 s with 20480 rows and 8.0 s with the whole file); in larger
   files a value that does not fit the sampled type makes its row a failed row.
 - The BOM is stripped; duplicate header names get _1, _2 suffixes, empty ones columnN.
+- With blank lines before the header DuckDB takes the names from the header but reads
+  it again as a data row (a CAST failure), so skip= is set to the number of blank lines.
+- Old Mac files (CR only) are read by DuckDB; line numbers then count "\r".
 """
 
 from __future__ import annotations
@@ -31,30 +39,37 @@ import duckdb
 
 from services.datasets.ingest import (
     CHUNK_BYTES,
-    MAX_HEADER_BYTES,
     MAX_ROW_BYTES,
+    RAW_TEXT_LIMIT,
     DatasetUnusable,
     FailedRowsWriter,
     TextScan,
     copy_to_parquet,
     describe,
     first_line,
-    friendly_type,
     lit,
     unique_names,
 )
+from services.datasets.parquet_reader import friendly_type
 
 SAMPLE_ROWS = 20480
+MAX_HEADER_BYTES = 1024 * 1024
+DUCKDB_TEXT_CAP = 10_000  # reject_errors.csv_line holds at most this many bytes
 FULL_SNIFF_BYTES = 32 * 1024 * 1024
 MAX_COLUMNS = 10_000  # DuckDB's sniffer slows down about linearly: 10k columns take ~4 s
 QUOTE_REASON = "unterminated or misplaced quote (a quoted field must end with a quote"
 QUOTE_REASON += " followed by a delimiter or the end of the line)"
 
-_BASE = f"header=true, skip=0, comment='', max_line_size={MAX_ROW_BYTES}, store_rejects=true"
+_BASE = "header=true, comment='', store_rejects=true"
+# DuckDB sizes its read buffers from max_line_size: 16 MiB doubles peak memory (377 MB ->
+# 812 MB on a 570 MB file), so it is raised only for files with a line over 1 MiB, and
+# with a smaller buffer (479 MB).
+_LONG_LINES = f"max_line_size={MAX_ROW_BYTES}, buffer_size={2 * MAX_ROW_BYTES}"
 _REJECTS = "rejects_table='ingest_errors', rejects_scan='ingest_scans'"
 _FIELDS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
 _CAST = re.compile(r"Could not convert string \"(.*)\" to '(.+?)'", re.S)
-_SIZE = re.compile(r"Actual Size:\s*(\d+)")
+_STRUCTURAL = {"MISSING COLUMNS", "TOO MANY COLUMNS", "UNQUOTED VALUE", "LINE SIZE OVER MAXIMUM"}
+_SIZE = re.compile(r"line size of (\d+) bytes exceeded\. Actual Size:\s*(\d+)")
 
 Columns = list[tuple[str, str]]
 
@@ -67,52 +82,74 @@ def convert(
     failed: FailedRowsWriter,
 ) -> None:
     """Write the good rows of a CSV file to `parquet_out` and the rejected ones to `failed`."""
-    _check_header(scan)
+    _check_header(source, scan)
     options, columns = _sniff(con, source, scan)
     relation = f"read_csv({lit(source)}, {options}, {_REJECTS})"
     try:
         copy_to_parquet(con, relation, parquet_out, columns)
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        raise DatasetUnusable(f"could not read the file as CSV: {first_line(exc)}") from None
-    _collect_rejects(con, source, unique_names([name for name, _ in columns]), failed)
-
-
-def _check_header(scan: TextScan) -> None:
-    if scan.header_bytes > MAX_HEADER_BYTES:
         raise DatasetUnusable(
-            f"line 1 is {scan.header_bytes} bytes long; a CSV header row must be under "
-            "1 MiB (is the first line really a header?)"
+            f"could not read the file as CSV: {first_line(exc, source)}"
+        ) from None
+    original = [name for name, _ in columns]
+    renamed = dict(zip(original, unique_names(original), strict=True))
+    _collect_rejects(con, source, scan.newline, renamed, failed)
+
+
+def _check_header(source: Path, scan: TextScan) -> None:
+    """Refuse headers the sniffer would choke on (it takes minutes on 500k columns)."""
+    with source.open("rb") as f:
+        f.seek(scan.first_offset)
+        header = f.read(MAX_HEADER_BYTES + 1)
+        end = header.find(scan.newline)
+        length = end if end >= 0 else len(header)
+        while end < 0 and (chunk := f.read(CHUNK_BYTES)):
+            end = chunk.find(scan.newline)
+            length += end if end >= 0 else len(chunk)
+    if length > MAX_HEADER_BYTES:
+        raise DatasetUnusable(
+            f"line {scan.first_line} is {length} bytes long; a CSV header row must be under "
+            "1 MiB (is it really a header?)"
         )
-    fields = 1 + max(scan.header.count(d) for d in (b",", b";", b"\t", b"|"))
+    fields = 1 + max(header[:length].count(d) for d in (b",", b";", b"\t", b"|"))
     if fields > MAX_COLUMNS:
         raise DatasetUnusable(
-            f"line 1 (the header) has {fields} fields; at most {MAX_COLUMNS} columns are supported"
+            f"line {scan.first_line} (the header) has {fields} fields; at most {MAX_COLUMNS} "
+            "columns are supported"
         )
 
 
 def _sniff(con: duckdb.DuckDBPyConnection, source: Path, scan: TextScan) -> tuple[str, Columns]:
     """read_csv options and the columns they give; see the module docstring for the policy."""
-    samples = (-1, SAMPLE_ROWS) if scan.size <= FULL_SNIFF_BYTES else (SAMPLE_ROWS,)
+    if scan.long_line and scan.long_line[0] <= SAMPLE_ROWS + scan.first_line:
+        raise _too_long(scan.long_line)  # in the sample: sniffing fails, slowly
+    full = scan.size <= FULL_SNIFF_BYTES and scan.long_line is None
+    samples = (-1, SAMPLE_ROWS) if full else (SAMPLE_ROWS,)
+    base = f"{_BASE}, skip={scan.first_line - 1}"  # blank lines before the header
+    if scan.longest_line >= CHUNK_BYTES:
+        base += f", {_LONG_LINES}"
     for sample in samples:
-        options = f"{_BASE}, sample_size={sample}, quote='\"'"
+        options = f"{base}, sample_size={sample}, quote='\"'"
         quoted, error = _try_describe(con, source, options)
         if quoted is not None:
             break
     if quoted is not None and len(quoted) > 1:
         return options, quoted
-    free_options = f"{_BASE}, sample_size={SAMPLE_ROWS}"
+    free_options = f"{base}, sample_size={SAMPLE_ROWS}"
     free, free_error = _try_describe(con, source, free_options)
     if free is None or (quoted is not None and len(free) <= len(quoted)):
         if quoted is not None:
             return options, quoted
         if scan.long_line:
-            line, size = scan.long_line
-            raise DatasetUnusable(
-                f"line {line} is {size} bytes long; rows over 16 MiB are not supported"
-            )
+            raise _too_long(scan.long_line)
         raise DatasetUnusable(f"could not detect the CSV layout: {error or free_error}")
-    _raise_on_broken_quote(con, source, free_options, len(free))
+    _raise_on_broken_quote(con, source, scan, free_options, len(free))
     return free_options, free
+
+
+def _too_long(long_line: tuple[int, int]) -> DatasetUnusable:
+    line, size = long_line
+    return DatasetUnusable(f"line {line} is {size} bytes long; rows over 16 MiB are not supported")
 
 
 def _try_describe(
@@ -121,11 +158,11 @@ def _try_describe(
     try:
         return describe(con, f"read_csv({lit(source)}, {options})"), None
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        return None, first_line(exc)
+        return None, first_line(exc, source)
 
 
 def _raise_on_broken_quote(
-    con: duckdb.DuckDBPyConnection, source: Path, free_options: str, n_columns: int
+    con: duckdb.DuckDBPyConnection, source: Path, scan: TextScan, free_options: str, n_columns: int
 ) -> None:
     """Raise DatasetUnusable naming the first row that standard CSV quoting cannot read."""
     row = con.execute(f"SELECT Delimiter FROM sniff_csv({lit(source)}, {free_options})").fetchone()
@@ -134,6 +171,7 @@ def _raise_on_broken_quote(
     columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(n_columns))
     relation = (
         f"read_csv({lit(source)}, auto_detect=false, header=true, delim={lit(row[0])}, "
+        f"skip={scan.first_line - 1}, "
         f"quote='\"', escape='\"', columns={{{columns}}}, max_line_size={MAX_ROW_BYTES}, "
         "store_rejects=true, rejects_table='quote_errors', rejects_scan='quote_scans')"
     )
@@ -148,7 +186,7 @@ def _raise_on_broken_quote(
     if bad is None:
         return
     with source.open("rb") as f:
-        line, text = _LineLocator(f).locate(bad[0], bad[1])
+        line, _, text = _LineLocator(f, scan.newline).locate(bad[0], bad[1])
     raise DatasetUnusable(
         f"malformed quoting at line {line}: {QUOTE_REASON}; "
         f"the row starts {text.splitlines()[0][:80]!r}"
@@ -156,31 +194,39 @@ def _raise_on_broken_quote(
 
 
 def _collect_rejects(
-    con: duckdb.DuckDBPyConnection, source: Path, names: list[str], failed: FailedRowsWriter
+    con: duckdb.DuckDBPyConnection,
+    source: Path,
+    newline: bytes,
+    renamed: dict[str, str],
+    failed: FailedRowsWriter,
 ) -> None:
     """Turn DuckDB's reject rows into failed rows, one per record, in file order."""
     cursor = con.execute(
         "SELECT min(line_byte_position), any_value(csv_line), "
         "list(error_type::VARCHAR ORDER BY column_idx), "
-        "list(error_message ORDER BY column_idx), list(column_idx ORDER BY column_idx) "
+        "list(error_message ORDER BY column_idx), list(column_name ORDER BY column_idx) "
         "FROM ingest_errors GROUP BY scan_id, file_id, line ORDER BY 1"
     )
     with source.open("rb") as f:
-        locator = _LineLocator(f)
+        locator = _LineLocator(f, newline)
         while batch := cursor.fetchmany(10_000):
-            for position, csv_line, kinds, messages, indexes in batch:
-                line, text = locator.locate(position, csv_line or "")
-                reason, total = _reason(kinds, messages, indexes, names)
-                failed.add(line, text, reason, total)
+            for position, csv_line, kinds, messages, columns in batch:
+                csv_line = csv_line or ""
+                line, start, text = locator.locate(position, csv_line)
+                cut = len(csv_line.encode()) >= DUCKDB_TEXT_CAP
+                raw, size = locator.raw_text(start, text) if cut else (text, None)
+                reason, total = _reason(kinds, messages, columns, renamed)
+                failed.add(line, raw, reason, size or total)
 
 
 def _reason(
-    kinds: list[str], messages: list[str], indexes: list[int | None], names: list[str]
+    kinds: list[str], messages: list[str], columns: list[str | None], renamed: dict[str, str]
 ) -> tuple[str, int | None]:
     """A human reason for one rejected record, and its full size when DuckDB cut it."""
     parts: list[str] = []
     total: int | None = None
-    for kind, message, index in zip(kinds, messages, indexes, strict=True):
+    broken = not _STRUCTURAL.isdisjoint(kinds)
+    for kind, message, column in zip(kinds, messages, columns, strict=True):
         fields = _FIELDS.search(message or "")
         if kind in ("MISSING COLUMNS", "TOO MANY COLUMNS") and fields:
             expected = int(fields[1])
@@ -188,16 +234,17 @@ def _reason(
             founds = [int(m[2]) for m in map(_FIELDS.search, messages) if m is not None]
             found = min(founds) if kind == "MISSING COLUMNS" else max(founds)
             parts.append(f"expected {expected} fields, found {found}")
+        elif kind == "CAST" and broken:
+            continue  # a consequence: fields are shifted or cut
         elif kind == "CAST" and (cast := _CAST.search(message or "")):
-            column = names[index] if index is not None and index < len(names) else "?"
+            name = renamed.get(column or "", column)
             value = cast[1] if len(cast[1]) <= 100 else cast[1][:100] + "…"
-            parts.append(f'column "{column}": cannot convert "{value}" to {friendly_type(cast[2])}')
+            parts.append(f'column "{name}": cannot convert "{value}" to {friendly_type(cast[2])}')
         elif kind == "UNQUOTED VALUE":
             parts.append(QUOTE_REASON)
-        elif kind == "LINE SIZE OVER MAXIMUM":
-            size = _SIZE.search(message or "")
-            total = int(size[1]) if size else None
-            parts.append(f"row is {total or 'over 16 MiB'} bytes long; the limit is 16 MiB")
+        elif kind == "LINE SIZE OVER MAXIMUM" and (size := _SIZE.search(message or "")):
+            total = int(size[2])
+            parts.append(f"row is {total} bytes long; the limit is {size[1]} bytes")
         elif kind == "INVALID ENCODING":
             parts.append("invalid UTF-8")
         else:
@@ -208,13 +255,14 @@ def _reason(
 class _LineLocator:
     """Maps reject byte positions, in ascending order, to physical lines in one forward read."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: BinaryIO, newline: bytes) -> None:
         self._f = f
+        self._nl = newline
         self._pos = 0
         self._newlines = 0
 
-    def locate(self, position: int, csv_line: str) -> tuple[int, str]:
-        """(1-based physical line, raw text) of the record DuckDB reported at `position`."""
+    def locate(self, position: int, csv_line: str) -> tuple[int, int, str]:
+        """(1-based physical line, byte offset, text) of the record DuckDB reported."""
         text = csv_line.lstrip("\r\n")
         start = position - 1 + len(csv_line) - len(text)
         expected = text[:32].encode()
@@ -223,7 +271,23 @@ class _LineLocator:
             if candidate >= 0 and self._f.read(len(expected)) == expected:
                 start = candidate
                 break
-        return self._line_at(max(start, 0)), text.rstrip("\r\n")
+        start = max(start, 0)
+        return self._line_at(start), start, text.rstrip("\r\n")
+
+    def raw_text(self, start: int, text: str) -> tuple[str, int]:
+        """Text and size of a row DuckDB cut: its start as DuckDB gave it, the rest of its line."""
+        seen = len(text.encode())
+        self._f.seek(start)
+        kept = bytearray()
+        total = 0
+        while chunk := self._f.read(CHUNK_BYTES):
+            end = chunk.find(self._nl, max(seen - total, 0))
+            piece = chunk if end < 0 else chunk[:end]
+            kept += piece[: max(RAW_TEXT_LIMIT + 4 - len(kept), 0)]
+            total += len(piece)
+            if end >= 0:
+                break
+        return kept.decode("utf-8", "ignore").rstrip("\r"), total
 
     def _line_at(self, offset: int) -> int:
         if offset < self._pos:
@@ -233,6 +297,6 @@ class _LineLocator:
             chunk = self._f.read(min(CHUNK_BYTES, offset - self._pos))
             if not chunk:
                 break
-            self._newlines += chunk.count(b"\n")
+            self._newlines += chunk.count(self._nl)
             self._pos += len(chunk)
         return self._newlines + 1

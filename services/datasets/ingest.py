@@ -1,9 +1,9 @@
 """Dataset ingest: validate an uploaded file and convert it to a typed Parquet copy.
 
 Pure: a local file in, a Parquet copy plus a summary out (no database, storage or
-network). One fresh DuckDB connection per call does the parsing and writing; the
-format specifics live in csv_reader, json_reader and parquet_reader; this module
-holds the entry point and what they share.
+network). One fresh DuckDB connection per call does the parsing and writing. The
+format specifics live in csv_reader, json_reader and parquet_reader (which also reads
+the summary back from the copy); this module holds the entry point and what they share.
 
 Outcomes: a file with nothing usable raises DatasetUnusable (empty, not UTF-8, not
 Parquet, broken JSON array, no parsable row, ...); otherwise bad rows become failed
@@ -14,12 +14,9 @@ rows land in the copy.
 from __future__ import annotations
 
 import codecs
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +45,11 @@ class DatasetUnusable(Exception):
 
 @dataclass(frozen=True)
 class IngestResult:
-    row_count: int
-    columns: list[ColumnInfo]
+    row_count: int  # good rows, as in the Parquet copy
+    columns: list[ColumnInfo]  # name, friendly type, null count
     failed_row_count: int
-    failed_rows_path: Path | None
-    preview: list[dict[str, Any]]
+    failed_rows_path: Path | None  # Parquet: line_number, raw_text, reason; None if none failed
+    preview: list[dict[str, Any]]  # first PREVIEW_ROWS good rows, JSON-safe values
 
 
 def ingest(source: Path, fmt: DatasetFormat, parquet_out: Path, workdir: Path) -> IngestResult:
@@ -60,7 +57,9 @@ def ingest(source: Path, fmt: DatasetFormat, parquet_out: Path, workdir: Path) -
     # Imported here because the readers import the shared helpers from this module.
     from services.datasets import csv_reader, json_reader, parquet_reader
 
+    fmt = DatasetFormat(fmt)
     workdir.mkdir(parents=True, exist_ok=True)
+    parquet_out.parent.mkdir(parents=True, exist_ok=True)
     if source.stat().st_size == 0:
         raise DatasetUnusable("file is empty")
     failed = FailedRowsWriter(workdir / "failed_rows.parquet")
@@ -75,7 +74,7 @@ def ingest(source: Path, fmt: DatasetFormat, parquet_out: Path, workdir: Path) -
             else:
                 json_reader.convert(con, source, fmt, scan, parquet_out, workdir, failed)
         failed_path = failed.close()
-        result = summarize(con, parquet_out, failed.count, failed_path)
+        result = parquet_reader.summarize(con, parquet_out, failed.count, failed_path)
         if result.row_count == 0 and failed.first is not None:
             line, reason = failed.first
             raise DatasetUnusable(f"no row could be parsed; first error at line {line}: {reason}")
@@ -104,6 +103,7 @@ def connect(workdir: Path) -> duckdb.DuckDBPyConnection:
     con.execute("SET memory_limit='1GB'")
     con.execute(f"SET temp_directory={lit(workdir / 'duckdb_tmp')}")
     con.execute("SET TimeZone='UTC'")
+    con.execute("SET enable_progress_bar=false")  # it would write to the worker's stdout
     return con
 
 
@@ -117,9 +117,11 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception message, without DuckDB's "Invalid Input Error: "."""
+def first_line(exc: BaseException, source: Path | None = None) -> str:
+    """An error's first line, without "Invalid Input Error: " and with the file's bare name."""
     text = str(exc).strip()
+    if source is not None:
+        text = text.replace(str(source), source.name)
     return _ERROR_PREFIX.sub("", text.splitlines()[0]) if text else type(exc).__name__
 
 
@@ -182,45 +184,48 @@ class TextScan:
     """What one streaming pass over a text file learned about it."""
 
     size: int
+    newline: bytes  # b"\n" (also for CRLF), or b"\r" for old Mac files without any "\n"
     first_char: bytes  # first non-whitespace byte after any BOM
-    header: bytes  # line 1 without BOM and line ending, cut after MAX_HEADER_BYTES
-    header_bytes: int  # full length of line 1
+    first_line: int  # 1-based line of first_char: the lines before it are blank
+    first_offset: int  # byte offset where that line starts
+    longest_line: int  # bytes; exact from CHUNK_BYTES up, any value below means "shorter"
     long_line: tuple[int, int] | None  # (line, bytes) of the first line over MAX_ROW_BYTES
-
-
-MAX_HEADER_BYTES = 1024 * 1024
 
 
 def scan_text(path: Path) -> TextScan:
     """Check UTF-8 and emptiness in one streaming pass; raise DatasetUnusable if either fails."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = newlines = run = 0  # run: bytes of the current, unfinished line
-    line_start = 0
+    offset = newlines = run = line_start = longest = 0  # run: bytes of the unfinished line
+    nl = b"\n"
     first_char = b""
-    header = bytearray()
-    header_bytes: int | None = None
+    first_line = first_offset = 0
     long_line: tuple[int, int] | None = None
     with path.open("rb") as f:
         while chunk := f.read(CHUNK_BYTES):
+            if offset == 0 and b"\n" not in chunk and b"\r" in chunk:
+                nl = b"\r"
             pending = decoder.getstate()[0]
             if pending or not chunk.isascii():
                 try:
                     decoder.decode(chunk)
                 except UnicodeDecodeError as exc:
-                    raise _not_utf8(exc, offset - len(pending), newlines, line_start) from None
+                    base = offset - len(pending)
+                    raise _not_utf8(exc, base, nl, newlines, line_start) from None
             if not first_char:
-                text = chunk.removeprefix(BOM) if offset == 0 else chunk
-                first_char = text.lstrip()[:1]
-            if header_bytes is None and len(header) <= MAX_HEADER_BYTES:
-                header += chunk.split(b"\n", 1)[0][: MAX_HEADER_BYTES + 1 - len(header)]
-            count = chunk.count(b"\n")
+                skip = 3 if offset == 0 and chunk.startswith(BOM) else 0
+                text = chunk[skip:].lstrip()
+                if text:
+                    first_char, at = text[:1], len(chunk) - len(text)
+                    first_line = newlines + chunk.count(nl, 0, at) + 1
+                    before = chunk.rfind(nl, 0, at)
+                    first_offset = offset + before + 1 if before >= 0 else line_start
+            count = chunk.count(nl)
             if count:
-                length = run + chunk.find(b"\n")
-                if header_bytes is None:
-                    header_bytes = length
+                length = run + chunk.find(nl)
+                longest = max(longest, length)
                 if long_line is None and length > MAX_ROW_BYTES:
                     long_line = (newlines + 1, length)
-                last = chunk.rfind(b"\n")
+                last = chunk.rfind(nl)
                 run = len(chunk) - last - 1
                 line_start = offset + last + 1
                 newlines += count
@@ -230,25 +235,26 @@ def scan_text(path: Path) -> TextScan:
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:
-            raise _not_utf8(exc, offset - len(exc.object), newlines, line_start) from None
+            base = offset - len(exc.object)
+            raise _not_utf8(exc, base, nl, newlines, line_start) from None
     if not first_char:
         raise DatasetUnusable("file is empty")
     if long_line is None and run > MAX_ROW_BYTES:
         long_line = (newlines + 1, run)
-    header = header.removeprefix(BOM).removesuffix(b"\r")
-    return TextScan(offset, first_char, bytes(header), header_bytes or run, long_line)
+    longest = max(longest, run)
+    return TextScan(offset, nl, first_char, first_line, first_offset, longest, long_line)
 
 
 def _not_utf8(
-    exc: UnicodeDecodeError, base: int, newlines: int, line_start: int
+    exc: UnicodeDecodeError, base: int, nl: bytes, newlines: int, line_start: int
 ) -> DatasetUnusable:
     """Describe the first invalid UTF-8 byte; `base` is the file offset of exc.object[0]."""
     before = exc.object[: exc.start]
-    last = before.rfind(b"\n")
+    last = before.rfind(nl)
     if last >= 0:
         line_start = base + last + 1
     bad_offset = base + exc.start
-    line = newlines + before.count(b"\n") + 1
+    line = newlines + before.count(nl) + 1
     return DatasetUnusable(
         f"file is not valid UTF-8: invalid byte 0x{exc.object[exc.start]:02x} at line "
         f"{line}, column {bad_offset - line_start + 1} "
@@ -299,81 +305,3 @@ def unique_names(names: list[str]) -> list[str]:
         seen.add(candidate.lower())
         result.append(candidate)
     return result
-
-
-_INTEGER_TYPES = {
-    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
-    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
-}  # fmt: skip
-
-
-def friendly_type(duckdb_type: str) -> str:
-    """Map a DuckDB type to the type name the API shows."""
-    t = duckdb_type.upper()
-    if t in _INTEGER_TYPES:
-        return "integer"
-    if t in ("FLOAT", "DOUBLE"):
-        return "float"
-    if t.startswith("DECIMAL"):
-        return "decimal"
-    if t == "VARCHAR":
-        return "string"
-    if t.startswith("TIMESTAMP"):
-        return "timestamp"
-    if t.startswith("TIME"):
-        return "time"
-    if t in ("BOOLEAN", "DATE"):
-        return t.lower()
-    return duckdb_type.lower()
-
-
-def summarize(
-    con: duckdb.DuckDBPyConnection, parquet: Path, failed_count: int, failed_path: Path | None
-) -> IngestResult:
-    """Row count, column types and null counts (one aggregate query) and the preview."""
-    relation = f"read_parquet({lit(parquet)})"
-    columns = describe(con, relation)
-    nulls = ", ".join(f"count(*) - count({ident(name)})" for name, _ in columns)
-    counts = con.execute(f"SELECT count(*), {nulls} FROM {relation}").fetchone()
-    assert counts is not None
-    preview_cols = ", ".join(
-        f"CASE WHEN length({ident(n)}::VARCHAR) > {PREVIEW_TEXT_CHARS} "
-        f"THEN left({ident(n)}::VARCHAR, {PREVIEW_TEXT_CHARS}) || '…' "
-        f"ELSE {ident(n)}::VARCHAR END AS {ident(n)}"
-        if t in ("VARCHAR", "JSON")
-        else ident(n)
-        for n, t in columns
-    )
-    rows = con.execute(f"SELECT {preview_cols} FROM {relation} LIMIT {PREVIEW_ROWS}").fetchall()
-    names = [name for name, _ in columns]
-    return IngestResult(
-        row_count=counts[0],
-        columns=[
-            ColumnInfo(name=name, type=friendly_type(kind), null_count=n)
-            for (name, kind), n in zip(columns, counts[1:], strict=True)
-        ],
-        failed_row_count=failed_count,
-        failed_rows_path=failed_path,
-        preview=[{k: json_safe(v) for k, v in zip(names, row, strict=True)} for row in rows],
-    )
-
-
-def json_safe(value: Any) -> Any:
-    """A value orjson/json can serialise: ISO strings for times, str for decimals, None for NaN."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else None
-    if isinstance(value, timedelta):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return str(value)

@@ -11,9 +11,12 @@
   keys first seen after it and fails the whole read on a later value of another type.
   Measured on 2M lines (217 MB): 2.0 s sampled, 2.8 s whole file; the orjson pass, only
   run for files with bad lines, takes another ~1.9 us per line (3.9 s).
-- DuckDB renames keys that differ only in case ("A" -> "A_1"); it cannot make a column
-  of an empty key, so such objects are failed rows. DuckDB counts records, not lines,
-  in its own messages; they are mapped back to physical lines here.
+- DuckDB renames keys that differ only in case ("A" -> "A_1"). It cannot make a column
+  of an empty key: such a line is a failed row (in an array: unusable). A key repeated
+  inside one object fails DuckDB's whole read: unusable, naming the line. DuckDB counts
+  records, not lines, in its messages; they are mapped back to physical lines here.
+- Lines over 16 MiB are failed rows in the line-by-line pass (never held whole); DuckDB's
+  direct read was seen to accept a 20 MB line despite maximum_object_size.
 """
 
 from __future__ import annotations
@@ -41,8 +44,11 @@ from services.datasets.ingest import (
     lit,
 )
 
-ORJSON_CHECK_BYTES = 256 * 1024 * 1024
-_OPTIONS = f"records='true', sample_size=-1, map_inference_threshold=-1, maximum_object_size={MAX_ROW_BYTES}"  # noqa: E501
+ORJSON_CHECK_BYTES = 32 * 1024 * 1024  # parsing builds Python objects: ~8x the file
+_OPTIONS = (
+    "records='true', sample_size=-1, map_inference_threshold=-1, "
+    f"maximum_object_size={MAX_ROW_BYTES}"
+)
 _DATA_ERRORS = (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.BinderException)
 _LINE_REF = re.compile(r"(in line |record/value )(\d+)")
 
@@ -62,7 +68,7 @@ def convert(
         try:
             copy_to_parquet(con, relation, parquet_out)
         except _DATA_ERRORS as exc:
-            raise DatasetUnusable(_array_problem(source, first_line(exc))) from None
+            raise DatasetUnusable(_array_problem(source, first_line(exc, source))) from None
         return
     try:
         copy_to_parquet(con, _ndjson(source), parquet_out)
@@ -76,6 +82,8 @@ def convert(
         hint = ""
         if scan.first_char == b"[":
             hint = " (the file starts with '[': upload a JSON array with format json)"
+        elif fmt is DatasetFormat.json:
+            hint = " (JSON must be an array of objects, or one object per line)"
         raise DatasetUnusable(
             f"no line could be parsed as a JSON object; first error at line {line}: {reason}{hint}"
         )
@@ -129,9 +137,9 @@ def _split_lines(source: Path, clean: Path, failed: FailedRowsWriter) -> tuple[i
     skipped = array("q")  # line numbers not copied, to map DuckDB's record numbers back
     with source.open("rb") as f, clean.open("wb") as out:
         for block in _blocks(f):
-            if isinstance(block, int):  # a line too long to hold: only its size is known
+            if isinstance(block, tuple):  # a line too long to hold: its start and size
                 number += 1
-                failed.add(number, "", _too_long(block), block)
+                _fail(failed, number, *block)
                 skipped.append(number)
                 continue
             lines = block.split(b"\n")
@@ -145,7 +153,7 @@ def _split_lines(source: Path, clean: Path, failed: FailedRowsWriter) -> tuple[i
                 except decode_error as exc:
                     if line.strip():
                         reason = f"invalid JSON: {exc.msg} at column {exc.colno}"
-                        _fail(failed, number, line, reason)
+                        _fail(failed, number, line, len(line), reason)
                     skipped.append(number)
                     continue
                 if type(value) is dict and "" not in value and len(line) <= MAX_ROW_BYTES:
@@ -159,24 +167,26 @@ def _split_lines(source: Path, clean: Path, failed: FailedRowsWriter) -> tuple[i
                     reason = 'empty key "": every field needs a name'
                 else:
                     reason = _too_long(len(line))
-                _fail(failed, number, line, reason)
+                _fail(failed, number, line, len(line), reason)
                 skipped.append(number)
             if kept:
                 out.write(b"\n".join(kept) + b"\n")
     return good, has_fields, skipped
 
 
-def _fail(failed: FailedRowsWriter, number: int, line: bytes, reason: str) -> None:
+def _fail(
+    failed: FailedRowsWriter, number: int, line: bytes, size: int, reason: str | None = None
+) -> None:
     raw = line[: RAW_TEXT_LIMIT + 4].decode("utf-8", "ignore").rstrip("\r")
-    failed.add(number, raw, reason, len(line))
+    failed.add(number, raw, reason or _too_long(size), size)
 
 
 def _too_long(size: int) -> str:
     return f"line is {size} bytes long; the limit is 16 MiB"
 
 
-def _blocks(f: BinaryIO) -> Iterator[bytes | int]:
-    """Runs of whole lines (BOM removed); a line over MAX_ROW_BYTES is yielded as its size."""
+def _blocks(f: BinaryIO) -> Iterator[bytes | tuple[bytes, int]]:
+    """Runs of whole lines (BOM removed); a line over MAX_ROW_BYTES as (its start, its size)."""
     tail = bytearray()
     first = True
     while chunk := f.read(CHUNK_BYTES):
@@ -189,7 +199,7 @@ def _blocks(f: BinaryIO) -> Iterator[bytes | int]:
             continue
         tail += chunk
         if len(tail) > MAX_ROW_BYTES:  # skip to the end of this line without keeping it
-            size = len(tail)
+            size, start = len(tail), bytes(tail[: RAW_TEXT_LIMIT + 4])
             tail = bytearray()
             while chunk := f.read(CHUNK_BYTES):
                 end = chunk.find(b"\n")
@@ -198,7 +208,7 @@ def _blocks(f: BinaryIO) -> Iterator[bytes | int]:
                     tail = bytearray(chunk[end + 1 :])
                     break
                 size += len(chunk)
-            yield size
+            yield start, size
     if tail:
         yield bytes(tail)
 

@@ -1,0 +1,22 @@
+"""Settings: every one is documented, and the embedded defaults need no service."""
+
+import re
+from pathlib import Path
+
+from schemas.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_env_example_documents_every_setting():
+    text = (ROOT / ".env.example").read_text()
+    documented = {name.lower() for name in re.findall(r"^#?\s*ASSAY_([A-Z0-9_]+)=", text, re.M)}
+    assert documented == set(Settings.model_fields)
+
+
+def test_nothing_set_means_sqlite_and_the_filesystem_broker_in_the_data_folder(tmp_path: Path):
+    settings = Settings(_env_file=None, data_dir=tmp_path)
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path.resolve() / 'assay.db'}"
+    assert settings.resolved_broker_url == "filesystem://"
+    assert settings.storage_backend == "local"
+    assert settings.objects_dir.is_relative_to(tmp_path.resolve())
