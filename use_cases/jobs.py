@@ -7,8 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from services.processors.registry import UnknownProcessor, validate_step
-
 from ports.queue import QueueUnavailable, TaskQueue
 from ports.repositories import IdempotencyConflict, UnitOfWork
 from ports.storage import ObjectStorage
@@ -22,6 +20,7 @@ from schemas.records import (
     JobStep,
 )
 from services.processors.base import ParamsError
+from services.processors.registry import UnknownProcessor, validate_step
 from use_cases.errors import Conflict, InvalidParams, NotFound
 
 log = logging.getLogger(__name__)

@@ -47,9 +47,7 @@ def get_processor(name: str) -> Processor | None:
     return PROCESSORS.get(name)
 
 
-def validate_step(
-    name: str, params: dict[str, Any], columns: list[ColumnInfo] | None
-) -> BaseModel:
+def validate_step(name: str, params: dict[str, Any], columns: list[ColumnInfo] | None) -> BaseModel:
     """Parse a step's params; check its columns when the dataset schema is known (not None)."""
     processor = PROCESSORS.get(name)
     if processor is None:
