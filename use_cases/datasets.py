@@ -9,8 +9,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
-from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
-
 from ports.queue import QueueUnavailable, TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
@@ -22,6 +20,7 @@ from schemas.records import (
     DatasetStatus,
     FailedRow,
 )
+from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
 from use_cases.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from services.processors.registry import get_processor, validate_step
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from ports.repositories import UnitOfWork
@@ -26,6 +25,7 @@ from services.processors.base import (
     ProcessorInputError,
     StepInput,
 )
+from services.processors.registry import get_processor, validate_step
 from use_cases.jobs import event
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """The processor catalogue: what a job step may run, with its params schema."""
 
 from fastapi import APIRouter
-from services.processors.registry import PROCESSORS
 
 from schemas.api import ProcessorOut
+from services.processors.registry import PROCESSORS
 
 router = APIRouter(prefix="/api/v1/processors", tags=["processors"])
 

@@ -63,8 +63,13 @@ class S3ObjectStorage:
             multipart_chunksize=16 * _MiB,
             max_concurrency=4,
         )
+        # Readiness probes answer fast: one try, short timeouts.
+        self._probe_config = self._config.merge(
+            Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+        )
         self._client: BaseClient | None = None
         self._presign_client: BaseClient | None = None
+        self._probe_client: BaseClient | None = None
 
     @property
     def client(self) -> BaseClient:
@@ -102,9 +107,13 @@ class S3ObjectStorage:
                     raise
 
     def check(self) -> None:
-        """Raise StorageUnavailable unless the bucket is reachable."""
+        """Raise StorageUnavailable unless the bucket is reachable (one quick try)."""
+        if self._probe_client is None:
+            self._probe_client = _new_client(
+                self.endpoint_url, self._credentials, self._probe_config
+            )
         with self._errors():
-            self.client.head_bucket(Bucket=self.bucket)
+            self._probe_client.head_bucket(Bucket=self.bucket)
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
         """Upload a local file (multipart above 16 MiB)."""
