@@ -1,6 +1,7 @@
 """One contract for the TaskQueue port, run on every broker: filesystem, Redis and RabbitMQ."""
 
 import socket
+from queue import Empty
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -91,6 +92,8 @@ def test_every_message_arrives_once(celery_app: AssayCelery):
     for job_id in ids:
         queue.enqueue_job(job_id)
     assert sorted(receive(celery_app)[1][0] for _ in ids) == sorted(str(i) for i in ids)
+    with pytest.raises(Empty):
+        receive(celery_app, timeout=0.5)
 
 
 def test_check_passes_on_a_live_broker(celery_app: AssayCelery):
