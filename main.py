@@ -1,5 +1,7 @@
 """Composition root: settings -> adapters -> FastAPI app, Celery app and the `assay` CLI."""
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -151,7 +153,9 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.resolved_database_url)
-    worker_process = subprocess.Popen([sys.executable, "-m", "main", "worker"])
+    worker_process = subprocess.Popen(
+        [sys.executable, "-m", "main", "worker"], preexec_fn=_die_with_parent
+    )
     console.print(
         f"[bold green]Assay is running at http://{host}:{port}[/bold green] "
         f"(data in {settings.data_dir.resolve()}; API docs at /docs). Press Ctrl-C to stop."
@@ -161,6 +165,13 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     finally:
         _stop(worker_process)
         console.print("stopped")
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM however `serve` ends (uvicorn re-raises SIGTERM, so no
+    `finally` runs then). Elsewhere Ctrl-C still stops both through the `finally` in serve()."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

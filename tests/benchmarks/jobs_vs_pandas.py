@@ -22,6 +22,7 @@ targets for, and the job's per-step timeline; --json writes the same. See README
 import argparse
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -164,38 +165,47 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _rss(processes: list[psutil.Process]) -> int:
-    total = 0
+def _memory(processes: list[psutil.Process]) -> tuple[int, int]:
+    """Summed RSS and PSS (shared pages split between the processes sharing them)."""
+    rss = pss = 0
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            total += process.memory_info().rss
-    return total
+            info = process.memory_full_info()
+            rss, pss = rss + info.rss, pss + info.pss
+    return rss, pss
 
 
 Groups = Callable[[], dict[str, list[psutil.Process]]]
 
 
-class PeakRss:
-    """Peak summed RSS of named process groups, sampled every 50 ms in a thread."""
+class PeakMemory:
+    """Peak summed RSS and PSS of named process groups, sampled every 50 ms in a thread.
+
+    `total` is the sum of the groups in one sample; `first_rss` is the first sample (idle).
+    """
 
     def __init__(self, groups: Groups) -> None:
         self._groups = groups
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.peaks: dict[str, int] = {}
+        self.peak_rss: dict[str, int] = {}
+        self.peak_pss: dict[str, int] = {}
+        self.first_rss: dict[str, int] = {}
 
     def sample(self) -> None:
-        sizes = {name: _rss(processes) for name, processes in self._groups().items()}
-        sizes["total"] = sum(sizes.values())
-        for name, size in sizes.items():
-            self.peaks[name] = max(self.peaks.get(name, 0), size)
+        sizes = {name: _memory(processes) for name, processes in self._groups().items()}
+        sizes["total"] = (sum(r for r, _ in sizes.values()), sum(p for _, p in sizes.values()))
+        for name, (rss, pss) in sizes.items():
+            self.first_rss.setdefault(name, rss)
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+            self.peak_pss[name] = max(self.peak_pss.get(name, 0), pss)
 
     def _run(self) -> None:
         while not self._done.is_set():
             self.sample()
             self._done.wait(SAMPLE_S)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> "PeakMemory":
         self.sample()
         self._thread.start()
         return self
@@ -204,6 +214,9 @@ class PeakRss:
         self._done.set()
         self._thread.join()
         self.sample()
+
+    def detail(self) -> dict[str, Any]:
+        return {"peak_pss_bytes": self.peak_pss, "rss_at_start_bytes": self.first_rss}
 
 
 def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
@@ -349,7 +362,7 @@ def multipart_file(path: Path, boundary: str) -> Iterator[bytes]:
 def measure_ingest(running: RunningStack, client: httpx.Client, csv: Path, rows: int) -> Phase:
     """POST the file (streamed from disk) until the dataset is `ready`."""
     boundary = f"assay-benchmark-{uuid4().hex}"
-    with PeakRss(running.groups) as rss:
+    with PeakMemory(running.groups) as memory:
         started = time.perf_counter()
         response = client.post(
             "/api/v1/datasets",
@@ -372,12 +385,13 @@ def measure_ingest(running: RunningStack, client: httpx.Client, csv: Path, rows:
         seconds = time.perf_counter() - started
     types = {c["name"]: c["type"] for c in dataset["columns"]}
     if dataset["row_count"] != rows or dataset["failed_row_count"]:
-        print(f"warning: ingest gave {dataset['row_count']} rows, {dataset['failed_row_count']} failed")
+        failed = dataset["failed_row_count"]
+        print(f"warning: ingest gave {dataset['row_count']} rows and {failed} failed rows")
     return Phase(
         "assay ingest (upload -> ready)",
         seconds,
         rows,
-        rss.peaks,
+        memory.peak_rss,
         {
             "dataset_id": dataset_id,
             "upload_seconds": round(uploaded, 4),
@@ -385,6 +399,7 @@ def measure_ingest(running: RunningStack, client: httpx.Client, csv: Path, rows:
             "row_count": dataset["row_count"],
             "failed_row_count": dataset["failed_row_count"],
             "column_types": types,
+            **memory.detail(),
         },
     )
 
@@ -404,7 +419,7 @@ def measure_job(
     running: RunningStack, client: httpx.Client, dataset_id: str, rows: int
 ) -> tuple[Phase, list[dict[str, Any]]]:
     """POST /jobs until the SSE stream sends `completed`; then the timeline from its events."""
-    with PeakRss(running.groups) as rss:
+    with PeakMemory(running.groups) as memory:
         started = time.perf_counter()
         submitted_at = time.time()
         created = client.post("/api/v1/jobs", json={"dataset_id": dataset_id, "steps": JOB_STEPS})
@@ -425,9 +440,11 @@ def measure_job(
         "zscore_flagged": summaries[1].get("total"),
         "iqr_flagged": summaries[2].get("total"),
         "artifact_bytes": artifacts,
+        **memory.detail(),
     }
     timeline = job_timeline(events, submitted_at, notified_at)
-    return Phase("assay job (submit -> SSE completed)", seconds, rows, rss.peaks, detail), timeline
+    phase = Phase("assay job (submit -> SSE completed)", seconds, rows, memory.peak_rss, detail)
+    return phase, timeline
 
 
 def job_timeline(
@@ -453,7 +470,7 @@ def job_timeline(
     marks.append(("SSE delivered `completed`", notified_at))
     return [
         {"span": label, "seconds": round(end - start, 4)}
-        for (_, start), (label, end) in zip(marks, marks[1:], strict=False)
+        for (_, start), (label, end) in itertools.pairwise(marks)
         if label != "between steps" or end - start >= 0.0005
     ]
 
@@ -540,6 +557,11 @@ def ratios(phases: dict[str, Phase]) -> dict[str, dict[str, Any]]:
         "value": round(job.peak_rss["total"] / pandas_rss, 3),
         "meaning": "Assay API + worker peak RSS in the job / pandas peak RSS (informative)",
     }
+    out["job_pss_vs_pandas"] = {
+        "value": round(job.detail["peak_pss_bytes"]["worker"] / pandas_rss, 3),
+        "meaning": "Assay worker peak PSS (shared pages counted once) / pandas peak RSS"
+        " (informative)",
+    }
     out["pandas_total_seconds"] = {"value": round(pandas_seconds, 3)}
     out["pandas_peak_rss_bytes"] = {"value": pandas_rss}
     return out
@@ -553,7 +575,7 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 120))
     m = report["machine"]
     console.print(
         f"\n[bold]{report['rows']:,} rows[/bold], CSV {report['csv_bytes'] / MIB:,.0f} MiB; "
@@ -562,7 +584,8 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
         f"pandas {m['pandas']}; load average at start {m['load_average_at_start']}"
     )
     table = Table(title="Phases (peak RSS: process trees, children included)")
-    for column in ("phase", "wall s", "rows/s", "peak RSS MiB", "API MiB", "worker MiB"):
+    headers = ("phase", "wall s", "rows/s", "peak RSS MiB", "API", "worker", "worker PSS")
+    for column in headers:
         table.add_column(column, justify="left" if column == "phase" else "right")
     for phase in phases:
         rss = phase.peak_rss
@@ -573,6 +596,7 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
             _mib(rss.get("process", rss.get("total"))),
             _mib(rss.get("api")),
             _mib(rss.get("worker")),
+            _mib(phase.detail.get("peak_pss_bytes", {}).get("worker")),
         )
     console.print(table)
     targets = Table(title="Ratios against the issue's targets")
@@ -582,7 +606,9 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
         if "meaning" in ratio:
             met = ratio.get("met")
             mark = "" if met is None else ("yes" if met else f"no (x{ratio['improvement_needed']})")
-            targets.add_row(key, f"{ratio['value']:.3f}", ratio.get("target", ""), mark, ratio["meaning"])
+            targets.add_row(
+                key, f"{ratio['value']:.3f}", ratio.get("target", ""), mark, ratio["meaning"]
+            )
     console.print(targets)
     timeline = Table(title="Assay job timeline (from its events)")
     timeline.add_column("span")
