@@ -1,9 +1,9 @@
 """One contract for the TaskQueue port, run on every broker: filesystem, Redis and RabbitMQ."""
 
 import socket
-from queue import Empty
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Empty
 from uuid import uuid4
 
 import pytest
