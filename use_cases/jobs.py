@@ -144,55 +144,45 @@ def publish_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID) -> bool:
 
 def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) -> None:
     """After validation: publish jobs that waited for the dataset, or fail them if it failed."""
+    publishable = []
     with uow:
         dataset = uow.datasets.get(dataset_id)
         waiting = uow.jobs.list_queued_for_dataset(dataset_id)
         if dataset is None or not waiting:
             return
-        if dataset.status == DatasetStatus.failed:
-            for job in waiting:
-                error = {
-                    "step": None,
-                    "type": "DatasetFailed",
-                    "message": f"dataset {dataset_id} failed validation: {dataset.error}",
-                }
-                if uow.jobs.transition(
-                    job.id,
-                    [JobStatus.queued],
-                    JobStatus.failed,
-                    error=error,
-                    finished_at=datetime.now(UTC),
-                    message="failed",
-                ):
-                    uow.job_events.add(event(job.id, "failed", error=error))
-            uow.commit()
-            return
-        # Columns are known now: a step naming a missing column fails here, not in the worker.
-        publishable = []
         for job in waiting:
+            if dataset.status == DatasetStatus.failed:
+                message = f"dataset {dataset_id} failed validation: {dataset.error}"
+                _fail_queued(
+                    uow, job.id, {"step": None, "type": "DatasetFailed", "message": message}
+                )
+                continue
+            # Columns are known now: a step naming a missing column fails here, not in a worker.
             try:
                 check_steps(job.steps, dataset.columns)
-                publishable.append(job.id)
             except InvalidParams as exc:
-                error = {
-                    "step": exc.details.get("step"),
-                    "type": "InvalidParams",
-                    "message": exc.message,
-                }
-                if uow.jobs.transition(
-                    job.id,
-                    [JobStatus.queued],
-                    JobStatus.failed,
-                    error=error,
-                    finished_at=datetime.now(UTC),
-                    message="failed",
-                ):
-                    uow.job_events.add(event(job.id, "failed", error=error))
-            else:
-                uow.jobs.transition(job.id, [JobStatus.queued], JobStatus.queued, message="queued")
+                step = exc.details.get("step")
+                _fail_queued(
+                    uow, job.id, {"step": step, "type": "InvalidParams", "message": exc.message}
+                )
+                continue
+            uow.jobs.transition(job.id, [JobStatus.queued], JobStatus.queued, message="queued")
+            publishable.append(job.id)
         uow.commit()
     for job_id in publishable:
         publish_job(uow, queue, job_id)
+
+
+def _fail_queued(uow: UnitOfWork, job_id: UUID, error: dict[str, Any]) -> None:
+    if uow.jobs.transition(
+        job_id,
+        [JobStatus.queued],
+        JobStatus.failed,
+        error=error,
+        finished_at=datetime.now(UTC),
+        message="failed",
+    ):
+        uow.job_events.add(event(job_id, "failed", error=error))
 
 
 def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -> Job:

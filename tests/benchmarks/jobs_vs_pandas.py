@@ -165,14 +165,20 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _memory(processes: list[psutil.Process]) -> tuple[int, int]:
-    """Summed RSS and PSS (shared pages split between the processes sharing them)."""
-    rss = pss = 0
+def _memory(processes: list[psutil.Process]) -> dict[int, tuple[int, int]]:
+    """RSS and PSS (shared pages split between the processes sharing them) per pid."""
+    sizes = {}
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             info = process.memory_full_info()
-            rss, pss = rss + info.rss, pss + info.pss
-    return rss, pss
+            sizes[process.pid] = (info.rss, info.pss)
+    return sizes
+
+
+def _describe(pid: int) -> str:
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        return " ".join(psutil.Process(pid).cmdline()[-3:])
+    return "?"
 
 
 Groups = Callable[[], dict[str, list[psutil.Process]]]
@@ -181,7 +187,8 @@ Groups = Callable[[], dict[str, list[psutil.Process]]]
 class PeakMemory:
     """Peak summed RSS and PSS of named process groups, sampled every 50 ms in a thread.
 
-    `total` is the sum of the groups in one sample; `first_rss` is the first sample (idle).
+    `total` is the sum of the groups in one sample; `first_rss` is the first sample (idle);
+    `per_process` the peak RSS of each process seen.
     """
 
     def __init__(self, groups: Groups) -> None:
@@ -191,9 +198,16 @@ class PeakMemory:
         self.peak_rss: dict[str, int] = {}
         self.peak_pss: dict[str, int] = {}
         self.first_rss: dict[str, int] = {}
+        self.per_process: dict[tuple[str, int], int] = {}
 
     def sample(self) -> None:
-        sizes = {name: _memory(processes) for name, processes in self._groups().items()}
+        sizes: dict[str, tuple[int, int]] = {}
+        for name, processes in self._groups().items():
+            each = _memory(processes)
+            for pid, (rss, _) in each.items():
+                key = (name, pid)
+                self.per_process[key] = max(self.per_process.get(key, 0), rss)
+            sizes[name] = (sum(r for r, _ in each.values()), sum(p for _, p in each.values()))
         sizes["total"] = (sum(r for r, _ in sizes.values()), sum(p for _, p in sizes.values()))
         for name, (rss, pss) in sizes.items():
             self.first_rss.setdefault(name, rss)
@@ -216,7 +230,14 @@ class PeakMemory:
         self.sample()
 
     def detail(self) -> dict[str, Any]:
-        return {"peak_pss_bytes": self.peak_pss, "rss_at_start_bytes": self.first_rss}
+        return {
+            "peak_pss_bytes": self.peak_pss,
+            "rss_at_start_bytes": self.first_rss,
+            "peak_rss_per_process": [
+                {"group": group, "pid": pid, "command": _describe(pid), "bytes": size}
+                for (group, pid), size in sorted(self.per_process.items())
+            ],
+        }
 
 
 def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
@@ -526,7 +547,6 @@ def machine() -> dict[str, Any]:
         "duckdb": importlib.metadata.version("duckdb"),
         "pandas": importlib.metadata.version("pandas"),
         "pyarrow": importlib.metadata.version("pyarrow"),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -621,6 +641,7 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
 
 
 def run(args: argparse.Namespace, data_dir: Path, scratch: Path) -> dict[str, Any]:
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     csv = dataset_csv(data_dir, args.rows)
     rows, csv_bytes = args.rows, csv.stat().st_size
     phases: dict[str, Phase] = {}
@@ -681,7 +702,7 @@ def run(args: argparse.Namespace, data_dir: Path, scratch: Path) -> dict[str, An
         "rows": rows,
         "csv_bytes": csv_bytes,
         "stack": args.stack,
-        "machine": machine(),
+        "machine": machine() | {"load_average_at_start": load_at_start},
         "phases": {key: phases[key].as_json() for key in order},
         "ratios": ratios(phases),
         "job_timeline": timeline,

@@ -107,6 +107,22 @@ def base_env(workdir: Path) -> dict[str, str]:
     return env
 
 
+def production_env(database_url: str, s3_endpoint: str) -> dict[str, str]:
+    """Settings for PostgreSQL, the shared Redis (own queue) and S3 (own buckets)."""
+    suffix = uuid4().hex[:10]
+    return {
+        "ASSAY_DATABASE_URL": database_url,
+        "ASSAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
+        "ASSAY_QUEUE_NAME": f"assay-test-{suffix}",
+        "ASSAY_STORAGE_BACKEND": "s3",
+        "ASSAY_S3_ENDPOINT_URL": s3_endpoint,
+        "ASSAY_S3_ACCESS_KEY_ID": "test",
+        "ASSAY_S3_SECRET_ACCESS_KEY": "test",
+        "ASSAY_S3_DATASETS_BUCKET": f"datasets-{suffix}",
+        "ASSAY_S3_RESULTS_BUCKET": f"results-{suffix}",
+    }
+
+
 @pytest.fixture(scope="module")
 def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """`assay serve` in an empty folder."""
@@ -131,20 +147,9 @@ def production_stack(
     """PostgreSQL + Redis + S3, with migrate, api and worker as separate processes."""
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     workdir = tmp_path_factory.mktemp("production")
-    suffix = uuid4().hex[:10]
     database = postgres_database()
     database_url = database.__enter__()
-    env = base_env(workdir) | {
-        "ASSAY_DATABASE_URL": database_url,
-        "ASSAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
-        "ASSAY_QUEUE_NAME": f"assay-test-{suffix}",
-        "ASSAY_STORAGE_BACKEND": "s3",
-        "ASSAY_S3_ENDPOINT_URL": moto_s3_endpoint,
-        "ASSAY_S3_ACCESS_KEY_ID": "test",
-        "ASSAY_S3_SECRET_ACCESS_KEY": "test",
-        "ASSAY_S3_DATASETS_BUCKET": f"datasets-{suffix}",
-        "ASSAY_S3_RESULTS_BUCKET": f"results-{suffix}",
-    }
+    env = base_env(workdir) | production_env(database_url, moto_s3_endpoint)
     migrate = subprocess.run(
         [sys.executable, "-m", "main", "migrate"], env=env, cwd=workdir, capture_output=True
     )

@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
 
 import httpx
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.e2e.conftest import Stack, base_env, free_port, stop, wait_until_healthy
+from tests.e2e.conftest import Stack, base_env, free_port, production_env, stop, wait_until_healthy
 from tests.fixtures.databases import postgres_database
 from tests.services import REDIS_HOST, REDIS_PORT, require_service
 
@@ -72,23 +71,8 @@ def engine_stack(
 ) -> Iterator[Stack]:
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     workdir = tmp_path_factory.mktemp("engine")
-    suffix = uuid4().hex[:10]
     database = postgres_database()
-    env = (
-        base_env(workdir)
-        | FAST_RECOVERY
-        | {
-            "ASSAY_DATABASE_URL": database.__enter__(),
-            "ASSAY_BROKER_URL": f"redis://{REDIS_HOST}:{REDIS_PORT}/0",
-            "ASSAY_QUEUE_NAME": f"assay-test-{suffix}",
-            "ASSAY_STORAGE_BACKEND": "s3",
-            "ASSAY_S3_ENDPOINT_URL": moto_s3_endpoint,
-            "ASSAY_S3_ACCESS_KEY_ID": "test",
-            "ASSAY_S3_SECRET_ACCESS_KEY": "test",
-            "ASSAY_S3_DATASETS_BUCKET": f"datasets-{suffix}",
-            "ASSAY_S3_RESULTS_BUCKET": f"results-{suffix}",
-        }
-    )
+    env = base_env(workdir) | FAST_RECOVERY | production_env(database.__enter__(), moto_s3_endpoint)
     subprocess.run([sys.executable, "-m", "main", "migrate"], env=env, cwd=workdir, check=True)
     port = free_port()
     stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env)
