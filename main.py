@@ -23,6 +23,7 @@ from services.celery_queue import CeleryTaskQueue
 from services.storage.local import LocalObjectStorage
 from services.storage.s3 import S3ObjectStorage
 from workers.celery_app import AssayCelery, make_celery
+from workers.reaper import start_reaper_thread, sweep_scratch
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -117,9 +118,8 @@ def worker(
     configure_logging(settings)
     app = build_celery(settings)
     prepare_storage(app.context())
+    sweep_scratch(settings.tmp_dir, older_than_s=settings.task_hard_time_limit_s)
     if reaper:
-        from workers.reaper import start_reaper_thread
-
         start_reaper_thread(app.context)
     app.worker_main(
         [

@@ -27,6 +27,7 @@ class _SpoolTarget(BaseTarget):
         self.size = 0
         self.sha256 = hashlib.sha256()
         self.seen = False
+        self.finished = False
         self._file = open(path, "wb")  # noqa: SIM115 - closed in on_finish / close
 
     def on_start(self) -> None:
@@ -43,6 +44,7 @@ class _SpoolTarget(BaseTarget):
         self._file.write(chunk)
 
     def on_finish(self) -> None:
+        self.finished = True
         self._file.close()
 
     def close(self) -> None:
@@ -96,6 +98,11 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
         file_target.close()
         if not file_target.seen:
             raise InvalidInput("the multipart body has no `file` field", {"field": "file"})
+        if not file_target.finished:  # the body ended before the part's closing boundary
+            raise InvalidInput(
+                f"the upload was cut off after {file_target.size} bytes of `file`",
+                {"field": "file", "received_bytes": file_target.size},
+            )
     except BaseException:
         file_target.close()
         spool.unlink(missing_ok=True)

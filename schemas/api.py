@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schemas.records import ColumnInfo, DatasetFormat, DatasetStatus, JobStatus, JobStep
 
@@ -78,8 +78,8 @@ class StepIn(BaseModel):
 
 class JobCreate(BaseModel):
     dataset_id: UUID
-    steps: list[StepIn]
-    name: str | None = None
+    steps: list[StepIn] = Field(min_length=1, max_length=50)
+    name: str | None = Field(default=None, max_length=255, pattern=r"^[^\x00]*$")
 
 
 class JobLinks(BaseModel):

@@ -169,12 +169,22 @@ def _validate_in(
     storage.put_file(preview_key(dataset.id), preview, content_type="application/json")
     with uow:
         uow.failed_rows.delete_for_dataset(dataset.id)
-        if result.failed_rows_path is not None:
-            for batch in iter_failed_rows(result.failed_rows_path):
+        uow.commit()
+    if result.failed_rows_path is not None:
+        # A batch per transaction: SQLite's write lock is never held for long.
+        for batch in iter_failed_rows(result.failed_rows_path):
+            with uow:
                 uow.failed_rows.add_many(
-                    FailedRow(dataset_id=dataset.id, line_number=line, raw_text=raw, reason=reason)
+                    FailedRow(
+                        dataset_id=dataset.id,
+                        line_number=line,
+                        raw_text=_text(raw),
+                        reason=_text(reason),
+                    )
                     for line, raw, reason in batch
                 )
+                uow.commit()
+    with uow:
         done = uow.datasets.transition(
             dataset.id,
             [DatasetStatus.validating],
@@ -188,6 +198,11 @@ def _validate_in(
         if done:
             uow.commit()
     return DatasetStatus.ready
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; show it the way a hex dump would.
+    return value.replace("\x00", "\\x00")
 
 
 def delete_dataset(

@@ -117,6 +117,8 @@ def submit_job(
         uow.commit()
     if ready:
         publish_job(uow, queue, job.id)
+    else:  # validation may have finished since we looked: then nobody else will release this job
+        release_waiting_jobs(uow, queue, dataset_id)
     return job, True
 
 
@@ -136,9 +138,12 @@ def publish_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID) -> bool:
     except QueueUnavailable as exc:
         log.warning("job %s not published yet: %s", job_id, exc)
         return False
-    with uow:
-        uow.job_events.add(event(job_id, "enqueued"))
-        uow.commit()
+    try:
+        with uow:
+            uow.job_events.add(event(job_id, "enqueued"))
+            uow.commit()
+    except Exception:  # the job is published; a missing history line is not worth a 5xx
+        log.warning("could not record that job %s was enqueued", job_id, exc_info=True)
     return True
 
 
@@ -150,6 +155,8 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
         waiting = uow.jobs.list_queued_for_dataset(dataset_id)
         if dataset is None or not waiting:
             return
+        if dataset.status not in (DatasetStatus.ready, DatasetStatus.failed):
+            return  # still validating (e.g. a retry is pending): nothing to decide yet
         for job in waiting:
             if dataset.status == DatasetStatus.failed:
                 message = f"dataset {dataset_id} failed validation: {dataset.error}"
@@ -195,17 +202,10 @@ def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -
             raise Conflict(
                 f"job {job_id} is already {job.status.value}", {"status": job.status.value}
             )
-        uow.jobs.request_cancel(job_id)
+        if not uow.jobs.request_cancel(job_id):  # it finished a moment ago
+            raise Conflict(f"job {job_id} has already finished", {"job_id": str(job_id)})
         uow.job_events.add(event(job_id, "cancel_requested"))
-        now = datetime.now(UTC)
-        if uow.jobs.transition(
-            job_id,
-            [JobStatus.queued],
-            JobStatus.cancelled,
-            finished_at=now,
-            message="cancelled before it started",
-        ):
-            uow.job_events.add(event(job_id, "cancelled", reason="cancelled before it started"))
+        _cancel_queued(uow, job_id, reason="cancelled before it started")
         uow.commit()
         job = uow.jobs.get(job_id)
     try:
@@ -214,6 +214,17 @@ def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -
         log.warning("could not revoke %s: %s", job_id, exc)
     assert job is not None
     return job
+
+
+def _cancel_queued(uow: UnitOfWork, job_id: UUID, *, reason: str) -> None:
+    if uow.jobs.transition(
+        job_id,
+        [JobStatus.queued],
+        JobStatus.cancelled,
+        finished_at=datetime.now(UTC),
+        message=reason,
+    ):
+        uow.job_events.add(event(job_id, "cancelled", reason=reason))
 
 
 def delete_job(uow: UnitOfWork, results: ObjectStorage, job_id: UUID, owner_id: str) -> None:
@@ -245,11 +256,13 @@ def recover_jobs(
     with uow:
         for job in uow.jobs.list_stale_running(now - timedelta(seconds=heartbeat_timeout_s)):
             to_publish += _recover_running(uow, job, now, max_attempts)
-        unclaimed = uow.jobs.list_unclaimed_queued(now - timedelta(seconds=grace_s))
-        for job in unclaimed:
+        for job in uow.jobs.list_unclaimed_queued(now - timedelta(seconds=grace_s)):
+            if job.cancel_requested:  # cancelled while it went back to the queue: finish it
+                _cancel_queued(uow, job.id, reason="cancel requested")
+                continue
             uow.jobs.touch(job.id)  # the next re-publish waits another grace period
+            to_publish.append(job.id)
         uow.commit()
-    to_publish += [job.id for job in unclaimed]
     for job_id in to_publish:
         publish_job(uow, queue, job_id)
     return len(to_publish)

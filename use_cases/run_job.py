@@ -162,12 +162,13 @@ def run_job(
         uow.commit()
 
     attempt = claimed.attempts
-    for earlier in range(1, attempt):  # files a dead earlier attempt may have left
-        results.delete_prefix(artifact_prefix(job_id, earlier))
-    workdir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=workdir))
+    scratch: Path | None = None
     step_index: int | None = None
     try:
+        for earlier in range(1, attempt):  # files a dead earlier attempt may have left
+            storage_retry(results.delete_prefix)(artifact_prefix(job_id, earlier))
+        workdir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=workdir))
         with Monitor(new_uow(), job_id, attempt, limits.heartbeat_interval_s) as monitor:
             source = scratch / "data.parquet"
             storage_retry(datasets.download_file)(dataset.parquet_key or "", source)
@@ -183,15 +184,13 @@ def run_job(
             monitor.check()
             return _complete(uow, results, claimed, summaries, artifacts)
     except JobCancelled:
-        results.delete_prefix(artifact_prefix(job_id, attempt))
-        return _end(
-            uow, claimed, JobStatus.cancelled, message="cancelled", reason="cancel requested"
-        )
+        _discard(results, job_id, attempt)
+        return _cancelled(uow, claimed)
     except JobLost:
-        results.delete_prefix(artifact_prefix(job_id, attempt))
+        _discard(results, job_id, attempt)
         return Outcome.lost
     except (ProcessorInputError, ParamsError) as exc:
-        results.delete_prefix(artifact_prefix(job_id, attempt))
+        _discard(results, job_id, attempt)
         error = _error(claimed, step_index, exc)
         error |= {
             k: getattr(exc, k)
@@ -200,26 +199,48 @@ def run_job(
         }
         return _end(uow, claimed, JobStatus.failed, message="failed", error=error)
     except Exception as exc:
-        results.delete_prefix(artifact_prefix(job_id, attempt))
+        _discard(results, job_id, attempt)
         error = _error(claimed, step_index, exc)
         if is_transient(exc) and attempt < limits.max_attempts:
             log.warning("job %s attempt %d hit a transient error: %s", job_id, attempt, exc)
-            with uow:
-                if uow.jobs.transition(
-                    job_id,
-                    [JobStatus.running],
-                    JobStatus.queued,
-                    attempt=attempt,
-                    worker_id=None,
-                    message=f"retrying after: {exc}",
-                ):
-                    uow.job_events.add(event(job_id, "retried", attempt=attempt, error=error))
-                uow.commit()
-            return Outcome.retry
+            return _requeue(uow, claimed, error)
         log.exception("job %s failed", job_id)
         return _end(uow, claimed, JobStatus.failed, message="failed", error=error)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _discard(results: ObjectStorage, job_id: UUID, attempt: int) -> None:
+    """Best effort: an attempt's files are never recorded, so a leftover is only wasted space."""
+    try:
+        results.delete_prefix(artifact_prefix(job_id, attempt))
+    except Exception:
+        log.warning("could not delete the files of job %s attempt %d", job_id, attempt)
+
+
+def _cancelled(uow: UnitOfWork, job: Job) -> Outcome:
+    return _end(uow, job, JobStatus.cancelled, message="cancelled", reason="cancel requested")
+
+
+def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
+    """Back to queued for another attempt, unless the user asked to cancel meanwhile."""
+    with uow:
+        current = uow.jobs.get(job.id)
+    if current is not None and current.cancel_requested:
+        return _cancelled(uow, job)
+    with uow:
+        if uow.jobs.transition(
+            job.id,
+            [JobStatus.running],
+            JobStatus.queued,
+            attempt=job.attempts,
+            worker_id=None,
+            message=f"retrying after: {error['message']}",
+        ):
+            uow.job_events.add(event(job.id, "retried", attempt=job.attempts, error=error))
+        uow.commit()
+    return Outcome.retry
 
 
 def _run_step(uow, results, job: Job, index, source, dataset, scratch, monitor, limits):  # type: ignore[no-untyped-def]

@@ -1,8 +1,11 @@
 """The reaper: periodic recovery run inside worker processes (and `serve`), no beat needed."""
 
 import logging
+import shutil
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ports.context import Context
 from use_cases.datasets import recover_stuck_datasets
@@ -46,3 +49,16 @@ def start_reaper_thread(context_factory: Callable[[], Context]) -> threading.Eve
 
     threading.Thread(target=loop, name="assay-reaper", daemon=True).start()
     return stop
+
+
+def sweep_scratch(folder: Path, older_than_s: float) -> int:
+    """Remove scratch folders a killed worker left behind (older than any task may run)."""
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for entry in folder.iterdir():
+        if entry.name.startswith(("job-", "validate-")) and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed

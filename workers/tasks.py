@@ -28,8 +28,12 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
     workdir = Path(context.settings.tmp_dir)
     final = self.request.retries >= VALIDATION_RETRIES
     uow = context.new_uow()
-    validate_dataset(uow, context.datasets_storage, UUID(dataset_id), workdir, final_attempt=final)
-    release_waiting_jobs(uow, context.queue, UUID(dataset_id))
+    try:
+        validate_dataset(
+            uow, context.datasets_storage, UUID(dataset_id), workdir, final_attempt=final
+        )
+    finally:  # also after a crash on the final attempt: waiting jobs must learn the outcome
+        release_waiting_jobs(uow, context.queue, UUID(dataset_id))
 
 
 @shared_task(name="assay.reap", bind=True)

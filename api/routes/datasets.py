@@ -22,7 +22,7 @@ from schemas.api import (
 )
 from schemas.records import Dataset, DatasetFormat, DatasetStatus
 from use_cases.datasets import delete_dataset, preview_key, register_dataset
-from use_cases.errors import Conflict, NotFound, UnsupportedFormat
+from use_cases.errors import Conflict, InvalidParams, NotFound, UnsupportedFormat
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
@@ -78,6 +78,16 @@ def resolve_format(declared: str | None, filename: str | None) -> DatasetFormat:
     )
 
 
+def dataset_name(declared: str | None, filename: str | None) -> str:
+    """The `name` field, else the file name; at most 255 characters, no NUL."""
+    name = (declared or PurePath(filename or "dataset").name).replace("\x00", "")
+    if len(name) > 255:
+        raise InvalidParams(
+            f"name is {len(name)} characters long; at most 255 are allowed", {"field": "name"}
+        )
+    return name or "dataset"
+
+
 def _get_dataset(uow: UowDep, dataset_id: UUID, owner: str) -> Dataset:
     with uow:
         dataset = uow.datasets.get(dataset_id, owner)
@@ -99,7 +109,7 @@ async def upload_dataset(
     upload = await receive_upload(request, settings.tmp_dir, settings.max_upload_bytes)
     try:
         fmt = resolve_format(upload.format, upload.filename)
-        name = upload.name or PurePath(upload.filename or "dataset").name
+        name = dataset_name(upload.name, upload.filename)
         dataset = await run_in_threadpool(
             register_dataset,
             uow,
@@ -183,7 +193,9 @@ def list_failed_rows(
     dataset_id: UUID,
     uow: UowDep,
     owner: OwnerDep,
-    cursor: Annotated[int, Query(ge=0, description="line number to continue after")] = 0,
+    cursor: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="line number to continue after")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FailedRowPage:
     """Rows that could not be parsed, with line number, raw text and reason."""

@@ -30,6 +30,8 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)}
 TERMINAL_EVENTS = {status.value for status in FINISHED}
 STREAM_POLL_S = 0.05
+STREAM_MAX_POLL_S = 1.0
+MAX_ID = 2**63 - 1
 KEEPALIVE_S = 15.0
 
 
@@ -112,7 +114,7 @@ def get_job(job: JobDep) -> JobOut:
 def list_job_events(
     job: JobDep,
     uow: UowDep,
-    cursor: Annotated[int, Query(ge=0, description="event id to continue after")] = 0,
+    cursor: Annotated[int, Query(ge=0, le=MAX_ID, description="event id to continue after")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> JobEventPage:
     """The job's history: every transition and step, oldest first."""
@@ -138,8 +140,8 @@ async def stream_job(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: progress, steps and one terminal event; Last-Event-ID resumes."""
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    idle = 0.0
+    after = _event_id(last_event_id)
+    idle, pause = 0.0, STREAM_POLL_S
     while not await request.is_disconnected():
         events, status = await run_in_threadpool(_events_since, context.new_uow, job.id, after)
         for item in events:
@@ -156,19 +158,30 @@ async def stream_job(
             )
             if item.type in TERMINAL_EVENTS:
                 return
-        if not events and status in FINISHED:
-            return  # the terminal event was before Last-Event-ID
-        idle = 0.0 if events else idle + STREAM_POLL_S
+        if not events and (status is None or status in FINISHED):
+            return  # the terminal event was before Last-Event-ID, or the job was deleted
+        # Poll fast right after activity, then back off while the job is quiet.
+        pause = STREAM_POLL_S if events else min(pause * 1.5, STREAM_MAX_POLL_S)
+        idle = 0.0 if events else idle + pause
         if idle >= KEEPALIVE_S:
             idle = 0.0
             yield ServerSentEvent(comment="keep-alive")
-        await asyncio.sleep(STREAM_POLL_S)
+        await asyncio.sleep(pause)
+
+
+def _event_id(header: str | None) -> int:
+    """The Last-Event-ID to resume after; anything that is not an event id means the start."""
+    if header and header.strip().isdigit():
+        return min(int(header.strip()), MAX_ID)
+    return 0
 
 
 def _events_since(new_uow, job_id: UUID, after: int):  # type: ignore[no-untyped-def]
     with new_uow() as uow:
+        # Status first: a terminal status read before the events guarantees the terminal event
+        # is among them (both are committed together).
+        job = uow.jobs.get(job_id)
         events = uow.job_events.list_for_job(job_id, after_id=after, limit=500)
-        job = uow.jobs.get(job_id) if not events else None
     return events, (job.status if job else None)
 
 

@@ -241,19 +241,25 @@ class PeakMemory:
 
 
 def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
-    """SIGTERM the roots (they stop their children), then SIGKILL every survivor of the trees."""
+    """SIGTERM the roots (they stop their children); SIGKILL every survivor of their trees.
+
+    Survivors are killed after `timeout`, or at once when waiting is interrupted (Ctrl-C).
+    """
     tree = [p for process in processes for p in _tree(process.pid)]
-    for process in processes:
-        if process.poll() is None:
-            process.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=timeout)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=5)
+    try:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        psutil.wait_procs(tree, timeout=timeout)
+    finally:
+        for process in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if process.is_running():
+                    process.kill()
+        psutil.wait_procs(tree, timeout=5)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
 
 
 @dataclass

@@ -98,3 +98,17 @@ def test_reaper_republishes_unclaimed_uploads_and_resets_dead_validations(tmp_pa
     assert uow.datasets.get(stuck.id).status == DatasetStatus.uploaded
     # Touched: the next pass waits another grace period instead of publishing again.
     assert recover_stuck_datasets(uow, queue, grace_s=60, validating_timeout_s=3600) == 0
+
+
+def test_sweep_removes_only_old_scratch_folders(tmp_path: Path):
+    import os
+
+    from workers.reaper import sweep_scratch
+
+    old, fresh, other = tmp_path / "job-old", tmp_path / "validate-new", tmp_path / "upload-x"
+    for folder in (old, fresh, other):
+        folder.mkdir()
+    os.utime(old, (0, 0))
+    os.utime(other, (0, 0))
+    assert sweep_scratch(tmp_path, older_than_s=3600) == 1
+    assert not old.exists() and fresh.exists() and other.exists()

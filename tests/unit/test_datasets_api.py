@@ -188,3 +188,33 @@ def test_health_and_ready(client: TestClient, fake_context: Context):
     assert response.status_code == 503
     assert response.json()["checks"]["broker"].startswith("unavailable")
     assert response.json()["checks"]["database"] == "ok"
+
+
+def test_an_upload_cut_off_mid_file_is_400_and_not_stored(
+    client: TestClient, fake_context: Context
+):
+    boundary = "cut"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+        "a,b\n1,2\n3,"
+    ).encode()
+    response = client.post(
+        "/api/v1/datasets",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    error = assert_error(response, 400, "invalid_input")
+    assert error["details"]["field"] == "file"
+    assert fake_context.datasets_storage.objects == {}
+
+
+def test_a_name_over_255_characters_is_422(client: TestClient):
+    error = assert_error(upload(client, name="n" * 256), 422, "invalid_params")
+    assert error["details"]["field"] == "name"
+
+
+def test_cursors_out_of_range_are_422_not_500(client: TestClient):
+    dataset = upload(client).json()
+    huge = str(2**70)
+    response = client.get(f"/api/v1/datasets/{dataset['id']}/failed-rows", params={"cursor": huge})
+    assert_error(response, 422, "validation_error")

@@ -238,3 +238,29 @@ def test_reaper_requeues_silent_jobs_then_gives_up(world):
     assert failed.status == JobStatus.failed
     assert failed.error["type"] == "WorkerLost"
     assert types(uow, job.id).count("requeued") == 1
+
+
+def test_a_cancel_during_a_transient_error_ends_cancelled_not_requeued(world, tmp_path):
+    uow, datasets, results, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    job, _ = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=METRICS)
+
+    def cancel_then_fail(key, path):
+        uow.jobs.request_cancel(job.id)
+        raise ConnectionError("blip")
+
+    datasets.download_file = cancel_then_fail
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.cancelled
+    assert uow.jobs.get(job.id).status == JobStatus.cancelled
+
+
+def test_reaper_finishes_a_queued_job_whose_cancel_was_requested(world):
+    uow, datasets, _, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    job, _ = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=METRICS)
+    uow.jobs.request_cancel(job.id)  # as if a cancel raced a requeue
+    uow.jobs.rows[job.id] = uow.jobs.rows[job.id].model_copy(
+        update={"updated_at": datetime.now(UTC) - timedelta(hours=1)}
+    )
+    recover_jobs(uow, queue, heartbeat_timeout_s=30, grace_s=60, max_attempts=3)
+    assert uow.jobs.get(job.id).status == JobStatus.cancelled
