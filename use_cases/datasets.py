@@ -4,6 +4,9 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,11 +110,14 @@ def validate_dataset(
     workdir: Path,
     *,
     final_attempt: bool = True,
+    keep_alive: Callable[[], UnitOfWork] | None = None,
 ) -> DatasetStatus | None:
     """Infer the schema, write the typed Parquet copy and keep failed rows; None if already taken.
 
     An unexpected error (storage or database down) puts the dataset back to `uploaded` and
     propagates so that the caller retries; on the final attempt it fails the dataset instead.
+    With `keep_alive` (a unit-of-work factory), `updated_at` is refreshed every few seconds, so
+    the reaper can tell a long validation from one whose worker died.
     """
     with uow:
         claimed = uow.datasets.transition(
@@ -127,7 +133,8 @@ def validate_dataset(
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"validate-{dataset_id}-", dir=workdir))
     try:
-        return _validate_in(uow, storage, dataset, scratch)
+        with _touching(keep_alive, dataset_id):
+            return _validate_in(uow, storage, dataset, scratch)
     except Exception as exc:
         with uow:
             if final_attempt:
@@ -145,6 +152,36 @@ def validate_dataset(
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+KEEP_ALIVE_S = 5.0
+
+
+@contextmanager
+def _touching(new_uow: Callable[[], UnitOfWork] | None, dataset_id: UUID) -> Iterator[None]:
+    """Refresh the dataset's updated_at from a thread while the block runs."""
+    if new_uow is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def touch() -> None:
+        uow = new_uow()
+        while not stop.wait(KEEP_ALIVE_S):
+            try:
+                with uow:
+                    uow.datasets.update(dataset_id)
+                    uow.commit()
+            except Exception:  # the next beat retries; the reaper is generous
+                log.warning("could not refresh dataset %s", dataset_id, exc_info=True)
+
+    thread = threading.Thread(target=touch, name=f"validate-{dataset_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def _validate_in(

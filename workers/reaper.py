@@ -13,6 +13,8 @@ from use_cases.jobs import recover_jobs
 
 log = logging.getLogger(__name__)
 
+VALIDATION_SILENCE_S = 300.0
+
 
 def reap_once(context: Context) -> int:
     """One pass of every recovery rule; returns how many records it acted on."""
@@ -21,7 +23,8 @@ def reap_once(context: Context) -> int:
         context.new_uow(),
         context.queue,
         grace_s=settings.reaper_grace_s,
-        validating_timeout_s=settings.task_hard_time_limit_s + settings.reaper_grace_s,
+        # Validations refresh updated_at every few seconds: minutes of silence mean a dead worker.
+        validating_timeout_s=VALIDATION_SILENCE_S,
     )
     jobs = recover_jobs(
         context.new_uow(),

@@ -328,13 +328,11 @@ def running_stack(kind: str, workdir: Path, max_upload: int) -> Iterator[Running
             env["ASSAY_DATABASE_URL"] = cleanup.enter_context(postgres_database())
             env["ASSAY_BROKER_URL"] = f"redis://{REDIS[0]}:{REDIS[1]}/0"
             env["ASSAY_QUEUE_NAME"] = f"assay-bench-{uuid4().hex[:10]}"
-            subprocess.run(
-                [sys.executable, "-m", "main", "migrate"],
-                env=env,
-                cwd=workdir,
-                check=True,
-                capture_output=True,
+            migrate = subprocess.run(
+                [sys.executable, "-m", "main", "migrate"], env=env, cwd=workdir, capture_output=True
             )
+            if migrate.returncode != 0:
+                raise RuntimeError(f"assay migrate failed:\n{migrate.stderr.decode()[-4000:]}")
             commands = [("api", ["api", "--port", str(port)])]
             commands.append(("worker", ["worker", "--concurrency", "1"]))
         else:

@@ -112,3 +112,30 @@ def test_sweep_removes_only_old_scratch_folders(tmp_path: Path):
     os.utime(other, (0, 0))
     assert sweep_scratch(tmp_path, older_than_s=3600) == 1
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+def test_keep_alive_refreshes_a_long_validation(tmp_path: Path, monkeypatch):
+    import use_cases.datasets as datasets_module
+
+    monkeypatch.setattr(datasets_module, "KEEP_ALIVE_S", 0.02)
+    uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
+    dataset = register(tmp_path, uow, storage, queue, b"a\n1\n")
+    seen: list[datetime] = []
+    real_update = uow.datasets.update
+
+    def spy(dataset_id, **changes):
+        seen.append(datetime.now(UTC))
+        real_update(dataset_id, **changes)
+
+    monkeypatch.setattr(uow.datasets, "update", spy)
+    slow_ingest = datasets_module.ingest
+
+    def slow(*args, **kwargs):
+        import time
+
+        time.sleep(0.2)
+        return slow_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(datasets_module, "ingest", slow)
+    validate_dataset(uow, storage, dataset.id, tmp_path, keep_alive=lambda: uow)
+    assert len(seen) >= 3
