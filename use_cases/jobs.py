@@ -32,6 +32,27 @@ def event(job_id: UUID, type_: str, **payload: Any) -> JobEvent:
     return JobEvent(job_id=job_id, type=type_, payload=payload, created_at=datetime.now(UTC))
 
 
+def move(
+    uow: UnitOfWork,
+    job_id: UUID,
+    from_status: JobStatus,
+    to_status: JobStatus,
+    *,
+    attempt: int | None = None,
+    event_type: str | None = None,
+    payload: dict[str, Any] | None = None,
+    **changes: Any,
+) -> bool:
+    """Compare-and-set a job's status; when it took, append the event that says so."""
+    if to_status in FINISHED:
+        changes.setdefault("finished_at", datetime.now(UTC))
+        changes.setdefault("message", to_status.value)
+    if not uow.jobs.transition(job_id, [from_status], to_status, attempt=attempt, **changes):
+        return False
+    uow.job_events.add(event(job_id, event_type or to_status.value, **(payload or {})))
+    return True
+
+
 def check_steps(steps: list[JobStep], columns: list[ColumnInfo] | None) -> list[JobStep]:
     """Validate every step's processor and params (and columns, when the schema is known)."""
     if not steps:
@@ -181,15 +202,7 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
 
 
 def _fail_queued(uow: UnitOfWork, job_id: UUID, error: dict[str, Any]) -> None:
-    if uow.jobs.transition(
-        job_id,
-        [JobStatus.queued],
-        JobStatus.failed,
-        error=error,
-        finished_at=datetime.now(UTC),
-        message="failed",
-    ):
-        uow.job_events.add(event(job_id, "failed", error=error))
+    move(uow, job_id, JobStatus.queued, JobStatus.failed, error=error, payload={"error": error})
 
 
 def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -> Job:
@@ -217,14 +230,14 @@ def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -
 
 
 def _cancel_queued(uow: UnitOfWork, job_id: UUID, *, reason: str) -> None:
-    if uow.jobs.transition(
+    move(
+        uow,
         job_id,
-        [JobStatus.queued],
+        JobStatus.queued,
         JobStatus.cancelled,
-        finished_at=datetime.now(UTC),
         message=reason,
-    ):
-        uow.job_events.add(event(job_id, "cancelled", reason=reason))
+        payload={"reason": reason},
+    )
 
 
 def delete_job(uow: UnitOfWork, results: ObjectStorage, job_id: UUID, owner_id: str) -> None:
@@ -270,42 +283,35 @@ def recover_jobs(
 
 def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int) -> list[UUID]:
     silent = f"worker {job.worker_id} stopped sending heartbeats"
+    running, attempt = JobStatus.running, job.attempts
     if job.cancel_requested:
-        if uow.jobs.transition(
-            job.id,
-            [JobStatus.running],
-            JobStatus.cancelled,
-            attempt=job.attempts,
-            finished_at=now,
-            message="cancelled",
-        ):
-            uow.job_events.add(event(job.id, "cancelled", reason=silent))
+        move(uow, job.id, running, JobStatus.cancelled, attempt=attempt, payload={"reason": silent})
         return []
-    if job.attempts >= max_attempts:
+    if attempt >= max_attempts:
         error = {
             "step": job.current_step,
             "type": "WorkerLost",
-            "message": f"{silent}; gave up after {job.attempts} attempt(s)",
+            "message": f"{silent}; gave up after {attempt} attempt(s)",
         }
-        if uow.jobs.transition(
+        move(
+            uow,
             job.id,
-            [JobStatus.running],
+            running,
             JobStatus.failed,
-            attempt=job.attempts,
+            attempt=attempt,
             error=error,
-            finished_at=now,
-            message="failed",
-        ):
-            uow.job_events.add(event(job.id, "failed", error=error))
+            payload={"error": error},
+        )
         return []
-    if uow.jobs.transition(
+    requeued = move(
+        uow,
         job.id,
-        [JobStatus.running],
+        running,
         JobStatus.queued,
-        attempt=job.attempts,
+        attempt=attempt,
+        event_type="requeued",
+        payload={"attempt": attempt, "reason": silent},
         worker_id=None,
         message=f"requeued: {silent}",
-    ):
-        uow.job_events.add(event(job.id, "requeued", attempt=job.attempts, reason=silent))
-        return [job.id]
-    return []
+    )
+    return [job.id] if requeued else []

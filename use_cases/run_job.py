@@ -26,7 +26,7 @@ from services.processors.base import (
     StepInput,
 )
 from services.processors.registry import get_processor, validate_step
-from use_cases.jobs import event
+from use_cases.jobs import event, move
 
 log = logging.getLogger(__name__)
 
@@ -230,15 +230,17 @@ def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
     if current is not None and current.cancel_requested:
         return _cancelled(uow, job)
     with uow:
-        if uow.jobs.transition(
+        move(
+            uow,
             job.id,
-            [JobStatus.running],
+            JobStatus.running,
             JobStatus.queued,
             attempt=job.attempts,
+            event_type="retried",
+            payload={"attempt": job.attempts, "error": error},
             worker_id=None,
             message=f"retrying after: {error['message']}",
-        ):
-            uow.job_events.add(event(job.id, "retried", attempt=job.attempts, error=error))
+        )
         uow.commit()
     return Outcome.retry
 
@@ -326,14 +328,18 @@ def _complete(uow: UnitOfWork, results: ObjectStorage, job: Job, summaries, arti
 
 def _end(uow: UnitOfWork, job: Job, status: JobStatus, *, message: str, **payload: Any) -> Outcome:
     with uow:
-        changes: dict[str, Any] = {"message": message, "finished_at": datetime.now(UTC)}
-        if "error" in payload:
-            changes["error"] = payload["error"]
-        if not uow.jobs.transition(
-            job.id, [JobStatus.running], status, attempt=job.attempts, **changes
+        changes = {"error": payload["error"]} if "error" in payload else {}
+        if not move(
+            uow,
+            job.id,
+            JobStatus.running,
+            status,
+            attempt=job.attempts,
+            payload=payload,
+            message=message,
+            **changes,
         ):
             return Outcome.lost
-        uow.job_events.add(event(job.id, status.value, **payload))
         uow.commit()
     return Outcome(status.value)
 
