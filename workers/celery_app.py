@@ -57,6 +57,8 @@ def make_celery(settings: Settings, context_factory: Callable[[], Context]) -> A
     """The Celery app for the API (publishing) and the workers (consuming)."""
     url, transport_options = broker_options(settings)
     app = AssayCelery("assay", broker=url, include=["workers.tasks"], set_as_current=True)
+    if url.startswith("filesystem"):
+        app.conf.broker_transport = "workers.fs_transport:Transport"
     app.context_factory = context_factory
     app.conf.update(
         broker_transport_options=transport_options,

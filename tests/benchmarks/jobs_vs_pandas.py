@@ -462,6 +462,12 @@ def measure_job(
     artifacts = {a["name"]: a["size_bytes"] for a in result["artifacts"]}
     detail = {
         "job_id": job_id,
+        # Every event (progress ones at most once a second) at seconds after the submit.
+        "events": [
+            {"at_s": round(_event_time(e) - submitted_at, 3), "type": e["type"]}
+            | {k: e["payload"][k] for k in ("step", "progress", "message") if k in e["payload"]}
+            for e in events
+        ],
         "zscore_flagged": summaries[1].get("total"),
         "iqr_flagged": summaries[2].get("total"),
         "artifact_bytes": artifacts,
@@ -476,10 +482,7 @@ def job_timeline(
     events: list[dict[str, Any]], submitted_at: float, notified_at: float
 ) -> list[dict[str, Any]]:
     """Seconds spent between the job's events: queueing, set-up, each step, finishing."""
-
-    def at(event: dict[str, Any]) -> float:
-        return datetime.fromisoformat(event["created_at"]).timestamp()
-
+    at = _event_time
     marks: list[tuple[str, float]] = [("submit (client clock)", submitted_at)]
     for event in events:
         kind, payload = event["type"], event["payload"]
@@ -498,6 +501,10 @@ def job_timeline(
         for (_, start), (label, end) in itertools.pairwise(marks)
         if label != "between steps" or end - start >= 0.0005
     ]
+
+
+def _event_time(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["created_at"]).timestamp()
 
 
 def _step_label(index: int) -> str:

@@ -116,3 +116,27 @@ def test_unreachable_broker_raises_queue_unavailable(tmp_path: Path, scheme: str
         queue.check()
     with pytest.raises(QueueUnavailable):
         queue.enqueue_job(new_id())
+
+
+def test_filesystem_messages_are_never_visible_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """While a message is being written, the queue folder a consumer polls must not show it."""
+    import kombu.transport.filesystem
+
+    import workers.fs_transport
+
+    settings = Settings(data_dir=tmp_path)
+    queue_folder = tmp_path / "broker" / "queue"
+    seen_while_writing: list[list[str]] = []
+
+    def spying_dumps(payload: object, _real=kombu.transport.filesystem.dumps) -> str:
+        seen_while_writing.append(sorted(p.name for p in queue_folder.iterdir()))
+        return _real(payload)
+
+    monkeypatch.setattr(kombu.transport.filesystem, "dumps", spying_dumps)
+    monkeypatch.setattr(workers.fs_transport, "dumps", spying_dumps)
+    app = make_celery(settings, _unused)
+    CeleryTaskQueue(app).enqueue_job(new_id())
+    assert seen_while_writing and all(listing == [] for listing in seen_while_writing)
+    assert len(list(queue_folder.iterdir())) == 1
