@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import Stack, base_env, free_port, production_env, stop, wait_until_healthy
 from tests.fixtures.databases import postgres_database
-from tests.services import REDIS_HOST, REDIS_PORT, require_service
+from tests.services import REDIS_HOST, REDIS_PORT, require_service, services_required
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 BIG_ROWS = 5_000_000
@@ -207,7 +207,10 @@ def test_worker_killed_mid_job_completes_exactly_once(engine_stack: Stack, big_d
 def test_broker_outage_loses_no_job_and_never_500(tmp_path: Path):
     redis_server = shutil.which("redis-server")
     if redis_server is None:
-        pytest.skip("redis-server binary not installed")
+        message = "the redis-server binary is not installed"
+        if services_required():
+            pytest.fail(message + " (services are required here)")
+        pytest.skip(message)
     port = free_port()
 
     def start_redis() -> subprocess.Popen[bytes]:
