@@ -38,7 +38,11 @@ class Stack:
     logs: list[Path] = field(default_factory=list)
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=30)
+        # No keep-alive: a test starved of CPU (moto runs in-process) can idle past uvicorn's
+        # keep-alive timeout, and reusing the closed connection fails the request.
+        return httpx.Client(
+            base_url=self.base_url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
     def logs_text(self) -> str:
         return "\n".join(
