@@ -18,7 +18,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage, StorageUnavailable
-from schemas.records import Artifact, DatasetStatus, Job, JobStatus
+from schemas.records import Artifact, Dataset, DatasetStatus, Job, JobStatus
 from services.processors.base import (
     JobCancelled,
     ParamsError,
@@ -245,7 +245,18 @@ def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
     return Outcome.retry
 
 
-def _run_step(uow, results, job: Job, index, source, dataset, scratch, monitor, limits):  # type: ignore[no-untyped-def]
+def _run_step(
+    uow: UnitOfWork,
+    results: ObjectStorage,
+    job: Job,
+    index: int,
+    source: Path,
+    dataset: Dataset,
+    scratch: Path,
+    monitor: Monitor,
+    limits: EngineLimits,
+) -> tuple[dict[str, Any], list[Artifact]]:
+    """Run one step on the local copy and store what it wrote under the attempt's prefix."""
     step = job.steps[index]
     processor = get_processor(step.processor)
     assert processor is not None, "steps are validated at submit"
@@ -302,7 +313,13 @@ def _run_step(uow, results, job: Job, index, source, dataset, scratch, monitor, 
     return output.summary, produced
 
 
-def _complete(uow: UnitOfWork, results: ObjectStorage, job: Job, summaries, artifacts) -> Outcome:  # type: ignore[no-untyped-def]
+def _complete(
+    uow: UnitOfWork,
+    results: ObjectStorage,
+    job: Job,
+    summaries: list[dict[str, Any]],
+    artifacts: list[Artifact],
+) -> Outcome:
     now = datetime.now(UTC)
     with uow:
         done = uow.jobs.transition(

@@ -1,7 +1,7 @@
 """Job routes: submit, list, detail, events, live stream, cancel, result, artifacts, delete."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 from uuid import UUID
 
@@ -11,6 +11,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContextDep, OwnerDep, QueueDep, ResultsStorageDep, UowDep
+from ports.repositories import UnitOfWork
 from schemas.api import (
     ArtifactOut,
     ErrorBody,
@@ -22,7 +23,7 @@ from schemas.api import (
     JobPage,
     JobResultOut,
 )
-from schemas.records import Job, JobStatus, JobStep
+from schemas.records import Job, JobEvent, JobStatus, JobStep
 from use_cases.errors import Conflict, NotFound
 from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
 
@@ -176,7 +177,9 @@ def _event_id(header: str | None) -> int:
     return 0
 
 
-def _events_since(new_uow, job_id: UUID, after: int):  # type: ignore[no-untyped-def]
+def _events_since(
+    new_uow: Callable[[], UnitOfWork], job_id: UUID, after: int
+) -> tuple[list[JobEvent], JobStatus | None]:
     with new_uow() as uow:
         # Status first: a terminal status read before the events guarantees the terminal event
         # is among them (both are committed together).
