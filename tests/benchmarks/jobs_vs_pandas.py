@@ -15,7 +15,7 @@
    RSS of the API and worker process trees (children included) is sampled every 50 ms.
 4. The pandas baseline: each step in its own process (pd.read_csv, compute, write).
 
-Prints wall time, rows/s and peak RSS per phase, the ratios the performance issue sets
+Prints wall time, rows/s and peak RSS per phase, the ratios the performance targets set
 targets for, and the job's per-step timeline; --json writes the same. See README.md here.
 """
 
@@ -97,7 +97,7 @@ MIB = 1024 * 1024
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
 
-# The issue's targets: (ratio key, comparison, bound, what it means).
+# The performance targets: (ratio key, comparison, bound, what it means).
 TARGETS: list[tuple[str, str, float, str]] = [
     ("speedup_vs_pandas", ">=", 10.0, "pandas total / Assay job"),
     ("job_rss_vs_pandas", "<=", 0.3, "Assay worker peak RSS in the job / pandas peak RSS"),
@@ -630,7 +630,7 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
             _mib(phase.detail.get("peak_pss_bytes", {}).get("worker")),
         )
     console.print(table)
-    targets = Table(title="Ratios against the issue's targets")
+    targets = Table(title="Ratios against the performance targets")
     for column in ("ratio", "value", "target", "met", "meaning"):
         targets.add_column(column)
     for key, ratio in report["ratios"].items():
