@@ -15,8 +15,8 @@
    RSS of the API and worker process trees (children included) is sampled every 50 ms.
 4. The pandas baseline: each step in its own process (pd.read_csv, compute, write).
 
-Prints wall time, rows/s and peak RSS per phase, the ratios the performance targets set
-targets for, and the job's per-step timeline; --json writes the same. See README.md here.
+Prints wall time, rows/s and peak RSS per phase, the ratios the performance targets are set
+on, and the job's per-step timeline; --json writes the same. See README.md here.
 """
 
 import argparse
