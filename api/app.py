@@ -3,6 +3,7 @@
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.metrics import install_metrics
 from api.routes import datasets, health, jobs, processors
 from ports.context import Context
 
@@ -17,6 +18,7 @@ def create_app(context: Context) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
+    install_metrics(app, context.new_uow)
     app.include_router(health.router)
     app.include_router(datasets.router)
     app.include_router(jobs.router)

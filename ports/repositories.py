@@ -72,6 +72,10 @@ class DatasetRepository(Protocol):
         """Remove a dataset and its failed rows."""
         ...
 
+    def count_by_status(self) -> dict[str, int]:
+        """How many datasets are in each status (statuses with none are absent)."""
+        ...
+
 
 class FailedRowRepository(Protocol):
     def add_many(self, rows: Iterable[FailedRow]) -> int:
@@ -175,6 +179,10 @@ class JobRepository(Protocol):
 
     def delete(self, job_id: UUID) -> None:
         """Remove a job with its events and artifact records."""
+        ...
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status (statuses with none are absent)."""
         ...
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from pydantic_core import to_jsonable_python
-from sqlalchemy import JSON, Table, delete, insert, select, update
+from sqlalchemy import JSON, Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import DatasetRow, FailedRowRow, utcnow
@@ -124,6 +124,11 @@ class SqlDatasetRepository:
         # PRAGMA foreign_keys=ON.
         self._session.execute(delete(FAILED_ROWS).where(FAILED_ROWS.c.dataset_id == dataset_id))
         self._session.execute(delete(DATASETS).where(DATASETS.c.id == dataset_id))
+
+    def count_by_status(self) -> dict[str, int]:
+        """How many datasets are in each status (statuses with none are absent)."""
+        query = select(DATASETS.c.status, func.count()).group_by(DATASETS.c.status)
+        return {status: count for status, count in self._session.execute(query)}
 
 
 class SqlFailedRowRepository:

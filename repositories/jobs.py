@@ -102,6 +102,11 @@ class SqlJobRepository:
             query = query.where(JOBS.c.id < before)
         return self._all(query.order_by(JOBS.c.id.desc()).limit(limit))
 
+    def count_by_status(self) -> dict[str, int]:
+        """How many jobs are in each status (statuses with none are absent)."""
+        query = select(JOBS.c.status, func.count()).group_by(JOBS.c.status)
+        return {status: count for status, count in self._session.execute(query)}
+
     def count_active_for_dataset(self, dataset_id: UUID) -> int:
         """How many queued or running jobs read this dataset."""
         query = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +67,9 @@ class FakeDatasets:
 
     def delete(self, dataset_id: UUID) -> None:
         self.rows.pop(dataset_id, None)
+
+    def count_by_status(self) -> dict[str, int]:
+        return dict(Counter(d.status.value for d in self.rows.values()))
 
 
 class FakeFailedRows:
@@ -246,6 +250,9 @@ class FakeJobs:
         self.artifacts.rows = [a for a in self.artifacts.rows if a.job_id != job_id]
         self.events.rows = [e for e in self.events.rows if e.job_id != job_id]
         self.rows.pop(job_id, None)
+
+    def count_by_status(self) -> dict[str, int]:
+        return dict(Counter(j.status.value for j in self.rows.values()))
 
     def _set(self, job_id: UUID, **changes: Any) -> Job:
         unknown = set(changes) - set(Job.model_fields)

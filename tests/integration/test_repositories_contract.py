@@ -353,3 +353,15 @@ def test_check_raises_database_unavailable() -> None:
             SqlUnitOfWork(make_session_factory(engine)).check()
     finally:
         engine.dispose()
+
+
+def test_count_by_status(uow: UnitOfWork) -> None:
+    ready = add_dataset(uow, status=DatasetStatus.ready)
+    add_dataset(uow, status=DatasetStatus.ready)
+    add_dataset(uow, status=DatasetStatus.failed)
+    add_job(uow, ready.id, status=JobStatus.queued)
+    add_job(uow, ready.id, status=JobStatus.completed)
+    add_job(uow, ready.id, status=JobStatus.completed)
+    with uow:
+        assert uow.datasets.count_by_status() == {"ready": 2, "failed": 1}
+        assert uow.jobs.count_by_status() == {"queued": 1, "completed": 2}

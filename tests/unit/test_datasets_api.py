@@ -218,3 +218,15 @@ def test_cursors_out_of_range_are_422_not_500(client: TestClient):
     huge = str(2**70)
     response = client.get(f"/api/v1/datasets/{dataset['id']}/failed-rows", params={"cursor": huge})
     assert_error(response, 422, "validation_error")
+
+
+def test_metrics_count_requests_by_route_and_records_by_status(client: TestClient):
+    dataset = upload(client).json()
+    client.get(f"/api/v1/datasets/{dataset['id']}")
+    client.get(f"/api/v1/datasets/{new_id()}")
+    text = client.get("/metrics").text
+    assert 'assay_datasets{status="uploaded"} 1.0' in text
+    assert 'assay_jobs{status="queued"} 0.0' in text
+    route = 'route="/api/v1/datasets/{dataset_id}"'
+    assert f'assay_http_requests_total{{method="GET",{route},status="200"}} 1.0' in text
+    assert f'assay_http_requests_total{{method="GET",{route},status="404"}} 1.0' in text
