@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.records import ColumnInfo, DatasetFormat
-from services.processors.base import StepInput
+from services.processors.base import JobCancelled, StepInput
 
 ROWS = 3000
 FRIENDLY = {
@@ -127,3 +127,15 @@ def make_step(tmp_path: Path, dataset: tuple[Path, list[ColumnInfo]]) -> StepFac
         return StepInput(**fields)  # type: ignore[arg-type]
 
     return factory
+
+
+class CancelOnCall:
+    """A progress callback that cancels the job on its Nth call, and counts the calls."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise JobCancelled()

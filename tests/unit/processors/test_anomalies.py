@@ -12,7 +12,7 @@ from scipy import stats
 from schemas.records import ColumnInfo
 from services.processors import anomalies, duck
 from services.processors.base import JobCancelled
-from tests.unit.processors.conftest import StepFactory
+from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]
 
@@ -163,13 +163,7 @@ def test_nothing_flagged_writes_a_header_only(make_step: StepFactory) -> None:
 
 @pytest.mark.parametrize("fail_on_call", [1, 2])
 def test_cancel(make_step: StepFactory, fail_on_call: int) -> None:
-    calls = 0
-
-    def report(fraction: float, message: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == fail_on_call:
-            raise JobCancelled()
+    report = CancelOnCall(fail_on_call)
 
     with pytest.raises(JobCancelled):
         anomalies.run(make_step(report=report), anomalies.AnomaliesParams(method="iqr"))

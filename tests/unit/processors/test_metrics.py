@@ -11,7 +11,7 @@ import pytest
 from schemas.records import ColumnInfo
 from services.processors import metrics
 from services.processors.base import JobCancelled
-from tests.unit.processors.conftest import StepFactory, columns_of, write_parquet
+from tests.unit.processors.conftest import CancelOnCall, StepFactory, columns_of, write_parquet
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]
 
@@ -136,14 +136,8 @@ def test_progress_is_reported_in_order(make_step: StepFactory) -> None:
 
 @pytest.mark.parametrize("fail_on_call", [1, 2, 3])
 def test_cancel_stops_the_run(make_step: StepFactory, fail_on_call: int) -> None:
-    calls = 0
-
-    def report(fraction: float, message: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == fail_on_call:
-            raise JobCancelled()
+    report = CancelOnCall(fail_on_call)
 
     with pytest.raises(JobCancelled):
         metrics.run(make_step(report=report), metrics.MetricsParams())
-    assert calls == fail_on_call
+    assert report.calls == fail_on_call

@@ -13,7 +13,7 @@ from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 from schemas.records import ColumnInfo, DatasetFormat
 from services.processors import normalize
 from services.processors.base import JobCancelled
-from tests.unit.processors.conftest import StepFactory
+from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]
 SCALERS = {"minmax": MinMaxScaler, "zscore": StandardScaler, "robust": RobustScaler}
@@ -200,13 +200,7 @@ def test_output_formats_and_suffix(
 
 @pytest.mark.parametrize("fail_on_call", [1, 2, 4])
 def test_cancel(make_step: StepFactory, fail_on_call: int) -> None:
-    calls = 0
-
-    def report(fraction: float, message: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == fail_on_call:
-            raise JobCancelled()
+    report = CancelOnCall(fail_on_call)
 
     params = normalize.NormalizeParams.model_validate(
         {"drop_duplicates": True, "fill_nulls": {"strategy": "mode"}, "scale": {"method": "robust"}}
