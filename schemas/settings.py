@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     queue_name: str = "assay"
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0)
     worker_concurrency: int = Field(default=2, ge=1)
+    # Memory one job may use in a worker process: half for DuckDB, half for column batches.
+    worker_memory_budget_mb: int = Field(default=1024, ge=128)
     task_soft_time_limit_s: int = Field(default=3600, gt=0)
     task_hard_time_limit_s: int = Field(default=3660, gt=0)
     heartbeat_interval_s: float = Field(default=0.5, gt=0)

@@ -25,6 +25,7 @@ from services.processors.base import (
     ProcessorInputError,
     StepInput,
 )
+from services.processors.numeric import ProfileCache
 from services.processors.registry import get_processor, validate_step
 from use_cases.jobs import event, move
 
@@ -174,10 +175,20 @@ def run_job(
             storage_retry(datasets.download_file)(dataset.parquet_key or "", source)
             artifacts: list[Artifact] = []
             summaries: list[dict[str, Any]] = []
+            profiles = ProfileCache()  # a column profiled by one step serves the later ones
             for step_index, step in enumerate(claimed.steps):
                 monitor.check()
                 summary, produced = _run_step(
-                    uow, results, claimed, step_index, source, dataset, scratch, monitor, limits
+                    uow,
+                    results,
+                    claimed,
+                    step_index,
+                    source,
+                    dataset,
+                    scratch,
+                    monitor,
+                    limits,
+                    profiles,
                 )
                 summaries.append({"processor": step.processor, "summary": summary})
                 artifacts += produced
@@ -255,6 +266,7 @@ def _run_step(
     scratch: Path,
     monitor: Monitor,
     limits: EngineLimits,
+    profiles: ProfileCache,
 ) -> tuple[dict[str, Any], list[Artifact]]:
     """Run one step on the local copy and store what it wrote under the attempt's prefix."""
     step = job.steps[index]
@@ -280,6 +292,7 @@ def _run_step(
             ),
             memory_limit=limits.memory_limit,
             threads=limits.threads,
+            profiles=profiles,
         ),
         params,
     )

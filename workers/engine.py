@@ -26,4 +26,6 @@ def engine_limits(settings: Settings) -> EngineLimits:
     return EngineLimits(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_attempts=settings.job_max_attempts,
+        # The rest of the budget is for the numpy batches sized from the same figure.
+        memory_limit=f"{settings.worker_memory_budget_mb // 2}MiB",
     )

@@ -36,6 +36,7 @@ from services.processors.duck import (
     parquet_types,
     run_with_progress,
 )
+from services.processors.profiles import numeric_profiles
 
 DEFAULT_THRESHOLDS = {"zscore": 3.0, "modified_zscore": 3.5, "iqr": 1.5}
 ARTIFACT = "anomalies.csv"
@@ -80,7 +81,7 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
         raw = [value_expr(c.name, types[c.name]) for c in selected]
         exprs = [f"CAST({e} AS DOUBLE)" for e in raw]
         rows = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]  # from metadata
-        stats = _statistics(con, step, src, exprs, params.method, threshold, rows)
+        stats = _statistics(con, step, src, selected, types, exprs, params.method, threshold, rows)
         branches = [
             _flag_branch(src, i, raw[i], exprs[i], params.method, s, threshold)
             for i, s in enumerate(stats)
@@ -121,19 +122,26 @@ def _statistics(
     con: duckdb.DuckDBPyConnection,
     step: StepInput,
     src: str,
+    selected: list[ColumnInfo],
+    types: dict[str, str],
     exprs: list[str],
     method: str,
     threshold: float,
     rows: int,
 ) -> list[dict[str, Any]]:
-    """Per column: non-null count and the centre/scale of the method (two passes for MAD)."""
-    if method == "zscore":
-        aggregates = {"non_null": "count({e})", "mean": "avg({e})", "std": "stddev_pop({e})"}
-    elif method == "iqr":
-        aggregates = {"non_null": "count({e})", "quartiles": "quantile_cont({e}, [0.25, 0.75])"}
-    else:
-        aggregates = {"non_null": "count({e})", "median": "quantile_cont({e}, 0.5)"}
-    stats = aggregate_columns(con, src, exprs, aggregates, step, rows, end=0.25)
+    """Per column: non-null count and the centre/scale of the method (a second pass for MAD)."""
+    profiles = numeric_profiles(con, step, src, selected, types, rows, end=0.25)
+    stats: list[dict[str, Any]] = []
+    for column in selected:
+        profile = profiles[column.name]
+        s: dict[str, Any] = {"non_null": profile.count}
+        if method == "zscore":
+            s.update(mean=profile.mean, std=profile.std(ddof=0))
+        elif method == "iqr":
+            s.update(q1=profile.quantile(0.25), q3=profile.quantile(0.75))
+        else:
+            s["median"] = profile.quantile(0.5)
+        stats.append(s)
     if method == "modified_zscore":
         deviations = [
             f"abs({e} - {literal(s['median'])})" for e, s in zip(exprs, stats, strict=True)
@@ -153,8 +161,6 @@ def _statistics(
             if d["mad"] == 0:
                 s["meanad"] = d["meanad"]
     for s in stats:
-        if method == "iqr":
-            s["q1"], s["q3"] = s.pop("quartiles") or (None, None)
         if method == "iqr" and s["non_null"]:
             s["iqr"] = s["q3"] - s["q1"]
             s["lower"] = s["q1"] - threshold * s["iqr"]

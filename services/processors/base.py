@@ -6,13 +6,14 @@ summary. It knows nothing about the database, object storage or the queue.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from schemas.records import ColumnInfo, DatasetFormat
+from services.processors.numeric import ProfileCache
 
 
 class JobCancelled(Exception):
@@ -65,6 +66,8 @@ class StepInput:
     report: ProgressCallback  # (0..1, message); raises JobCancelled when the job is cancelled
     memory_limit: str = "1GB"  # DuckDB memory_limit, also the budget for in-memory batches
     threads: int | None = None
+    # Column statistics shared by the steps of a job (they all read the same parquet_path).
+    profiles: ProfileCache = field(default_factory=ProfileCache)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from schemas.records import ColumnInfo
 from services.processors.base import ParamsError, ProcessorInputError, StepInput
 from services.processors.columns import is_numeric, select_columns, value_expr
 from services.processors.duck import aggregate_columns, literal, run_with_progress
+from services.processors.numeric import ColumnProfile
 
 if TYPE_CHECKING:
     from services.processors.normalize import FillNulls
@@ -82,8 +83,12 @@ def fill_expressions(
     fill: "FillNulls",
     types: dict[str, str],
     rows: int,
+    profiles: dict[str, ColumnProfile],
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Fill values computed on `relation`: (column -> filling SQL expression, summary)."""
+    """Fill values computed on `relation`: (column -> filling SQL expression, summary).
+
+    `profiles` are statistics of columns of `relation` already known (from the job's cache).
+    """
     targets = fill_targets(fill, step.columns)
     numeric = fill.strategy in ("mean", "median")
     exprs = [value_expr(c.name, types[c.name]) for c in targets]
@@ -92,7 +97,16 @@ def fill_expressions(
     aggregates = {"nulls": "count(*) - count({e})"}
     if numeric:
         aggregates["value"] = "avg({e})" if fill.strategy == "mean" else "quantile_cont({e}, 0.5)"
-    stats = aggregate_columns(con, relation, exprs, aggregates, step, rows, start=0.2, end=0.3)
+    known = {c.name: profiles[c.name] for c in targets if numeric and c.name in profiles}
+    scan = [i for i, c in enumerate(targets) if c.name not in known]
+    scanned = aggregate_columns(
+        con, relation, [exprs[i] for i in scan], aggregates, step, rows, start=0.2, end=0.3
+    )
+    stats = [
+        _profiled(known[c.name], fill.strategy, rows) if c.name in known else {} for c in targets
+    ]
+    for i, s in zip(scan, scanned, strict=True):
+        stats[i] = s
     filled: dict[str, str] = {}
     summary: dict[str, Any] = {}
     for i, (column, expr, s) in enumerate(zip(targets, exprs, stats, strict=True)):
@@ -111,6 +125,11 @@ def fill_expressions(
             filled[column.name] = f"coalesce({expr}, {typed})"
         summary[column.name] = {"count": s["nulls"] if value is not None else 0, "value": value}
     return filled, summary
+
+
+def _profiled(profile: ColumnProfile, strategy: str, rows: int) -> dict[str, Any]:
+    value = profile.mean if strategy == "mean" else profile.quantile(0.5)
+    return {"nulls": rows - profile.count, "value": value}
 
 
 def _mode(

@@ -8,7 +8,6 @@ df[columns].duplicated().sum(): rows equal to an earlier row over the selected c
 (all dataset columns when `columns` is not given), nulls comparing equal.
 """
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -31,14 +30,13 @@ from services.processors.duck import (
     map_with_progress,
     parquet_source,
     parquet_types,
-    parse_size,
     run_with_progress,
 )
-from services.processors.numeric import QUANTILES, SortedStats, sorted_stats
+from services.processors.numeric import QUANTILES, ColumnProfile, SortedStats, sorted_stats
+from services.processors.profiles import fetch_task, profile_workers
 
 TOP_VALUES = 10
 MAX_DUP_KEYS = 100_000  # repeated key values passed to the duplicate count as a list
-SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 
 
 class MetricsParams(BaseModel):
@@ -69,22 +67,35 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
         types = parquet_types(con, step.parquet_path)
         exprs = {c.name: value_expr(c.name, types[c.name]) for c in selected}
         rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
+        profiles: dict[str, Any] = {
+            c.name: profile for c in selected if (profile := step.profiles.get(c.name))
+        }
+        todo = [c for c in selected if c.name not in profiles]
         tasks = [
-            _sort_task(src, c, exprs[c.name], types[c.name])
+            fetch_task(src, c, types[c.name])
+            if is_numeric(c)
+            else _sort_task(src, exprs[c.name])
             if _sorts(c)
             else _group_task(src, exprs[c.name])
-            for c in selected
+            for c in todo
         ]
-        # A sort holds its column twice for a moment (DuckDB result, numpy array).
-        budget_workers = parse_size(step.memory_limit) // (16 * max(rows, 1))
-        workers = max(1, min(step.threads or os.cpu_count() or 1, budget_workers))
         results = map_with_progress(
-            con, tasks, step.report, "profiling columns", workers=workers, start=0.2, end=0.8
+            con,
+            tasks,
+            step.report,
+            "profiling columns",
+            workers=profile_workers(step, rows),
+            start=0.1,
+            end=0.8,
         )
-        profiles = {c.name: result for c, result in zip(selected, results, strict=True)}
+        for column, result in zip(todo, results, strict=True):
+            profiles[column.name] = result
+            if isinstance(result, ColumnProfile):
+                step.profiles.put(column.name, result)
         duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
     columns = {
-        c.name: _column_summary(c, rows, aggregates[c.name], profiles[c.name]) for c in selected
+        c.name: _column_summary(c, rows, aggregates.get(c.name, []), profiles[c.name])
+        for c in selected
     }
     summary = {
         "row_count": rows,
@@ -102,33 +113,29 @@ def _aggregates(
     exprs: dict[str, str],
     report: ProgressCallback,
 ) -> tuple[int, dict[str, list[Any]]]:
-    """One scan: row count; per column the non-null count and mean/std or min/max."""
+    """One scan of the other columns: row count; non-null count, and min/max of temporal ones."""
     parts: dict[str, list[str]] = {}
     for c in selected:
+        if is_numeric(c):
+            continue  # profiled from its values
         e = exprs[c.name]
         parts[c.name] = [f"count({e})"]
-        if is_numeric(c):
-            parts[c.name] += [f"avg({e})", f"stddev_samp({e})"]
-        elif is_temporal(c):
+        if is_temporal(c):
             parts[c.name] += [f"min({e})", f"max({e})"]
-    select = ", ".join(["count(*)"] + [p for c in selected for p in parts[c.name]])
+    select = ", ".join(["count(*)"] + [p for sql in parts.values() for p in sql])
     values = iter(
-        run_with_progress(con, f"SELECT {select} FROM {src}", report, "counting", end=0.2)[0]
+        run_with_progress(con, f"SELECT {select} FROM {src}", report, "counting", end=0.1)[0]
     )
     rows = next(values)
     return rows, {name: [next(values) for _ in sql] for name, sql in parts.items()}
 
 
-def _sort_task(src: str, column: ColumnInfo, expr: str, duck_type: str) -> Callable[..., Any]:
-    if is_numeric(column):
-        cast = "BIGINT" if duck_type in SMALL_INTEGERS else "DOUBLE"
-        expr = f"CAST({expr} AS {cast})"
+def _sort_task(src: str, expr: str) -> Callable[..., Any]:
     sql = f"SELECT {expr} FROM {src} WHERE {expr} IS NOT NULL"
 
     def task(cursor: duckdb.DuckDBPyConnection) -> SortedStats:
         (values,) = cursor.execute(sql).fetchnumpy().values()
-        values = np.asarray(values)
-        return sorted_stats(values, numeric=is_numeric(column))
+        return sorted_stats(np.asarray(values), numeric=False)
 
     return task
 
@@ -164,13 +171,19 @@ def _duplicate_rows(
     null or holds a repeated value, which is usually a small fraction.
     """
     where, params = "", None
-    keyed = [c for c in selected if is_numeric(c) and isinstance(profiles[c.name], SortedStats)]
+    keyed = {
+        c.name: profile.stats
+        for c in selected
+        if isinstance(profile := profiles[c.name], ColumnProfile)
+        and profile.stats.dup_keys is not None
+    }
     if keyed:
-        key = min(keyed, key=lambda c: rows - profiles[c.name].count + profiles[c.name].dup_rows)
-        stats: SortedStats = profiles[key.name]
+        name = min(keyed, key=lambda n: rows - keyed[n].count + keyed[n].dup_rows)
+        stats = keyed[name]
         candidates = rows - stats.count + stats.dup_rows
+        assert stats.dup_keys is not None
         if candidates <= rows // 2 and len(stats.dup_keys) <= MAX_DUP_KEYS:
-            e = exprs[key.name]
+            e = exprs[name]
             where = f" WHERE {e} IS NULL"
             if len(stats.dup_keys):
                 where += f" OR {e} IN (SELECT unnest($1))"
@@ -189,23 +202,25 @@ def _duplicate_rows(
 def _column_summary(
     column: ColumnInfo, rows: int, aggregate: list[Any], profile: Any
 ) -> dict[str, Any]:
-    non_null = aggregate[0]
+    non_null = profile.count if isinstance(profile, ColumnProfile) else aggregate[0]
     out: dict[str, Any] = {
         "type": column.type,
         "null_count": rows - non_null,
         "null_ratio": (rows - non_null) / rows if rows else None,
     }
+    if isinstance(profile, ColumnProfile):
+        stats = profile.stats
+        out.update(distinct_count=stats.distinct, min=stats.minimum, max=stats.maximum)
+        out.update(mean=profile.mean, std=profile.std(ddof=1))
+        for q, value in zip(QUANTILES, stats.quantiles, strict=True):
+            out[f"p{round(q * 100)}"] = value
+        out["histogram"] = stats.histogram
+        return out
     if isinstance(profile, SortedStats):
         out["distinct_count"] = profile.distinct
     else:
         out["distinct_count"], top = profile
-    if is_numeric(column):
-        assert isinstance(profile, SortedStats)
-        out.update(min=profile.minimum, max=profile.maximum, mean=aggregate[1], std=aggregate[2])
-        for q, value in zip(QUANTILES, profile.quantiles, strict=True):
-            out[f"p{round(q * 100)}"] = value
-        out["histogram"] = profile.histogram
-    elif is_temporal(column):
+    if is_temporal(column):
         out.update(min=aggregate[1], max=aggregate[2])
     else:
         out["top_values"] = top

@@ -40,6 +40,8 @@ from services.processors.duck import (
     run_with_progress,
 )
 from services.processors.fill import fill_expressions, fill_targets
+from services.processors.numeric import ColumnProfile
+from services.processors.profiles import numeric_profiles
 
 FORMATS = {
     "csv": ("text/csv", "FORMAT csv, HEADER true"),
@@ -146,16 +148,20 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
         relation, rows_out = src, rows_in
         if params.drop_duplicates is not None:
             relation, rows_out = _drop_duplicates(con, step, src, params.drop_duplicates, types)
+        # Statistics of the whole copy hold unless duplicates were dropped.
+        profiles = {} if relation != src else _profiles(con, step, src, params, types, rows_in)
         exprs = {c.name: quote(c.name) for c in step.columns}
         filled: dict[str, Any] = {}
         if params.fill_nulls is not None:
             fill_exprs, filled = fill_expressions(
-                con, step, relation, params.fill_nulls, types, rows_out
+                con, step, relation, params.fill_nulls, types, rows_out, profiles
             )
             exprs.update(fill_exprs)
         scaled: dict[str, Any] = {}
         if params.scale is not None:
-            scale_exprs, scaled = _scale(con, step, relation, params.scale, exprs, types, rows_out)
+            scale_exprs, scaled = _scale(
+                con, step, relation, params.scale, exprs, types, rows_out, profiles, filled
+            )
             exprs.update(scale_exprs)
         select = ", ".join(f"{expr} AS {quote(column)}" for column, expr in exprs.items())
         # Scans keep the file order (preserve_insertion_order); a join may not.
@@ -198,6 +204,35 @@ def _drop_duplicates(
     )
 
 
+def _profiles(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    params: NormalizeParams,
+    types: dict[str, str],
+    rows: int,
+) -> dict[str, ColumnProfile]:
+    """Column profiles for the fill and scale statistics: those a job step already made, and
+    all of them when a median or quartiles are needed (one sort beats DuckDB's quantile)."""
+    names: set[str] = set()
+    fill, scale = params.fill_nulls, params.scale
+    if fill is not None and fill.strategy in ("mean", "median"):
+        names.update(c.name for c in fill_targets(fill, step.columns))
+    if scale is not None:
+        names.update(
+            c.name
+            for c in select_columns(
+                scale.columns, step.columns, field="scale.columns", accept=is_numeric
+            )
+        )
+    wanted = [c for c in step.columns if c.name in names]
+    if (fill is not None and fill.strategy == "median") or (
+        scale is not None and scale.method == "robust"
+    ):
+        return numeric_profiles(con, step, src, wanted, types, rows, end=0.2)
+    return {c.name: profile for c in wanted if (profile := step.profiles.get(c.name))}
+
+
 def _scale(
     con: duckdb.DuckDBPyConnection,
     step: StepInput,
@@ -206,8 +241,10 @@ def _scale(
     exprs: dict[str, str],
     types: dict[str, str],
     rows: int,
+    profiles: dict[str, ColumnProfile],
+    filled: dict[str, Any],
 ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Scaling statistics computed on the (filled) relation: (column -> SQL, summary)."""
+    """Scaling statistics of the (filled) relation: (column -> SQL, summary)."""
     targets = select_columns(scale.columns, step.columns, field="scale.columns", accept=is_numeric)
     # A column that was not filled: read NaN as null, or min/max would be NaN.
     current = {
@@ -227,7 +264,19 @@ def _scale(
         },
         "robust": {"quartiles": "quantile_cont({e}, [0.25, 0.5, 0.75])"},
     }[scale.method]
-    stats = aggregate_columns(con, relation, xs, aggregates, step, rows, start=0.35, end=0.4)
+    known = {
+        c.name: s
+        for c in targets
+        if c.name in profiles
+        and (s := _profiled(scale.method, profiles[c.name], filled.get(c.name)))
+    }
+    scan = [i for i, c in enumerate(targets) if c.name not in known]
+    scanned = aggregate_columns(
+        con, relation, [xs[i] for i in scan], aggregates, step, rows, start=0.35, end=0.4
+    )
+    stats = [known.get(c.name, {}) for c in targets]
+    for i, s in zip(scan, scanned, strict=True):
+        stats[i] = s
     out: dict[str, str] = {}
     summary: dict[str, Any] = {}
     for column, x, s in zip(targets, xs, stats, strict=True):
@@ -248,3 +297,24 @@ def _scale(
             out[column.name] = f"({x} - {literal(centre)}) / {literal(divisor)}"
         summary[column.name] = s
     return out, summary
+
+
+def _profiled(
+    method: str, profile: ColumnProfile, fill: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Scaling statistics from the profile of the unfilled column, where they still hold.
+
+    Filling nulls with v leaves min and max as min(min, v) and max(max, v); the mean,
+    standard deviation and quartiles of a filled column differ, so they are scanned.
+    """
+    value = fill["value"] if fill and fill["count"] else None
+    if profile.count == 0 or (value is not None and method != "minmax"):
+        return None
+    if method == "robust":
+        return {"quartiles": [profile.quantile(q) for q in (0.25, 0.5, 0.75)]}
+    low, high = float(profile.stats.minimum), float(profile.stats.maximum)
+    if value is not None:
+        low, high = min(low, float(value)), max(high, float(value))
+    if method == "minmax":
+        return {"min": low, "max": high}
+    return {"mean": profile.mean, "std": profile.std(ddof=0), "min": low, "max": high}

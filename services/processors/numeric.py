@@ -1,11 +1,14 @@
-"""Statistics of one column's sorted non-null values, with numpy's exact semantics.
+"""Statistics of one column's non-null values, with numpy's and pandas' exact semantics.
 
 Sorting once gives the exact distinct count, quantiles and histogram together and is
 about twice as fast as DuckDB's hash-based count(DISTINCT) on high-cardinality columns.
+The mean and variance are taken before the sort, in file order and in two passes, as
+pandas does; DuckDB's streaming avg/stddev aggregates cost more than fetch, sum and sort.
 """
 
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +25,7 @@ class SortedStats:
     maximum: Any
     quantiles: list[float | None]
     histogram: dict[str, list[float] | list[int]] | None
-    dup_keys: np.ndarray  # the values that occur more than once
+    dup_keys: np.ndarray | None  # the values that occur more than once (None: not kept)
     dup_rows: int  # how many values are one of dup_keys
 
 
@@ -54,6 +57,66 @@ def sorted_stats(values: np.ndarray, *, numeric: bool) -> SortedStats:
         dup_keys=dup_keys,
         dup_rows=dup_rows,
     )
+
+
+VARIANCE_BLOCK = 1 << 20  # deviations are squared in blocks: no full-size temporary array
+CACHED_DUP_KEYS = 100_000  # a job keeps a column's repeated values only up to this many
+
+
+@dataclass(frozen=True)
+class ColumnProfile:
+    """Statistics of one numeric column's non-null values (a float NaN counts as null)."""
+
+    stats: SortedStats
+    mean: float | None
+    m2: float | None  # sum of squared deviations from the mean
+
+    @property
+    def count(self) -> int:
+        return self.stats.count
+
+    def std(self, ddof: int) -> float | None:
+        """Standard deviation with `ddof` (1: pandas' std, 0: numpy's and sklearn's)."""
+        if self.m2 is None or self.count - ddof <= 0:
+            return None
+        return math.sqrt(self.m2 / (self.count - ddof))
+
+    def quantile(self, q: float) -> float | None:
+        """A quartile (0.25, 0.5 or 0.75), linear interpolation as numpy.quantile."""
+        return self.stats.quantiles[QUANTILES.index(q)]
+
+
+class ProfileCache:
+    """Profiles by column name, for the steps of one job (they read the same Parquet copy)."""
+
+    def __init__(self) -> None:
+        self._profiles: dict[str, ColumnProfile] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> ColumnProfile | None:
+        with self._lock:
+            return self._profiles.get(name)
+
+    def put(self, name: str, profile: ColumnProfile) -> None:
+        """Keep a profile for the job's later steps, without a long list of repeated values."""
+        keys = profile.stats.dup_keys
+        if keys is not None and len(keys) > CACHED_DUP_KEYS:
+            profile = replace(profile, stats=replace(profile.stats, dup_keys=None))
+        with self._lock:
+            self._profiles[name] = profile
+
+
+def profile_values(values: np.ndarray) -> ColumnProfile:
+    """The profile of a 1-d array of non-null numbers (sorted in place)."""
+    n = len(values)
+    mean = m2 = None
+    if n:
+        mean = float(values.sum(dtype=np.float64)) / n
+        m2 = 0.0
+        for begin in range(0, n, VARIANCE_BLOCK):
+            block = values[begin : begin + VARIANCE_BLOCK].astype(np.float64) - mean
+            m2 += float(np.dot(block, block))
+    return ColumnProfile(sorted_stats(values, numeric=True), mean, m2)
 
 
 def quantile_sorted(values: np.ndarray, q: float) -> float:

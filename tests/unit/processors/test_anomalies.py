@@ -11,7 +11,9 @@ from scipy import stats
 
 from schemas.records import ColumnInfo
 from services.processors import anomalies, duck
+from services.processors import profiles as profiles_module
 from services.processors.base import JobCancelled
+from services.processors.numeric import ProfileCache
 from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]
@@ -138,7 +140,7 @@ def test_selected_columns_suffix_and_integer_values(make_step: StepFactory) -> N
 def test_small_memory_budget_batches_columns(
     make_step: StepFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    params = anomalies.AnomaliesParams(method="iqr")
+    params = anomalies.AnomaliesParams(method="modified_zscore")
     whole = anomalies.run(make_step(), params).summary
     queries: list[str] = []
     real = duck.run_with_progress
@@ -147,7 +149,7 @@ def test_small_memory_budget_batches_columns(
         queries.append(sql)
         return real(con, sql, *args, **kwargs)
 
-    # Room for one column's quantile state at a time (3000 rows * 16 bytes * 2).
+    # Room for one column's quantile state (of the MAD) at a time (3000 rows * 16 bytes * 2).
     monkeypatch.setattr(duck, "parse_size", lambda text: 100_000)
     monkeypatch.setattr(duck, "run_with_progress", spy)
     assert anomalies.run(make_step(), params).summary == whole
@@ -167,3 +169,28 @@ def test_cancel(make_step: StepFactory, fail_on_call: int) -> None:
 
     with pytest.raises(JobCancelled):
         anomalies.run(make_step(report=report), anomalies.AnomaliesParams(method="iqr"))
+
+
+def test_steps_of_a_job_share_column_profiles(
+    make_step: StepFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = {
+        method: anomalies.run(make_step(), anomalies.AnomaliesParams(method=method)).summary
+        for method in ("zscore", "iqr")
+    }
+    profiles = ProfileCache()
+    first = anomalies.run(make_step(profiles=profiles), anomalies.AnomaliesParams(method="zscore"))
+    assert first.summary == alone["zscore"]
+    assert all(profiles.get(name) is not None for name in NUMERIC)
+
+    fetched: list[str] = []
+    original = profiles_module.fetch_task
+
+    def counting(*args: Any) -> Any:
+        fetched.append(args[1].name)
+        return original(*args)
+
+    monkeypatch.setattr(profiles_module, "fetch_task", counting)
+    second = anomalies.run(make_step(profiles=profiles), anomalies.AnomaliesParams(method="iqr"))
+    assert second.summary == alone["iqr"]
+    assert fetched == []  # every column came from the first step's profiles

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from schemas.records import ColumnInfo
-from services.processors import metrics
+from services.processors import anomalies, metrics, numeric
 from services.processors.base import JobCancelled
 from tests.unit.processors.conftest import CancelOnCall, StepFactory, columns_of, write_parquet
 
@@ -141,3 +141,15 @@ def test_cancel_stops_the_run(make_step: StepFactory, fail_on_call: int) -> None
     with pytest.raises(JobCancelled):
         metrics.run(make_step(report=report), metrics.MetricsParams())
     assert report.calls == fail_on_call
+
+
+def test_profiles_from_an_earlier_step_give_the_same_figures(
+    make_step: StepFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone = metrics.run(make_step(), metrics.MetricsParams()).summary
+    # A job keeps a column's repeated values only when few: here none are kept.
+    monkeypatch.setattr(numeric, "CACHED_DUP_KEYS", 0)
+    profiles = numeric.ProfileCache()
+    anomalies.run(make_step(profiles=profiles), anomalies.AnomaliesParams(method="iqr"))
+    assert all(profiles.get(name).stats.dup_keys is None for name in NUMERIC)  # type: ignore[union-attr]
+    assert metrics.run(make_step(profiles=profiles), metrics.MetricsParams()).summary == alone

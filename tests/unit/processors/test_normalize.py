@@ -11,8 +11,9 @@ import pytest
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 from schemas.records import ColumnInfo, DatasetFormat
-from services.processors import normalize
+from services.processors import metrics, normalize
 from services.processors.base import JobCancelled
+from services.processors.numeric import ProfileCache
 from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]
@@ -86,6 +87,38 @@ def test_dedupe_fill_scale_equals_pandas_and_sklearn(
             assert scaled[name]["median"] == pytest.approx(scaler.center_[i], rel=1e-9)
             assert scaled[name]["scale"] == pytest.approx(scaler.scale_[i], rel=1e-9)
     assert (got["constant"] == 0.0).all()
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["alone", "after-metrics"])
+@pytest.mark.parametrize("method", ["minmax", "zscore", "robust"])
+@pytest.mark.parametrize("strategy", ["mean", "median"])
+def test_fill_scale_from_column_profiles_equals_sklearn(
+    make_step: StepFactory,
+    dataset: tuple[Path, list[ColumnInfo]],
+    method: str,
+    strategy: str,
+    warm: bool,
+) -> None:
+    """Without dedupe the statistics may come from profiles (a metrics step's, in a job)."""
+    df = pd.read_parquet(dataset[0])
+    want = df.copy()
+    for name in NUMERIC:
+        s = want[name].astype(float)
+        want[name] = s.fillna(s.mean() if strategy == "mean" else s.median())
+    scaler = SCALERS[method]().fit(want[NUMERIC])
+    want[NUMERIC] = scaler.transform(want[NUMERIC])
+    profiles = ProfileCache()
+    if warm:
+        metrics.run(make_step(profiles=profiles), metrics.MetricsParams())
+        assert all(profiles.get(name) is not None for name in NUMERIC)
+    params = {"fill_nulls": {"strategy": strategy}, "scale": {"method": method}}
+    got, result = run(make_step, params, profiles=profiles)
+    assert_frames_equal(got, want)
+    scaled = result.summary["scaled"]
+    if method == "minmax":
+        for i, name in enumerate(NUMERIC):
+            assert scaled[name]["min"] == pytest.approx(scaler.data_min_[i], rel=1e-12)
+            assert scaled[name]["max"] == pytest.approx(scaler.data_max_[i], rel=1e-12)
 
 
 @pytest.mark.parametrize("method", ["minmax", "zscore", "robust"])

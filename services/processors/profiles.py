@@ -1,0 +1,75 @@
+"""Exact statistics of numeric columns, computed once per job and shared by its steps.
+
+A column's profile comes from one fetch of its non-null values into numpy: the mean and
+variance first, in file order and in two passes as pandas computes them, then one sort
+for the minimum, maximum, quartiles, distinct count and histogram (numeric.SortedStats).
+Every step of a job reads the same Parquet copy, so a column profiled by one step
+(metrics, say) is not read again by the next (anomalies' z-score or IQR, normalize's
+median fill or min-max scaling).
+"""
+
+import os
+from collections.abc import Callable, Sequence
+
+import duckdb
+import numpy as np
+
+from schemas.records import ColumnInfo
+from services.processors.base import StepInput
+from services.processors.columns import value_expr
+from services.processors.duck import map_with_progress, parse_size
+from services.processors.numeric import ColumnProfile, profile_values
+
+SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
+# Bytes per value while a column is profiled: the DuckDB result and the numpy array hold it
+# at once for a moment.
+BYTES_PER_VALUE = 16
+
+
+def fetch_task(src: str, column: ColumnInfo, duck_type: str) -> Callable[..., ColumnProfile]:
+    """A map_with_progress task: fetch the column's non-null values, profile them."""
+    cast = "BIGINT" if duck_type in SMALL_INTEGERS else "DOUBLE"
+    expr = f"CAST({value_expr(column.name, duck_type)} AS {cast})"
+    sql = f"SELECT {expr} FROM {src} WHERE {expr} IS NOT NULL"
+
+    def task(cursor: duckdb.DuckDBPyConnection) -> ColumnProfile:
+        (values,) = cursor.execute(sql).fetchnumpy().values()
+        return profile_values(np.asarray(values))
+
+    return task
+
+
+def profile_workers(step: StepInput, rows: int) -> int:
+    """How many columns can be profiled at once within the step's memory budget."""
+    budget = parse_size(step.memory_limit) // (BYTES_PER_VALUE * max(rows, 1))
+    return max(1, min(step.threads or os.cpu_count() or 1, budget))
+
+
+def numeric_profiles(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    columns: Sequence[ColumnInfo],
+    types: dict[str, str],
+    rows: int,
+    *,
+    start: float = 0.0,
+    end: float = 1.0,
+) -> dict[str, ColumnProfile]:
+    """Profiles of numeric columns: from the job's cache, the missing ones computed now."""
+    missing = [c for c in columns if step.profiles.get(c.name) is None]
+    tasks = [fetch_task(src, c, types[c.name]) for c in missing]
+    computed = map_with_progress(
+        con,
+        tasks,
+        step.report,
+        "profiling columns",
+        workers=profile_workers(step, rows),
+        start=start,
+        end=end,
+    )
+    found = {c.name: profile for c in columns if (profile := step.profiles.get(c.name))}
+    for column, profile in zip(missing, computed, strict=True):
+        step.profiles.put(column.name, profile)
+        found[column.name] = profile
+    return {c.name: found[c.name] for c in columns}
