@@ -307,7 +307,7 @@ def _run_step(
                 name=file.name,
                 content_type=file.content_type,
                 size_bytes=file.path.stat().st_size,
-                sha256=_sha256(file.path),
+                sha256=file.sha256 or _sha256(file.path),
                 storage_key=key,
                 created_at=datetime.now(UTC),
             )

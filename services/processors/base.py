@@ -75,6 +75,7 @@ class ArtifactFile:
     name: str
     path: Path
     content_type: str
+    sha256: str | None = None  # when the processor hashed it while writing
 
 
 @dataclass(frozen=True)

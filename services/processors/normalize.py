@@ -41,6 +41,7 @@ from services.processors.duck import (
 )
 from services.processors.fill import fill_expressions, fill_targets
 from services.processors.numeric import ColumnProfile
+from services.processors.output import copy_to_file
 from services.processors.profiles import numeric_profiles
 
 FORMATS = {
@@ -166,8 +167,8 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
         select = ", ".join(f"{expr} AS {quote(column)}" for column, expr in exprs.items())
         # Scans keep the file order (preserve_insertion_order); a join may not.
         order = " ORDER BY file_row_number" if relation != src else ""
-        copy = f"COPY (SELECT {select} FROM {relation}{order}) TO {literal(str(path))} ({options})"
-        run_with_progress(con, copy, step.report, f"writing {name}", start=0.4)
+        query = f"SELECT {select} FROM {relation}{order}"
+        sha256 = copy_to_file(con, query, path, options, step, f"writing {name}", start=0.4)
     summary = {
         "rows_in": rows_in,
         "rows_out": rows_out,
@@ -178,7 +179,7 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
         "scaled": scaled,
         "output_format": fmt,
     }
-    artifact = ArtifactFile(name=name, path=path, content_type=content_type)
+    artifact = ArtifactFile(name=name, path=path, content_type=content_type, sha256=sha256)
     return StepOutput(summary=json_safe(summary), artifacts=[artifact])
 
 

@@ -1,5 +1,6 @@
 """normalize equals pandas (drop_duplicates, fillna) followed by sklearn's scalers."""
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,7 @@ def test_output_formats_and_suffix(
     step = make_step(dataset_format=dataset_format, artifact_suffix="-2")
     [artifact] = normalize.run(step, params).artifacts
     assert (artifact.name, artifact.path.name, artifact.content_type) == (name, name, content_type)
+    assert artifact.sha256 == hashlib.sha256(artifact.path.read_bytes()).hexdigest()
     if name.endswith(".csv"):
         got = pd.read_csv(artifact.path)
     elif name.endswith(".parquet"):

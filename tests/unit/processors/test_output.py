@@ -1,0 +1,51 @@
+"""Artifacts written through a pipe: the file, its sha256, and no hang when anything fails."""
+
+import hashlib
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from services.processors.base import ProcessorInputError, StepInput
+from services.processors.output import copy_to_file
+from tests.unit.processors.conftest import StepFactory
+
+QUERY = "SELECT i, i * 0.5 AS half, 'row ' || i AS label FROM range(200000) t(i)"
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["FORMAT csv, HEADER true", "FORMAT parquet, COMPRESSION zstd", "FORMAT json, ARRAY true"],
+)
+def test_file_and_hash_equal_a_direct_copy(
+    make_step: StepFactory, tmp_path: Path, options: str
+) -> None:
+    step: StepInput = make_step()
+    con = duckdb.connect()
+    direct = tmp_path / "direct.out"
+    con.execute(f"COPY ({QUERY}) TO '{direct}' ({options})")
+    path = step.output_dir / "artifact.out"
+    digest = copy_to_file(con, QUERY, path, options, step, "writing")
+    assert path.read_bytes() == direct.read_bytes()
+    assert digest == hashlib.sha256(direct.read_bytes()).hexdigest()
+    assert sorted(p.name for p in step.output_dir.iterdir()) == ["artifact.out"]  # no FIFO left
+
+
+def test_a_failing_query_raises_without_hanging(make_step: StepFactory) -> None:
+    step: StepInput = make_step()
+    con = duckdb.connect()
+    with pytest.raises(ProcessorInputError, match="nope"):  # before any row
+        copy_to_file(con, "SELECT nope", step.output_dir / "a.csv", "FORMAT csv", step, "")
+    late = "CAST(CASE WHEN i < 150000 THEN '1' ELSE 'x' END AS INT)"
+    with pytest.raises(ProcessorInputError, match="x"):  # while rows are already flowing
+        query = f"SELECT {late} FROM range(200000) t(i)"
+        copy_to_file(con, query, step.output_dir / "b.csv", "FORMAT csv", step, "")
+    assert not [p for p in step.output_dir.iterdir() if p.name.endswith(".pipe")]
+
+
+def test_a_write_error_is_raised_after_draining(make_step: StepFactory) -> None:
+    step: StepInput = make_step()
+    target = step.output_dir / "taken"
+    target.mkdir()  # the artifact path cannot be opened as a file
+    with pytest.raises(IsADirectoryError):
+        copy_to_file(duckdb.connect(), QUERY, target, "FORMAT csv", step, "")
