@@ -49,7 +49,8 @@ class JobLost(Exception):
 class EngineLimits:
     heartbeat_interval_s: float = 0.5
     max_attempts: int = 3
-    memory_limit: str = "1GB"
+    memory_limit: str = "256MiB"  # DuckDB's, per step
+    batch_memory_bytes: int = 512 * 1024**2  # numpy column values held at once
     threads: int | None = None
 
 
@@ -291,6 +292,7 @@ def _run_step(
                 (index + max(0.0, min(1.0, fraction))) / n, f"{step.processor}: {message}", index
             ),
             memory_limit=limits.memory_limit,
+            batch_memory_bytes=limits.batch_memory_bytes,
             threads=limits.threads,
             profiles=profiles,
         ),

@@ -26,6 +26,7 @@ def engine_limits(settings: Settings) -> EngineLimits:
     return EngineLimits(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_attempts=settings.job_max_attempts,
-        # The rest of the budget is for the numpy batches sized from the same figure.
-        memory_limit=f"{settings.worker_memory_budget_mb // 2}MiB",
+        # A quarter for DuckDB, half for numpy columns, the rest for the interpreter and libraries.
+        memory_limit=f"{settings.worker_memory_budget_mb // 4}MiB",
+        batch_memory_bytes=settings.worker_memory_budget_mb * 1024**2 // 2,
     )

@@ -17,7 +17,7 @@ import numpy as np
 from schemas.records import ColumnInfo
 from services.processors.base import StepInput
 from services.processors.columns import value_expr
-from services.processors.duck import map_with_progress, parse_size
+from services.processors.duck import map_with_progress
 from services.processors.numeric import ColumnProfile, profile_values
 
 SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
@@ -41,7 +41,7 @@ def fetch_task(src: str, column: ColumnInfo, duck_type: str) -> Callable[..., Co
 
 def profile_workers(step: StepInput, rows: int) -> int:
     """How many columns can be profiled at once within the step's memory budget."""
-    budget = parse_size(step.memory_limit) // (BYTES_PER_VALUE * max(rows, 1))
+    budget = step.batch_memory_bytes // (BYTES_PER_VALUE * max(rows, 1))
     return max(1, min(step.threads or os.cpu_count() or 1, budget))
 
 
