@@ -37,6 +37,7 @@ from services.processors.profiles import fetch_task, profile_workers
 
 TOP_VALUES = 10
 MAX_DUP_KEYS = 100_000  # repeated key values passed to the duplicate count as a list
+FILTER_KEYS = 2  # key columns that narrow the duplicate count (each is read in full)
 
 
 class MetricsParams(BaseModel):
@@ -164,39 +165,41 @@ def _duplicate_rows(
     rows: int,
     report: ProgressCallback,
 ) -> int:
-    """Rows minus distinct rows, over only the rows that can have a twin.
+    """Rows equal to an earlier row, counted over only the rows that can have a twin.
 
-    Two equal rows agree on every column, so a row whose value in some numeric column
-    is unique can have no twin: the count is taken over the rows where that column is
-    null or holds a repeated value, which is usually a small fraction.
+    Two equal rows agree on every column, so a row whose value in a sorted column (numeric,
+    date, timestamp) is unique can have no twin. The rows where the most selective such
+    columns are null or hold a repeated value are usually a small fraction, and DuckDB then
+    decodes the other columns only of the row batches that keep any.
     """
-    where, params = "", None
-    keyed = {
-        c.name: profile.stats
-        for c in selected
-        if isinstance(profile := profiles[c.name], ColumnProfile)
-        and profile.stats.dup_keys is not None
-    }
-    if keyed:
-        name = min(keyed, key=lambda n: rows - keyed[n].count + keyed[n].dup_rows)
-        stats = keyed[name]
-        candidates = rows - stats.count + stats.dup_rows
-        assert stats.dup_keys is not None
-        if candidates <= rows // 2 and len(stats.dup_keys) <= MAX_DUP_KEYS:
-            e = exprs[name]
-            where = f" WHERE {e} IS NULL"
-            if len(stats.dup_keys):
-                where += f" OR {e} IN (SELECT unnest($1))"
-                params = [stats.dup_keys.tolist()]
+    keyed: list[tuple[int, str, np.ndarray]] = []
+    for c in selected:
+        profile = profiles[c.name]
+        stats = profile.stats if isinstance(profile, ColumnProfile) else profile
+        if isinstance(stats, SortedStats) and stats.dup_keys is not None:
+            candidates = rows - stats.count + stats.dup_rows
+            if candidates <= rows // 2 and len(stats.dup_keys) <= MAX_DUP_KEYS:
+                keyed.append((candidates, exprs[c.name], stats.dup_keys))
+    keyed.sort(key=lambda key: key[0])
+    if keyed and keyed[0][0] == 0:
+        return 0  # a column without nulls or repeated values: every row is unique
+    conditions: list[str] = []
+    params: list[Any] = []
+    for _, e, dup_keys in keyed[:FILTER_KEYS]:
+        if len(dup_keys):
+            params.append(dup_keys.tolist())
+            conditions.append(f"({e} IS NULL OR {e} IN (SELECT unnest(${len(params)})))")
+        else:
+            conditions.append(f"{e} IS NULL")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     cols = ", ".join(exprs[c.name] for c in selected)
-    sql = (
-        f"SELECT (SELECT count(*) FROM {src}{where})"
-        f" - (SELECT count(*) FROM (SELECT DISTINCT {cols} FROM {src}{where}))"
-    )
+    # Nulls group together, as pandas' duplicated() compares them equal.
+    groups = f"SELECT count(*) AS n FROM {src}{where} GROUP BY {cols}"
+    sql = f"SELECT coalesce(sum(n - 1), 0) FROM ({groups})"
     result = run_with_progress(
-        con, sql, report, "counting duplicate rows", start=0.8, params=params
+        con, sql, report, "counting duplicate rows", start=0.8, params=params or None
     )
-    return result[0][0]
+    return int(result[0][0])
 
 
 def _column_summary(

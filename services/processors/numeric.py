@@ -37,14 +37,13 @@ def sorted_stats(values: np.ndarray, *, numeric: bool) -> SortedStats:
         empty = np.empty(0, dtype=values.dtype)
         return SortedStats(0, 0, None, None, [None] * len(QUANTILES), None, empty, 0)
     repeated = values[1:] == values[:-1]
-    distinct = n - int(np.count_nonzero(repeated))
-    in_dups = np.zeros(n, dtype=bool)
-    in_dups[1:] |= repeated
-    in_dups[:-1] |= repeated
-    dup_rows = int(np.count_nonzero(in_dups))
+    repeats = int(np.count_nonzero(repeated))
+    distinct = n - repeats
     dup_keys = values[1:][repeated]
     if len(dup_keys):
         dup_keys = dup_keys[np.concatenate(([True], dup_keys[1:] != dup_keys[:-1]))]
+    # Each repeated value occurs once more than its repeats: its first occurrence.
+    dup_rows = repeats + len(dup_keys)
     if not numeric:
         return SortedStats(n, distinct, None, None, [], None, dup_keys, dup_rows)
     return SortedStats(

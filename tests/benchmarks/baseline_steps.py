@@ -8,9 +8,10 @@ CSV, compute, write the artifact. `duckdb-csv-to-parquet` and `duckdb-parquet-to
 the floors for Assay's ingest and job: a bare DuckDB COPY each.
 
 Prints one JSON object on stdout: `seconds` (the work, without interpreter start-up and
-imports, as a long-running service would have them loaded), `read_seconds` (the pd.read_csv
-part, pandas steps only), `peak_rss` (bytes, this process's ru_maxrss, imports included) and
-`detail` (counts to check both sides did the same work). Used by jobs_vs_pandas.
+imports, as a long-running service would have them loaded), `cpu_seconds` (user + system
+time of that work), `read_seconds` (the pd.read_csv part, pandas steps only), `peak_rss`
+(bytes, this process's ru_maxrss, imports included) and `detail` (counts to check both
+sides did the same work). Used by jobs_vs_pandas.
 """
 
 import json
@@ -170,6 +171,11 @@ STEPS: dict[str, Callable[[Path, Path], tuple[Detail, float]]] = {
 }
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     if len(sys.argv) != 4 or sys.argv[1] not in STEPS:
         sys.exit(f"usage: python -m tests.benchmarks.baseline_steps {{{'|'.join(STEPS)}}} IN OUT")
@@ -180,14 +186,16 @@ def main() -> None:
         import scipy.stats  # noqa: F401
     else:
         import duckdb  # noqa: F401
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     detail, read_seconds = step(source, output)
     seconds = time.perf_counter() - started
+    cpu_seconds = _cpu_seconds() - cpu_started
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     print(
         json.dumps(
             {
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 "read_seconds": read_seconds,
                 "peak_rss": peak_rss,
                 "detail": detail,

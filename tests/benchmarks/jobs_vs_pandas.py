@@ -199,6 +199,10 @@ class PeakMemory:
         self.peak_pss: dict[str, int] = {}
         self.first_rss: dict[str, int] = {}
         self.per_process: dict[tuple[str, int], int] = {}
+        # CPU seconds (user + system) of each process seen: a figure the load of others on
+        # the machine inflates far less than wall time.
+        self.cpu_start: dict[tuple[str, int], float] = {}
+        self.cpu_last: dict[tuple[str, int], float] = {}
 
     def sample(self) -> None:
         sizes: dict[str, tuple[int, int]] = {}
@@ -207,6 +211,11 @@ class PeakMemory:
             for pid, (rss, _) in each.items():
                 key = (name, pid)
                 self.per_process[key] = max(self.per_process.get(key, 0), rss)
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    self.cpu_last[(name, process.pid)] = times.user + times.system
+                    self.cpu_start.setdefault((name, process.pid), times.user + times.system)
             sizes[name] = (sum(r for r, _ in each.values()), sum(p for _, p in each.values()))
         sizes["total"] = (sum(r for r, _ in sizes.values()), sum(p for _, p in sizes.values()))
         for name, (rss, pss) in sizes.items():
@@ -229,8 +238,14 @@ class PeakMemory:
         self._thread.join()
         self.sample()
 
+    def cpu_seconds(self, group: str) -> float:
+        return sum(
+            self.cpu_last[key] - self.cpu_start[key] for key in self.cpu_last if key[0] == group
+        )
+
     def detail(self) -> dict[str, Any]:
         return {
+            "cpu_seconds": {g: round(self.cpu_seconds(g), 3) for g in ("api", "worker")},
             "peak_pss_bytes": self.peak_pss,
             "rss_at_start_bytes": self.first_rss,
             "peak_rss_per_process": [
@@ -534,6 +549,7 @@ def run_baseline_step(step: str, source: Path, output: Path, rows: int, name: st
     report = json.loads(out.decode().strip().splitlines()[-1])
     detail = dict(report["detail"])
     detail["process_seconds"] = round(process_seconds, 4)  # with start-up and imports
+    detail["cpu_seconds"] = {"process": round(report["cpu_seconds"], 3)}
     if report["read_seconds"]:
         detail["read_csv_seconds"] = round(report["read_seconds"], 4)
     return Phase(name, report["seconds"], rows, {"process": report["peak_rss"]}, detail)
@@ -588,6 +604,14 @@ def ratios(phases: dict[str, Phase]) -> dict[str, dict[str, Any]]:
             "improvement_needed": round(off_by, 2),
             "meaning": meaning,
         }
+    for key, phase in (("job", job), ("ingest", ingest)):
+        floor = phases[f"floor-{key}"].detail["cpu_seconds"]["process"]
+        spent = sum(phase.detail["cpu_seconds"].values())
+        out[f"{key}_cpu_vs_floor_cpu"] = {
+            "value": round(spent / floor, 3),
+            "meaning": f"CPU seconds of Assay's API and worker in the {key} / of its floor"
+            " (informative; less sensitive to other load than wall time)",
+        }
     if not with_pandas:
         return out
     out["job_rss_api_and_worker_vs_pandas"] = {
@@ -602,6 +626,13 @@ def ratios(phases: dict[str, Phase]) -> dict[str, dict[str, Any]]:
     out["pandas_total_seconds"] = {"value": round(pandas_seconds, 3)}
     out["pandas_peak_rss_bytes"] = {"value": pandas_rss}
     return out
+
+
+def _cpu(phase: Phase) -> str:
+    cpu = phase.detail.get("cpu_seconds", {})
+    return (
+        f"{cpu['process']:.2f}" if "process" in cpu else f"{sum(cpu.values()):.2f}" if cpu else "-"
+    )
 
 
 def _mib(size: int | None) -> str:
@@ -621,7 +652,7 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
         f"pandas {m['pandas']}; load average at start {m['load_average_at_start']}"
     )
     table = Table(title="Phases (peak RSS: process trees, children included)")
-    headers = ("phase", "wall s", "rows/s", "peak RSS MiB", "API", "worker", "worker PSS")
+    headers = ("phase", "wall s", "CPU s", "rows/s", "peak RSS MiB", "API", "worker", "worker PSS")
     for column in headers:
         table.add_column(column, justify="left" if column == "phase" else "right")
     for phase in phases:
@@ -629,6 +660,7 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
         table.add_row(
             phase.name,
             f"{phase.seconds:.2f}",
+            _cpu(phase),
             f"{phase.rows_per_s:,.0f}",
             _mib(rss.get("process", rss.get("total"))),
             _mib(rss.get("api")),

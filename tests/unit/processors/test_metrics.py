@@ -1,5 +1,6 @@
 """metrics equals an independent pandas/numpy computation."""
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,29 @@ def test_profiles_from_an_earlier_step_give_the_same_figures(
     anomalies.run(make_step(profiles=profiles), anomalies.AnomaliesParams(method="iqr"))
     assert all(profiles.get(name).stats.dup_keys is None for name in NUMERIC)  # type: ignore[union-attr]
     assert metrics.run(make_step(profiles=profiles), metrics.MetricsParams()).summary == alone
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pa.array([1, 2, 3, 4, 5, 6], type=pa.int64()),  # unique: no row can have a twin
+        pa.array([1, 1, None, None, 5, 5], type=pa.int64()),  # repeated and null keys
+        pa.array([datetime(2024, 1, 1)] * 2 + [None] * 2 + [datetime(2024, 1, 2)] * 2),
+    ],
+    ids=["unique", "repeated-int", "repeated-timestamp"],
+)
+def test_duplicate_rows_narrowed_by_key_columns(
+    tmp_path: Path, make_step: StepFactory, key: pa.Array
+) -> None:
+    table = pa.table(
+        {
+            "key": key,
+            "x": pa.array([0.5, 0.5, 2.0, 2.0, float("nan"), None], type=pa.float64()),
+            "s": pa.array(["a", "a", None, None, "b", "b"]),
+        }
+    )
+    path = write_parquet(table, tmp_path / "dups.parquet")
+    summary = metrics.run(
+        make_step(parquet_path=path, columns=columns_of(table)), metrics.MetricsParams()
+    ).summary
+    assert summary["duplicate_rows"] == int(table.to_pandas().duplicated().sum())
