@@ -294,6 +294,7 @@ def _run_step(
             memory_limit=limits.memory_limit,
             batch_memory_bytes=limits.batch_memory_bytes,
             threads=limits.threads,
+            spill_dir=scratch.parent,
             profiles=profiles,
         ),
         params,

@@ -1,6 +1,7 @@
 """The reaper: periodic recovery run inside worker processes (and `serve`), no beat needed."""
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -61,7 +62,20 @@ def sweep_scratch(folder: Path, older_than_s: float) -> int:
     cutoff = time.time() - older_than_s
     removed = 0
     for entry in folder.iterdir():
-        if entry.name.startswith(("job-", "validate-")) and entry.stat().st_mtime < cutoff:
+        stale = entry.name.startswith(("job-", "validate-")) and entry.stat().st_mtime < cutoff
+        # DuckDB's spill folder of a worker process (duckdb-<pid>) that no longer runs.
+        spill_pid = entry.name.removeprefix("duckdb-")
+        if stale or (spill_pid.isdigit() and not _alive(int(spill_pid))):
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -67,6 +67,7 @@ class StepInput:
     memory_limit: str = "256MiB"  # DuckDB memory_limit (it spills to disk beyond it)
     batch_memory_bytes: int = 512 * 1024**2  # column values held in numpy at once
     threads: int | None = None
+    spill_dir: Path | None = None  # where DuckDB spills beyond memory_limit (default: /tmp)
     # Column statistics shared by the steps of a job (they all read the same parquet_path).
     profiles: ProfileCache = field(default_factory=ProfileCache)
 

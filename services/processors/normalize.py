@@ -194,7 +194,7 @@ def _drop_duplicates(
     subset = option.subset or [c.name for c in step.columns]
     keys = ", ".join(value_expr(name, types[name]) for name in subset)
     sql = (
-        "CREATE TABLE normalize_keep AS SELECT min(file_row_number) AS rn"
+        "CREATE TEMP TABLE normalize_keep AS SELECT min(file_row_number) AS rn"
         f" FROM {src} GROUP BY {keys}"
     )
     run_with_progress(con, sql, step.report, "finding duplicate rows", end=0.2)

@@ -1,5 +1,6 @@
 """Job use cases and the engine over fakes, with the real processors on a small Parquet file."""
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -199,6 +200,7 @@ def test_cancel_while_running_removes_partial_artifacts(world, tmp_path, monkeyp
     def put_then_cancel(key, path, content_type=None):
         real_put(key, path, content_type)
         uow.jobs.request_cancel(job.id)  # the user cancels while step 2 is about to start
+        time.sleep(0.3)  # several heartbeats (0.05 s): the monitor has seen it before step 2
 
     monkeypatch.setattr(results, "put_file", put_then_cancel)
     assert run(uow, datasets, results, job.id, tmp_path) == Outcome.cancelled

@@ -1,6 +1,7 @@
 """DuckDB plumbing: progress, cancel (interrupt), errors, literals, sizes, JSON values."""
 
 import math
+import os
 import time
 from datetime import date, datetime
 from decimal import Decimal
@@ -98,14 +99,19 @@ def test_data_errors_become_processor_input_errors(make_step: StepFactory) -> No
             )
 
 
-def test_connect_spills_to_a_temp_directory_it_removes(make_step: StepFactory) -> None:
-    step = make_step(memory_limit="32MB")
+def test_steps_share_a_database_not_their_tables_and_spill_to_spill_dir(
+    make_step: StepFactory, tmp_path: Path
+) -> None:
+    step = make_step(memory_limit="32MB", spill_dir=tmp_path / "spill")
     with connect(step) as con:
-        con.execute("CREATE TABLE t AS SELECT md5(range::VARCHAR) AS b FROM range(1000000)")
+        con.execute("CREATE TEMP TABLE t AS SELECT md5(range::VARCHAR) AS b FROM range(1000000)")
         assert con.execute("SELECT count(DISTINCT b) FROM t").fetchone() == (1000000,)
         assert con.execute("SELECT current_setting('temp_directory')").fetchone() == (
-            str(step.output_dir / ".duckdb-tmp"),
+            str(tmp_path / "spill" / f"duckdb-{os.getpid()}"),
         )
+    with connect(step) as con:  # the same database, a new connection: no leftovers
+        tables = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'")
+        assert tables.fetchone() == (0,)
     assert list(step.output_dir.iterdir()) == []
 
 
