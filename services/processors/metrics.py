@@ -33,7 +33,7 @@ from services.processors.duck import (
     run_with_progress,
 )
 from services.processors.numeric import QUANTILES, ColumnProfile, SortedStats, sorted_stats
-from services.processors.profiles import fetch_task, profile_workers
+from services.processors.profiles import SMALL_VALUES, fetch_small, fetch_task, profile_workers
 
 TOP_VALUES = 10
 MAX_DUP_KEYS = 100_000  # repeated key values passed to the duplicate count as a list
@@ -72,6 +72,12 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
             c.name: profile for c in selected if (profile := step.profiles.get(c.name))
         }
         todo = [c for c in selected if c.name not in profiles]
+        small = rows * len(todo) <= SMALL_VALUES
+        if small:  # numeric columns in one query, the others one by one in this thread
+            numeric = [c for c in todo if is_numeric(c)]
+            fetched = fetch_small(con, src, numeric, types)
+            profiles |= {c.name: p for c, p in zip(numeric, fetched, strict=True)}
+            todo = [c for c in todo if not is_numeric(c)]
         tasks = [
             fetch_task(src, c, types[c.name])
             if is_numeric(c)
@@ -85,14 +91,16 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
             tasks,
             step.report,
             "profiling columns",
-            workers=profile_workers(step, rows),
+            workers=1 if small else profile_workers(step, rows),
+            inline=small,
             start=0.1,
             end=0.8,
         )
         for column, result in zip(todo, results, strict=True):
             profiles[column.name] = result
+        for name, result in profiles.items():
             if isinstance(result, ColumnProfile):
-                step.profiles.put(column.name, result)
+                step.profiles.put(name, result)
         duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
     columns = {
         c.name: _column_summary(c, rows, aggregates.get(c.name, []), profiles[c.name])

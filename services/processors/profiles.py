@@ -24,12 +24,37 @@ SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMAL
 # Bytes per value while a column is profiled: the DuckDB result and the numpy array hold it
 # at once for a moment.
 BYTES_PER_VALUE = 16
+# Up to this many values (rows x columns), columns are fetched in one query in the calling
+# thread: on small data, a query and a thread per column cost more than the work.
+SMALL_VALUES = 1_000_000
+
+
+def _fetched(column: ColumnInfo, duck_type: str) -> str:
+    cast = "BIGINT" if duck_type in SMALL_INTEGERS else "DOUBLE"
+    return f"CAST({value_expr(column.name, duck_type)} AS {cast})"
+
+
+def fetch_small(
+    con: duckdb.DuckDBPyConnection, src: str, columns: Sequence[ColumnInfo], types: dict[str, str]
+) -> list[ColumnProfile]:
+    """Profiles of columns of a small dataset, from one query."""
+    if not columns:
+        return []
+    select = ", ".join(f"{_fetched(c, types[c.name])} AS c{i}" for i, c in enumerate(columns))
+    arrays = con.execute(f"SELECT {select} FROM {src}").fetchnumpy()
+    return [profile_values(_non_null(arrays[f"c{i}"])) for i in range(len(columns))]
+
+
+def _non_null(values: np.ndarray) -> np.ndarray:
+    # DuckDB returns a masked array when a column holds nulls.
+    if np.ma.isMaskedArray(values):
+        return np.ma.compressed(values)
+    return np.array(values)  # a writable copy: profile_values sorts in place
 
 
 def fetch_task(src: str, column: ColumnInfo, duck_type: str) -> Callable[..., ColumnProfile]:
     """A map_with_progress task: fetch the column's non-null values, profile them."""
-    cast = "BIGINT" if duck_type in SMALL_INTEGERS else "DOUBLE"
-    expr = f"CAST({value_expr(column.name, duck_type)} AS {cast})"
+    expr = _fetched(column, duck_type)
     sql = f"SELECT {expr} FROM {src} WHERE {expr} IS NOT NULL"
 
     def task(cursor: duckdb.DuckDBPyConnection) -> ColumnProfile:
@@ -58,16 +83,18 @@ def numeric_profiles(
 ) -> dict[str, ColumnProfile]:
     """Profiles of numeric columns: from the job's cache, the missing ones computed now."""
     missing = [c for c in columns if step.profiles.get(c.name) is None]
-    tasks = [fetch_task(src, c, types[c.name]) for c in missing]
-    computed = map_with_progress(
-        con,
-        tasks,
-        step.report,
-        "profiling columns",
-        workers=profile_workers(step, rows),
-        start=start,
-        end=end,
-    )
+    if rows * len(missing) <= SMALL_VALUES:
+        computed = fetch_small(con, src, missing, types)
+    else:
+        computed = map_with_progress(
+            con,
+            [fetch_task(src, c, types[c.name]) for c in missing],
+            step.report,
+            "profiling columns",
+            workers=profile_workers(step, rows),
+            start=start,
+            end=end,
+        )
     found = {c.name: profile for c in columns if (profile := step.profiles.get(c.name))}
     for column, profile in zip(missing, computed, strict=True):
         step.profiles.put(column.name, profile)

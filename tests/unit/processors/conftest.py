@@ -139,3 +139,14 @@ class CancelOnCall:
         self.calls += 1
         if self.calls == self.n:
             raise JobCancelled()
+
+
+@pytest.fixture(params=["small", "large"])
+def data_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on both profiling paths: one query in this thread, or a query per column."""
+    from services.processors import metrics, profiles
+
+    if request.param == "large":
+        monkeypatch.setattr(profiles, "SMALL_VALUES", 0)
+        monkeypatch.setattr(metrics, "SMALL_VALUES", 0)
+    return str(request.param)

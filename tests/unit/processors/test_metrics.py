@@ -66,7 +66,7 @@ def assert_column(got: dict[str, Any], want: dict[str, Any], kind: str) -> None:
 
 
 def test_every_figure_equals_pandas(
-    make_step: StepFactory, dataset: tuple[Path, list[ColumnInfo]]
+    make_step: StepFactory, dataset: tuple[Path, list[ColumnInfo]], data_size: str
 ) -> None:
     path, columns = dataset
     df = pd.read_parquet(path)
@@ -166,7 +166,7 @@ def test_profiles_from_an_earlier_step_give_the_same_figures(
     ids=["unique", "repeated-int", "repeated-timestamp"],
 )
 def test_duplicate_rows_narrowed_by_key_columns(
-    tmp_path: Path, make_step: StepFactory, key: pa.Array
+    tmp_path: Path, make_step: StepFactory, key: pa.Array, data_size: str
 ) -> None:
     table = pa.table(
         {

@@ -99,6 +99,7 @@ def test_fill_scale_from_column_profiles_equals_sklearn(
     method: str,
     strategy: str,
     warm: bool,
+    data_size: str,
 ) -> None:
     """Without dedupe the statistics may come from profiles (a metrics step's, in a job)."""
     df = pd.read_parquet(dataset[0])
