@@ -12,16 +12,21 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from sqlalchemy.engine import make_url
 
-from db.engine import make_engine, make_session_factory
+from db.engine import make_engine
 from db.migrations import upgrade_to_head
 from ports.context import Context
 from ports.storage import ObjectStorage
+from ports.wakeups import JobWakeups
+from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
 from schemas.settings import Settings
 from services.celery_queue import CeleryTaskQueue
 from services.storage.local import LocalObjectStorage
 from services.storage.s3 import S3ObjectStorage
+from services.wakeups.polling import PollingJobWakeups
+from services.wakeups.postgres import PostgresJobWakeups
 from workers.celery_app import AssayCelery, make_celery
 from workers.reaper import start_reaper_thread, sweep_scratch
 
@@ -55,10 +60,10 @@ def build_celery(settings: Settings) -> AssayCelery:
 def bootstrap(settings: Settings, celery_app: AssayCelery | None = None) -> Context:
     """Choose the adapters for the settings and wire them into a Context."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    session_factory = make_session_factory(make_engine(settings.resolved_database_url))
+    engine = make_engine(settings.resolved_database_url)
     return Context(
         settings=settings,
-        new_uow=lambda: SqlUnitOfWork(session_factory),
+        new_uow=lambda: SqlUnitOfWork(engine),
         datasets_storage=make_storage(settings, settings.s3_datasets_bucket),
         results_storage=make_storage(settings, settings.s3_results_bucket),
         queue=CeleryTaskQueue(celery_app or build_celery(settings)),
@@ -71,6 +76,19 @@ def prepare_storage(context: Context) -> None:
         storage.ensure_ready()  # type: ignore[attr-defined]
 
 
+def make_job_wakeups(settings: Settings) -> JobWakeups:
+    """How job streams learn of new events: LISTEN/NOTIFY on PostgreSQL, else a short poll.
+
+    Not connected here: the PostgreSQL listener connects in the API's event loop when the app
+    starts (or the first stream subscribes).
+    """
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "postgresql":
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return PostgresJobWakeups(conninfo, JOB_EVENTS_CHANNEL)
+    return PollingJobWakeups()
+
+
 def create_api() -> "FastAPI":
     """ASGI factory used by uvicorn (`assay api`, `assay serve`)."""
     from api.app import create_app  # here, so that worker processes never load the web stack
@@ -79,7 +97,7 @@ def create_api() -> "FastAPI":
     configure_logging(settings)
     context = bootstrap(settings)
     prepare_storage(context)
-    return create_app(context)
+    return create_app(context, make_job_wakeups(settings))
 
 
 def configure_logging(settings: Settings) -> None:
@@ -103,9 +121,23 @@ def migrate() -> None:
 
 
 @cli.command()
-def api(host: Host = "127.0.0.1", port: Port = 8000, workers: int = 1) -> None:
+def api(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[
+        int, typer.Option(envvar="WEB_CONCURRENCY", help="API processes.", min=1)
+    ] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
     """Run the HTTP API."""
-    uvicorn.run("main:create_api", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run(
+        "main:create_api",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+    )
 
 
 @cli.command()

@@ -1,22 +1,43 @@
 """FastAPI application factory."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.routes import datasets, health, jobs, processors
 from ports.context import Context
+from ports.wakeups import JobWakeups
+from services.wakeups.polling import PollingJobWakeups
 
 
-def create_app(context: Context) -> FastAPI:
-    """The HTTP API over the given ports."""
+def create_app(context: Context, wakeups: JobWakeups | None = None) -> FastAPI:
+    """The HTTP API over the given ports.
+
+    `wakeups` tells job streams when to read again; without one they poll every 25 ms.
+    It is started with the app (and lazily by the first stream) and closed at shutdown.
+    """
+    job_wakeups = wakeups if wakeups is not None else PollingJobWakeups()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await job_wakeups.start()
+        try:
+            yield
+        finally:
+            await job_wakeups.aclose()
+
     app = FastAPI(
         title="Assay",
         version="0.1.0",
         description="Upload datasets, run processors on them in background workers, "
         "follow progress, cancel and download results.",
+        lifespan=lifespan,
     )
     app.state.context = context
+    app.state.job_wakeups = job_wakeups
     install_error_handlers(app)
     install_metrics(app, context.new_uow)
     app.include_router(health.router)

@@ -1,4 +1,8 @@
-"""Request dependencies as Annotated aliases: routes name what they need, main.py decides."""
+"""Request dependencies as Annotated aliases: routes name what they need, main.py decides.
+
+They are `async def` on purpose: they only pick an object off the app, and FastAPI runs a
+plain `def` dependency in the thread pool, a thread hand-off per dependency per request.
+"""
 
 from typing import Annotated
 
@@ -8,19 +12,20 @@ from ports.context import Context
 from ports.queue import TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
+from ports.wakeups import JobWakeups
 from schemas.records import DEFAULT_OWNER
 from schemas.settings import Settings
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
     return request.app.state.context
 
 
-def get_uow(context: Annotated[Context, Depends(get_context)]) -> UnitOfWork:
-    return context.new_uow()
+async def get_uow(context: Annotated[Context, Depends(get_context)]) -> UnitOfWork:
+    return context.new_uow()  # no connection yet: the session connects at its first query
 
 
-def get_owner() -> str:
+async def get_owner() -> str:
     """The caller's identity; a single owner until API keys replace this dependency."""
     return DEFAULT_OWNER
 
@@ -30,23 +35,28 @@ UowDep = Annotated[UnitOfWork, Depends(get_uow)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 
 
-def _datasets_storage(context: ContextDep) -> ObjectStorage:
+async def _datasets_storage(context: ContextDep) -> ObjectStorage:
     return context.datasets_storage
 
 
-def _queue(context: ContextDep) -> TaskQueue:
+async def _queue(context: ContextDep) -> TaskQueue:
     return context.queue
 
 
-def _settings(context: ContextDep) -> Settings:
+async def _settings(context: ContextDep) -> Settings:
     return context.settings
 
 
-def _results_storage(context: ContextDep) -> ObjectStorage:
+async def _results_storage(context: ContextDep) -> ObjectStorage:
     return context.results_storage
+
+
+async def _wakeups(request: Request) -> JobWakeups:
+    return request.app.state.job_wakeups
 
 
 DatasetsStorageDep = Annotated[ObjectStorage, Depends(_datasets_storage)]
 ResultsStorageDep = Annotated[ObjectStorage, Depends(_results_storage)]
 QueueDep = Annotated[TaskQueue, Depends(_queue)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
+WakeupsDep = Annotated[JobWakeups, Depends(_wakeups)]

@@ -19,10 +19,13 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
+    # pool_size covers the API's busy threads: connections above it (the overflow) are closed
+    # when returned, and opening a PostgreSQL connection costs milliseconds, so a pool smaller
+    # than the concurrency opens and closes connections all the time under load.
     return create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=10,
+        pool_size=20,
         max_overflow=10,
         connect_args={"connect_timeout": 5},
     )

@@ -228,8 +228,14 @@ class UnitOfWork(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
 
-    def commit(self) -> None:
-        """Make the changes of this block durable."""
+    def commit(self, *, durable: bool = True) -> None:
+        """Make the changes of this block visible and durable.
+
+        `durable=False` lets the database acknowledge before the commit is on disk (it is
+        visible at once): a crash of the database server within about a second may lose it
+        whole, never partly. For writes whose loss is harmless, such as history lines that a
+        later durable transition supersedes; it saves a disk flush per commit.
+        """
         ...
 
     def rollback(self) -> None:

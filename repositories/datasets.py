@@ -11,8 +11,7 @@ from typing import Any
 from uuid import UUID
 
 from pydantic_core import to_jsonable_python
-from sqlalchemy import JSON, Table, delete, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import JSON, Connection, Table, delete, func, insert, select, update
 
 from db.models import DatasetRow, FailedRowRow, utcnow
 from schemas.records import Dataset, DatasetStatus, FailedRow, Record
@@ -47,19 +46,19 @@ FAILED_ROWS: Table = FailedRowRow.__table__  # type: ignore[assignment]
 class SqlDatasetRepository:
     """Datasets in the `datasets` table."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     def add(self, dataset: Dataset) -> None:
         """Insert a new dataset."""
-        self._session.execute(insert(DATASETS).values(record_values(DATASETS, dataset)))
+        self._db.execute(insert(DATASETS).values(record_values(DATASETS, dataset)))
 
     def get(self, dataset_id: UUID, owner_id: str | None = None) -> Dataset | None:
         """One dataset, or None when it does not exist or belongs to another owner."""
         query = select(DATASETS).where(DATASETS.c.id == dataset_id)
         if owner_id is not None:
             query = query.where(DATASETS.c.owner_id == owner_id)
-        row = self._session.execute(query).mappings().one_or_none()
+        row = self._db.execute(query).mappings().one_or_none()
         return Dataset.model_validate(row) if row is not None else None
 
     def list(
@@ -77,12 +76,12 @@ class SqlDatasetRepository:
         if before is not None:
             query = query.where(DATASETS.c.id < before)
         query = query.order_by(DATASETS.c.id.desc()).limit(limit)
-        return [Dataset.model_validate(row) for row in self._session.execute(query).mappings()]
+        return [Dataset.model_validate(row) for row in self._db.execute(query).mappings()]
 
     def update(self, dataset_id: UUID, **changes: Any) -> None:
         """Set fields of one dataset (and its updated_at)."""
         values = row_values(DATASETS, {"updated_at": utcnow(), **changes})
-        self._session.execute(update(DATASETS).where(DATASETS.c.id == dataset_id).values(values))
+        self._db.execute(update(DATASETS).where(DATASETS.c.id == dataset_id).values(values))
 
     def transition(
         self,
@@ -101,7 +100,7 @@ class SqlDatasetRepository:
             )
             .values(values)
         )
-        return self._session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+        return self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
 
     def list_stale(
         self, statuses: Sequence[DatasetStatus], updated_before: datetime, limit: int = 100
@@ -116,33 +115,33 @@ class SqlDatasetRepository:
             .order_by(DATASETS.c.updated_at, DATASETS.c.id)
             .limit(limit)
         )
-        return [Dataset.model_validate(row) for row in self._session.execute(query).mappings()]
+        return [Dataset.model_validate(row) for row in self._db.execute(query).mappings()]
 
     def delete(self, dataset_id: UUID) -> None:
         """Remove a dataset and its failed rows; jobs keep living with dataset_id NULL."""
         # Explicit rather than trusting ON DELETE CASCADE, which SQLite honours only with
         # PRAGMA foreign_keys=ON.
-        self._session.execute(delete(FAILED_ROWS).where(FAILED_ROWS.c.dataset_id == dataset_id))
-        self._session.execute(delete(DATASETS).where(DATASETS.c.id == dataset_id))
+        self._db.execute(delete(FAILED_ROWS).where(FAILED_ROWS.c.dataset_id == dataset_id))
+        self._db.execute(delete(DATASETS).where(DATASETS.c.id == dataset_id))
 
     def count_by_status(self) -> dict[str, int]:
         """How many datasets are in each status (statuses with none are absent)."""
         query = select(DATASETS.c.status, func.count()).group_by(DATASETS.c.status)
-        return {status: count for status, count in self._session.execute(query)}
+        return {status: count for status, count in self._db.execute(query)}
 
 
 class SqlFailedRowRepository:
     """Quarantined rows in the `failed_rows` table."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     def add_many(self, rows: Iterable[FailedRow]) -> int:
         """Insert failed rows in batches (an executemany each); returns how many were written."""
         written = 0
         for batch in _batches(rows, FAILED_ROWS_BATCH):
             values = [record_values(FAILED_ROWS, row) for row in batch]
-            self._session.execute(insert(FAILED_ROWS), values)
+            self._db.execute(insert(FAILED_ROWS), values)
             written += len(values)
         return written
 
@@ -154,11 +153,11 @@ class SqlFailedRowRepository:
             .order_by(FAILED_ROWS.c.line_number, FAILED_ROWS.c.id)
             .limit(limit)
         )
-        return [FailedRow.model_validate(row) for row in self._session.execute(query).mappings()]
+        return [FailedRow.model_validate(row) for row in self._db.execute(query).mappings()]
 
     def delete_for_dataset(self, dataset_id: UUID) -> None:
         """Remove every failed row of a dataset (a re-validation starts clean)."""
-        self._session.execute(delete(FAILED_ROWS).where(FAILED_ROWS.c.dataset_id == dataset_id))
+        self._db.execute(delete(FAILED_ROWS).where(FAILED_ROWS.c.dataset_id == dataset_id))
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -8,9 +8,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Table, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from db.models import ArtifactRow, JobEventRow, JobRow, utcnow
 from ports.repositories import IdempotencyConflict
@@ -28,6 +27,9 @@ JOBS: Table = JobRow.__table__  # type: ignore[assignment]
 JOB_EVENTS: Table = JobEventRow.__table__  # type: ignore[assignment]
 ARTIFACTS: Table = ArtifactRow.__table__  # type: ignore[assignment]
 
+# PostgreSQL NOTIFY channel announcing new job events; the payload is the job id.
+JOB_EVENTS_CHANNEL = "assay_job_events"
+
 # INSERT ... ON CONFLICT, per dialect (SQLAlchemy has no backend-neutral form).
 _UPSERT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
@@ -43,8 +45,8 @@ class SqlJobRepository:
     workers, the reaper and the API never overwrite each other's transitions.
     """
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     def add(self, job: Job) -> None:
         """Insert a new job; IdempotencyConflict when the owner already used its key.
@@ -56,9 +58,9 @@ class SqlJobRepository:
         """
         values = record_values(JOBS, job)
         if job.idempotency_key is None:
-            self._session.execute(insert(JOBS).values(values))
+            self._db.execute(insert(JOBS).values(values))
             return
-        dialect = self._session.get_bind().dialect.name
+        dialect = self._db.dialect.name
         statement = (
             _UPSERT_INSERTS[dialect](JOBS)
             .values(values)
@@ -66,7 +68,7 @@ class SqlJobRepository:
             # RETURNING rather than rowcount, which drivers do not all report for an INSERT.
             .returning(JOBS.c.id)
         )
-        if self._session.execute(statement).first() is None:
+        if self._db.execute(statement).first() is None:
             raise IdempotencyConflict(
                 f"owner {job.owner_id!r} already has a job with key {job.idempotency_key!r}"
             )
@@ -105,7 +107,7 @@ class SqlJobRepository:
     def count_by_status(self) -> dict[str, int]:
         """How many jobs are in each status (statuses with none are absent)."""
         query = select(JOBS.c.status, func.count()).group_by(JOBS.c.status)
-        return {status: count for status, count in self._session.execute(query)}
+        return {status: count for status, count in self._db.execute(query)}
 
     def count_active_for_dataset(self, dataset_id: UUID) -> int:
         """How many queued or running jobs read this dataset."""
@@ -117,7 +119,7 @@ class SqlJobRepository:
                 JOBS.c.status.in_(_statuses(ACTIVE_JOB_STATUSES)),
             )
         )
-        return self._session.execute(query).scalar_one()
+        return self._db.execute(query).scalar_one()
 
     def list_queued_for_dataset(self, dataset_id: UUID) -> list[Job]:
         """Queued jobs waiting on one dataset, oldest first."""
@@ -152,7 +154,7 @@ class SqlJobRepository:
             )
             .returning(*JOBS.c)
         )
-        row = self._session.execute(statement).mappings().one_or_none()
+        row = self._db.execute(statement).mappings().one_or_none()
         return Job.model_validate(row) if row is not None else None
 
     def heartbeat(
@@ -186,7 +188,7 @@ class SqlJobRepository:
             .values(row_values(JOBS, changes))
             .returning(JOBS.c.cancel_requested)
         )
-        cancel_requested = self._session.execute(statement).scalar_one_or_none()
+        cancel_requested = self._db.execute(statement).scalar_one_or_none()
         return bool(cancel_requested) if cancel_requested is not None else None
 
     def transition(
@@ -205,7 +207,7 @@ class SqlJobRepository:
         )
         if attempt is not None:
             statement = statement.where(JOBS.c.attempts == attempt)
-        result = self._session.execute(statement.values(values))
+        result = self._db.execute(statement.values(values))
         return result.rowcount == 1  # type: ignore[attr-defined]
 
     def request_cancel(self, job_id: UUID) -> bool:
@@ -215,7 +217,7 @@ class SqlJobRepository:
             .where(JOBS.c.id == job_id, JOBS.c.status.in_(_statuses(ACTIVE_JOB_STATUSES)))
             .values(cancel_requested=True, updated_at=utcnow())
         )
-        return self._session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+        return self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
 
     def list_stale_running(self, heartbeat_before: datetime, limit: int = 100) -> list[Job]:
         """Running jobs whose last heartbeat is older than the given time, oldest first.
@@ -248,35 +250,45 @@ class SqlJobRepository:
 
     def touch(self, job_id: UUID) -> None:
         """Set updated_at to now (the reaper's next re-publish waits another grace period)."""
-        self._session.execute(update(JOBS).where(JOBS.c.id == job_id).values(updated_at=utcnow()))
+        self._db.execute(update(JOBS).where(JOBS.c.id == job_id).values(updated_at=utcnow()))
 
     def delete(self, job_id: UUID) -> None:
         """Remove a job with its events and artifact records (not the stored files)."""
         # Explicit rather than trusting ON DELETE CASCADE, which SQLite honours only with
         # PRAGMA foreign_keys=ON.
-        self._session.execute(delete(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id))
-        self._session.execute(delete(JOB_EVENTS).where(JOB_EVENTS.c.job_id == job_id))
-        self._session.execute(delete(JOBS).where(JOBS.c.id == job_id))
+        self._db.execute(delete(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id))
+        self._db.execute(delete(JOB_EVENTS).where(JOB_EVENTS.c.job_id == job_id))
+        self._db.execute(delete(JOBS).where(JOBS.c.id == job_id))
 
     def _one(self, query: Any) -> Job | None:
-        row = self._session.execute(query).mappings().one_or_none()
+        row = self._db.execute(query).mappings().one_or_none()
         return Job.model_validate(row) if row is not None else None
 
     def _all(self, query: Any) -> list[Job]:
-        return [Job.model_validate(row) for row in self._session.execute(query).mappings()]
+        return [Job.model_validate(row) for row in self._db.execute(query).mappings()]
 
 
 class SqlJobEventRepository:
-    """The append-only `job_events` history."""
+    """The append-only `job_events` history.
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    On PostgreSQL every insert also sends `pg_notify(JOB_EVENTS_CHANNEL, job_id)` in the same
+    statement, hence the same transaction: listeners get it only once the event is committed
+    (and never for a rolled-back one); several events of one job in one transaction are
+    delivered as one notification. The notification is a wake-up, not the data.
+    """
+
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     def add(self, event: JobEvent) -> JobEvent:
         """Append an event; returns it with its generated id."""
         statement = insert(JOB_EVENTS).values(record_values(JOB_EVENTS, event))
-        result = self._session.execute(statement)
-        event_id = result.inserted_primary_key[0]  # type: ignore[attr-defined]
+        if self._db.dialect.name == "postgresql":
+            notify = func.pg_notify(JOB_EVENTS_CHANNEL, str(event.job_id))
+            event_id = self._db.execute(statement.returning(JOB_EVENTS.c.id, notify)).one()[0]
+        else:
+            result = self._db.execute(statement)
+            event_id = result.inserted_primary_key[0]  # type: ignore[attr-defined]
         return event.model_copy(update={"id": event_id})
 
     def list_for_job(self, job_id: UUID, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
@@ -287,26 +299,26 @@ class SqlJobEventRepository:
             .order_by(JOB_EVENTS.c.id)
             .limit(limit)
         )
-        return [JobEvent.model_validate(row) for row in self._session.execute(query).mappings()]
+        return [JobEvent.model_validate(row) for row in self._db.execute(query).mappings()]
 
 
 class SqlArtifactRepository:
     """Files jobs produced, in the `artifacts` table."""
 
-    def __init__(self, session: Session) -> None:
-        self._session = session
+    def __init__(self, db: Connection) -> None:
+        self._db = db
 
     def add(self, artifact: Artifact) -> None:
         """Record an artifact a job produced."""
-        self._session.execute(insert(ARTIFACTS).values(record_values(ARTIFACTS, artifact)))
+        self._db.execute(insert(ARTIFACTS).values(record_values(ARTIFACTS, artifact)))
 
     def list_for_job(self, job_id: UUID) -> list[Artifact]:
         """Artifacts of one job, by name."""
         query = select(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id).order_by(ARTIFACTS.c.name)
-        return [Artifact.model_validate(row) for row in self._session.execute(query).mappings()]
+        return [Artifact.model_validate(row) for row in self._db.execute(query).mappings()]
 
     def get(self, job_id: UUID, name: str) -> Artifact | None:
         """One artifact of a job by name."""
         query = select(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id, ARTIFACTS.c.name == name)
-        row = self._session.execute(query).mappings().one_or_none()
+        row = self._db.execute(query).mappings().one_or_none()
         return Artifact.model_validate(row) if row is not None else None

@@ -312,7 +312,7 @@ class FakeUnitOfWork:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def commit(self) -> None:
+    def commit(self, *, durable: bool = True) -> None:
         self.committed += 1
 
     def rollback(self) -> None:

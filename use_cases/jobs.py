@@ -162,7 +162,8 @@ def publish_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID) -> bool:
     try:
         with uow:
             uow.job_events.add(event(job_id, "enqueued"))
-            uow.commit()
+            # A history line, not state: no need to wait for the disk in the request path.
+            uow.commit(durable=False)
     except Exception:  # the job is published; a missing history line is not worth a 5xx
         log.warning("could not record that job %s was enqueued", job_id, exc_info=True)
     return True

@@ -13,13 +13,13 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health() -> HealthOut:
+async def health() -> HealthOut:
     """The API process answers."""
     return HealthOut(status="ok")
 
 
 @router.get("/live")
-def live() -> HealthOut:
+async def live() -> HealthOut:
     """Liveness: the process is up (restart it if this fails)."""
     return HealthOut(status="ok")
 

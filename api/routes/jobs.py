@@ -1,6 +1,5 @@
 """Job routes: submit, list, detail, events, live stream, cancel, result, artifacts, delete."""
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 from uuid import UUID
@@ -10,7 +9,14 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ContextDep, OwnerDep, QueueDep, ResultsStorageDep, UowDep
+from api.deps import (
+    ContextDep,
+    OwnerDep,
+    QueueDep,
+    ResultsStorageDep,
+    UowDep,
+    WakeupsDep,
+)
 from ports.repositories import UnitOfWork
 from schemas.api import (
     ArtifactOut,
@@ -30,10 +36,7 @@ from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)}
 TERMINAL_EVENTS = {status.value for status in FINISHED}
-STREAM_POLL_S = 0.05
-STREAM_MAX_POLL_S = 1.0
 MAX_ID = 2**63 - 1
-KEEPALIVE_S = 15.0
 
 
 def job_out(job: Job) -> JobOut:
@@ -106,8 +109,9 @@ def list_jobs(
 
 
 @router.get("/{job_id}", responses=ERRORS)
-def get_job(job: JobDep) -> JobOut:
+async def get_job(job: JobDep) -> JobOut:
     """Status, progress, current step, attempts and error of one job."""
+    # async: the database read is load_job's (one thread hand-off); this only shapes it.
     return job_out(job)
 
 
@@ -138,36 +142,40 @@ async def stream_job(
     job: JobDep,
     request: Request,
     context: ContextDep,
+    wakeups: WakeupsDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Server-Sent Events: progress, steps and one terminal event; Last-Event-ID resumes."""
+    """Server-Sent Events: progress, steps and one terminal event; Last-Event-ID resumes.
+
+    Events are always read from the database. Between reads the stream waits for a wake-up
+    (PostgreSQL: a notification sent when an event of this job commits) or for the wake-ups'
+    poll interval, whichever comes first; so a lost wake-up delays an event, never loses it.
+    Keep-alive comments are sent by EventSourceResponse while the job is quiet.
+    """
     after = _event_id(last_event_id)
-    idle, pause = 0.0, STREAM_POLL_S
-    while not await request.is_disconnected():
-        events, status = await run_in_threadpool(_events_since, context.new_uow, job.id, after)
-        for item in events:
-            after = item.id or after
-            yield ServerSentEvent(
-                id=str(item.id),
-                event=item.type,
-                data={
-                    "job_id": str(job.id),
-                    "type": item.type,
-                    **item.payload,
-                    "created_at": item.created_at.isoformat(),
-                },
-            )
-            if item.type in TERMINAL_EVENTS:
+    # Subscribed before the first read: an event committed after that read wakes the wait.
+    async with wakeups.subscribe(job.id) as wakeup:
+        while True:
+            events, over = await run_in_threadpool(_events_since, context.new_uow, job.id, after)
+            for item in events:
+                after = item.id or after
+                yield ServerSentEvent(
+                    id=str(item.id),
+                    event=item.type,
+                    data={
+                        "job_id": str(job.id),
+                        "type": item.type,
+                        **item.payload,
+                        "created_at": item.created_at.isoformat(),
+                    },
+                )
+                if item.type in TERMINAL_EVENTS:
+                    return
+            if over:
+                return  # the terminal event was before Last-Event-ID, or the job was deleted
+            await wakeup.wait(wakeups.poll_interval_s)
+            if await request.is_disconnected():
                 return
-        if not events and (status is None or status in FINISHED):
-            return  # the terminal event was before Last-Event-ID, or the job was deleted
-        # Poll fast right after activity, then back off while the job is quiet.
-        pause = STREAM_POLL_S if events else min(pause * 1.5, STREAM_MAX_POLL_S)
-        idle = 0.0 if events else idle + pause
-        if idle >= KEEPALIVE_S:
-            idle = 0.0
-            yield ServerSentEvent(comment="keep-alive")
-        await asyncio.sleep(pause)
 
 
 def _event_id(header: str | None) -> int:
@@ -179,13 +187,23 @@ def _event_id(header: str | None) -> int:
 
 def _events_since(
     new_uow: Callable[[], UnitOfWork], job_id: UUID, after: int
-) -> tuple[list[JobEvent], JobStatus | None]:
+) -> tuple[list[JobEvent], bool]:
+    """Events after `after`, and whether the stream is over (job finished or deleted).
+
+    One query while there are events to send. Only when there are none is the status read,
+    and if it is terminal the events are read once more: the terminal event commits with the
+    terminal status, so a status seen finished means its event is visible to the next read.
+    """
     with new_uow() as uow:
-        # Status first: a terminal status read before the events guarantees the terminal event
-        # is among them (both are committed together).
-        job = uow.jobs.get(job_id)
         events = uow.job_events.list_for_job(job_id, after_id=after, limit=500)
-    return events, (job.status if job else None)
+        if events:
+            return events, False
+        job = uow.jobs.get(job_id)
+        if job is None:
+            return [], True
+        if job.status not in FINISHED:
+            return [], False
+        return uow.job_events.list_for_job(job_id, after_id=after, limit=500), True
 
 
 @router.post("/{job_id}/cancel", status_code=202, responses=ERRORS)

@@ -1,0 +1,239 @@
+"""Job streams on a real database: PostgreSQL wakes them with NOTIFY, SQLite polls.
+
+The listener (services/wakeups/postgres.py) and the NOTIFY the job-event repository sends in
+the inserting transaction, then GET /jobs/{id}/stream over both backends.
+"""
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from db.engine import make_engine, make_session_factory
+from main import make_job_wakeups
+from ports.context import Context
+from ports.repositories import UnitOfWork
+from ports.wakeups import JobWakeups
+from repositories.jobs import JOB_EVENTS_CHANNEL
+from repositories.unit_of_work import SqlUnitOfWork
+from schemas.records import DEFAULT_OWNER, JobEvent, JobStatus
+from schemas.settings import Settings
+from services.wakeups.polling import PollingJobWakeups
+from services.wakeups.postgres import PostgresJobWakeups
+from tests.fakes import FakeQueue, FakeStorage
+from tests.fixtures.databases import postgres_dsn
+from tests.integration.test_job_repositories_contract import add_dataset, add_job
+
+# Far longer than any wake-up should take: a stream that needed the poll would be this late.
+SLOW_POLL_S = 10.0
+
+
+def conninfo(url: str) -> str:
+    return postgres_dsn(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+def new_uow(migrated_database_url: str) -> Iterator[Callable[[], UnitOfWork]]:
+    engine = make_engine(migrated_database_url)
+    factory = make_session_factory(engine)
+    try:
+        yield lambda: SqlUnitOfWork(factory)
+    finally:
+        engine.dispose()
+
+
+def add_event(new_uow: Callable[[], UnitOfWork], job_id: UUID, type_: str, commit=True) -> None:
+    with new_uow() as uow:
+        uow.job_events.add(
+            JobEvent(job_id=job_id, type=type_, payload={}, created_at=datetime.now(UTC))
+        )
+        if type_ == "completed":
+            uow.jobs.transition(job_id, [JobStatus.queued], JobStatus.completed)
+        if commit:
+            uow.commit()
+
+
+def queued_job(new_uow: Callable[[], UnitOfWork]) -> UUID:
+    uow = new_uow()
+    dataset = add_dataset(uow, owner_id=DEFAULT_OWNER)
+    job = add_job(uow, dataset.id, owner_id=DEFAULT_OWNER)
+    add_event(new_uow, job.id, "created")
+    return job.id
+
+
+# --- the listener ------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_notify_wakes_only_the_job_s_subscribers_and_only_after_commit(postgres_migrated_url):
+    engine = make_engine(postgres_migrated_url)
+    new_uow = lambda: SqlUnitOfWork(make_session_factory(engine))  # noqa: E731
+    job_id, other_id = queued_job(new_uow), queued_job(new_uow)
+    wakeups = PostgresJobWakeups(conninfo(postgres_migrated_url), JOB_EVENTS_CHANNEL)
+
+    async def scenario() -> None:
+        async with wakeups.subscribe(job_id) as mine, wakeups.subscribe(other_id) as other:
+            while not wakeups.listening:
+                await asyncio.sleep(0.01)
+            await mine.wait(0.2)  # the wake-up every subscriber gets when the listener connects
+            await other.wait(0.2)
+            uow = new_uow()
+            with uow:  # inserted, not committed: nobody is woken
+                uow.job_events.add(
+                    JobEvent(
+                        job_id=job_id, type="progress", payload={}, created_at=datetime.now(UTC)
+                    )
+                )
+                assert await mine.wait(0.3) is False
+                started = time.perf_counter()
+                await asyncio.to_thread(uow.commit)
+            assert await mine.wait(2.0) is True
+            assert time.perf_counter() - started < 0.5
+            assert await other.wait(0.3) is False
+        await wakeups.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_listener_reconnects_after_its_connection_is_killed(postgres_migrated_url):
+    engine = make_engine(postgres_migrated_url)
+    new_uow = lambda: SqlUnitOfWork(make_session_factory(engine))  # noqa: E731
+    job_id = queued_job(new_uow)
+    dsn = conninfo(postgres_migrated_url)
+    wakeups = PostgresJobWakeups(dsn, JOB_EVENTS_CHANNEL)
+
+    def kill_listener() -> int:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'assay-job-wakeups' AND datname = current_database()"
+            ).fetchall()
+        return len(rows)
+
+    async def scenario() -> None:
+        async with wakeups.subscribe(job_id) as subscription:
+            while not wakeups.listening:
+                await asyncio.sleep(0.01)
+            await subscription.wait(0.2)
+            assert await asyncio.to_thread(kill_listener) == 1
+            # An event committed while the listener is down is not lost for the reader: the
+            # reconnect wakes every subscriber once.
+            await asyncio.to_thread(add_event, new_uow, job_id, "progress")
+            assert await subscription.wait(5.0) is True
+            deadline = time.monotonic() + 5
+            while wakeups.connects < 2:
+                assert time.monotonic() < deadline, "the listener did not reconnect"
+                await asyncio.sleep(0.02)
+            while await subscription.wait(0.2):  # drain the reconnect's wake-up
+                pass
+            started = time.perf_counter()
+            await asyncio.to_thread(add_event, new_uow, job_id, "progress")
+            assert await subscription.wait(2.0) is True
+            assert time.perf_counter() - started < 0.5
+        await wakeups.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.dispose()
+
+
+# --- the stream over each backend --------------------------------------------------------
+
+
+def app_for(new_uow: Callable[[], UnitOfWork], wakeups: JobWakeups, tmp_path: Path) -> TestClient:
+    context = Context(
+        settings=Settings(data_dir=tmp_path / "data"),
+        new_uow=new_uow,
+        datasets_storage=FakeStorage(),
+        results_storage=FakeStorage(),
+        queue=FakeQueue(),
+    )
+    return TestClient(create_app(context, wakeups))
+
+
+def production_wakeups(url: str) -> JobWakeups:
+    """What `assay api` runs with, but with a slow poll far above the expected delay."""
+    if url.startswith("postgresql"):
+        return PostgresJobWakeups(conninfo(url), JOB_EVENTS_CHANNEL, poll_interval_s=SLOW_POLL_S)
+    return make_job_wakeups(Settings(database_url=url))
+
+
+def read_stream(client: TestClient, job_id: UUID, last_event_id: str | None = None):
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    response = client.get(f"/api/v1/jobs/{job_id}/stream", headers=headers)
+    assert response.status_code == 200
+    blocks = [b for b in response.text.split("\n\n") if b.strip() and not b.startswith(":")]
+    return [dict(line.split(": ", 1) for line in block.splitlines()) for block in blocks]
+
+
+def test_sqlite_streams_poll_at_a_short_fixed_interval():
+    wakeups = make_job_wakeups(Settings(database_url="sqlite:///unused.db"))
+    assert isinstance(wakeups, PollingJobWakeups)
+    assert wakeups.poll_interval_s <= 0.05
+
+
+def test_a_stream_gets_a_new_event_well_under_the_slow_poll(
+    migrated_database_url, new_uow, tmp_path
+):
+    job_id = queued_job(new_uow)
+    committed: list[float] = []
+
+    def finish() -> None:
+        add_event(new_uow, job_id, "progress")
+        add_event(new_uow, job_id, "completed")
+        committed.append(time.perf_counter())
+
+    with app_for(new_uow, production_wakeups(migrated_database_url), tmp_path) as client:
+        timer = threading.Timer(0.5, finish)
+        timer.start()
+        try:
+            events = read_stream(client, job_id)
+        finally:
+            timer.join()
+        delay = time.perf_counter() - committed[0]
+        assert [e["event"] for e in events] == ["created", "progress", "completed"]
+        assert delay < 0.5, f"the stream took {delay:.3f} s after the commit"
+
+        # Reconnecting after the first event replays exactly the rest, then ends.
+        resumed = read_stream(client, job_id, last_event_id=events[0]["id"])
+        assert [e["id"] for e in resumed] == [e["id"] for e in events[1:]]
+
+
+@pytest.mark.postgres
+def test_a_stream_polls_when_notifications_never_come(postgres_migrated_url, tmp_path):
+    engine = make_engine(postgres_migrated_url)
+    new_uow = lambda: SqlUnitOfWork(make_session_factory(engine))  # noqa: E731
+    job_id = queued_job(new_uow)
+    # A listener that cannot connect: the stream must still end, through its poll.
+    deaf = PostgresJobWakeups(
+        "host=127.0.0.1 port=1 user=postgres dbname=postgres connect_timeout=1",
+        JOB_EVENTS_CHANNEL,
+        poll_interval_s=0.2,
+    )
+    try:
+        with app_for(new_uow, deaf, tmp_path) as client:
+            timer = threading.Timer(0.3, add_event, (new_uow, job_id, "completed"))
+            timer.start()
+            started = time.perf_counter()
+            try:
+                events = read_stream(client, job_id)
+            finally:
+                timer.join()
+            assert events[-1]["event"] == "completed"
+            assert time.perf_counter() - started < 3
+            assert not deaf.listening
+    finally:
+        engine.dispose()
