@@ -123,7 +123,8 @@ class Monitor:
                     )
                 )
                 self._last_event_progress, self._last_event_at = progress, now
-            self._uow.commit()
+            # Liveness and progress are superseded by the next beat: no wait for the disk.
+            self._uow.commit(durable=False)
 
 
 # Storage blips are retried in place with backoff before the whole attempt is given up.
@@ -276,7 +277,7 @@ def _run_step(
     params = validate_step(step.processor, step.params, dataset.columns)
     with uow:
         uow.job_events.add(event(job.id, "step_started", step=index, processor=step.processor))
-        uow.commit()
+        uow.commit(durable=False)  # history only; the terminal transition is durable
     n = len(job.steps)
     output_dir = scratch / f"step-{index}"
     output_dir.mkdir()
@@ -325,7 +326,7 @@ def _run_step(
                 artifacts=[a.name for a in produced],
             )
         )
-        uow.commit()
+        uow.commit(durable=False)
     return output.summary, produced
 
 
