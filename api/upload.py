@@ -1,13 +1,22 @@
-"""Streaming multipart upload: the file part is spooled to disk in chunks, hashed on the way."""
+"""Streaming multipart upload: the file part is spooled to disk in chunks, hashed on the way.
 
+The event loop only receives the body; each upload has a thread of its own that parses,
+hashes and writes it, in order, while the next bytes arrive. Hashing and writing release
+the GIL, so on two cores receiving and spooling overlap instead of taking turns. At most
+MAX_IN_FLIGHT batches (8 MiB) wait for that thread, so a slow disk slows the client down
+instead of filling memory.
+"""
+
+import asyncio
 import hashlib
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget, ValueTarget
 
@@ -15,6 +24,7 @@ from use_cases.datasets import ReceivedFile
 from use_cases.errors import InvalidInput, PayloadTooLarge
 
 HAND_OFF_BYTES = 1024 * 1024  # parse in 1 MiB batches off the event loop
+MAX_IN_FLIGHT = 8  # batches received but not yet parsed, per upload
 
 
 class _SpoolTarget(BaseTarget):
@@ -87,14 +97,21 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
         parser.register("file", file_target)
         parser.register("name", name_target)
         parser.register("format", format_target)
-        buffer = bytearray()
-        async for chunk in request.stream():
-            buffer += chunk
-            if len(buffer) >= HAND_OFF_BYTES:
-                await run_in_threadpool(_feed, parser, bytes(buffer))
-                buffer.clear()
-        if buffer:
-            await run_in_threadpool(_feed, parser, bytes(buffer))
+        feeder = _Feeder(parser)
+        try:
+            batch: list[bytes] = []
+            size = 0
+            async for chunk in request.stream():
+                batch.append(chunk)
+                size += len(chunk)
+                if size >= HAND_OFF_BYTES:
+                    await feeder.feed(batch)
+                    batch, size = [], 0
+            if batch:
+                await feeder.feed(batch)
+            await feeder.drain()
+        finally:
+            await feeder.close()
         file_target.close()
         if not file_target.seen:
             raise InvalidInput("the multipart body has no `file` field", {"field": "file"})
@@ -115,6 +132,45 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
         name=_text(name_target),
         format=_text(format_target),
     )
+
+
+class _Feeder:
+    """Feeds batches to the parser in order, on a thread of its own, a few at a time."""
+
+    def __init__(self, parser: StreamingFormDataParser) -> None:
+        self._parser = parser
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
+        self._pending: deque[asyncio.Future[None]] = deque()
+        self._stopped = False
+
+    async def feed(self, batch: list[bytes]) -> None:
+        """Hand a batch over; waits while MAX_IN_FLIGHT are queued, raises a failed one's error."""
+        loop = asyncio.get_running_loop()
+        self._pending.append(loop.run_in_executor(self._executor, self._run, batch))
+        while self._pending and (len(self._pending) > MAX_IN_FLIGHT or self._pending[0].done()):
+            await self._pending.popleft()
+
+    async def drain(self) -> None:
+        """Wait until every batch is parsed; raises the first error."""
+        while self._pending:
+            await self._pending.popleft()
+
+    async def close(self) -> None:
+        """Skip what is still queued and wait for the thread, so the spool file can be closed."""
+        self._stopped = True
+        for future in self._pending:  # retrieve errors nobody waits for, so none is logged
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending.clear()
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+
+    def _run(self, batch: list[bytes]) -> None:
+        if self._stopped:
+            return
+        try:
+            _feed(self._parser, batch[0] if len(batch) == 1 else b"".join(batch))
+        except BaseException:
+            self._stopped = True  # the parser is in an error state: later batches are moot
+            raise
 
 
 def _feed(parser: StreamingFormDataParser, data: bytes) -> None:

@@ -14,10 +14,19 @@ class StorageUnavailable(Exception):
 
 
 class ObjectStorage(Protocol):
-    """Keys are '/'-separated strings; values are opaque bytes streamed in chunks."""
+    """Keys are '/'-separated strings; values are opaque bytes streamed in chunks.
+
+    An object is never modified in place: a put replaces it as a whole. Adapters may rely on
+    that to share data with local files instead of copying it (hard links on the local
+    filesystem), so a file handed to put_file or written by download_file must not be
+    modified in place afterwards; deleting, renaming or replacing it is fine.
+    """
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
-        """Store a local file under key, replacing any existing object."""
+        """Store a local file under key, replacing any existing object.
+
+        The caller keeps its file, but must not modify it in place afterwards.
+        """
         ...
 
     def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
@@ -29,7 +38,10 @@ class ObjectStorage(Protocol):
         ...
 
     def download_file(self, key: str, path: Path) -> None:
-        """Copy an object to a local file."""
+        """Copy an object to a local file, replacing it; not changed by a later put of key.
+
+        The caller must not modify the file in place (it may share data with the object).
+        """
         ...
 
     def size(self, key: str) -> int:

@@ -1,7 +1,20 @@
-"""Object storage on the local filesystem: one root directory stands for one bucket."""
+"""Object storage on the local filesystem: one root directory stands for one bucket.
 
+Objects are never modified in place: every write goes to a temp file next to the target,
+is fsynced and renamed over it. That makes hard links safe where a copy would only cost
+time: put_file links the caller's file into the root and download_file links the object
+to the requested path (a 421 MiB file: about 0.25 s with the fsync instead of 0.5 to 2 s
+through a copy). Either falls back to a copy when linking fails (another filesystem,
+a filesystem without hard links). The one rule this adds for callers: a file given to
+put_file or received from download_file must not be modified in place afterwards (a
+rename, replace or delete is fine), since it may share its data with the stored object.
+"""
+
+import errno
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -10,6 +23,7 @@ from typing import BinaryIO
 from ports.storage import ObjectNotFound, StorageUnavailable
 
 _COPY_CHUNK = 1024 * 1024
+_SENDFILE_CHUNK = 64 * 1024 * 1024
 
 
 class LocalObjectStorage:
@@ -37,9 +51,16 @@ class LocalObjectStorage:
             raise StorageUnavailable(f"storage root {self.root} is not writable: {exc}") from exc
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
-        """Copy a local file under key (the caller keeps the source)."""
+        """Store a local file under key, linked when possible (the caller keeps its file).
+
+        The caller must not modify the file in place afterwards: it may be the object itself.
+        """
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if _atomic_link(Path(path), target):
+            return
         with open(path, "rb") as source:
-            self._write(key, source)
+            _atomic_copy(source, target)
 
     def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
         """Store everything read from a binary stream under key."""
@@ -54,12 +75,20 @@ class LocalObjectStorage:
         return _read_chunks(file, chunk_size)
 
     def download_file(self, key: str, path: Path) -> None:
-        """Copy an object to a local file, atomically replacing it."""
+        """Link or copy an object to a local file, atomically replacing it.
+
+        The caller must not modify the file in place: it may share its data with the object.
+        A later put of the same key does not change it (a put replaces, never rewrites).
+        """
+        object_path = self._path(key)
         try:
-            source = open(self._path(key), "rb")  # noqa: SIM115 - closed by the with below
+            source = open(object_path, "rb")  # noqa: SIM115 - closed by the with below
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(key) from exc
         with source:
+            # If the object is replaced or deleted meanwhile, the open file is copied instead.
+            if _atomic_link(object_path, Path(path), same_as=os.fstat(source.fileno())):
+                return
             _atomic_copy(source, Path(path))
 
     def size(self, key: str) -> int:
@@ -132,12 +161,43 @@ def _check_key(key: str) -> PurePosixPath:
     return path
 
 
+def _atomic_link(source: Path, target: Path, same_as: os.stat_result | None = None) -> bool:
+    """Hard-link source to a temp name next to target, fsync, rename it over target.
+
+    False, with nothing left behind, when the link cannot be made (another filesystem, no
+    hard links, the source gone) or, with `same_as`, when the source is no longer that file.
+    """
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return False
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            linked = os.fstat(fd)
+            replaced = same_as is not None and not os.path.samestat(linked, same_as)
+            if not replaced:
+                # The source's data may not be on disk yet: same durability as a fresh copy.
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replaced:
+            tmp.unlink()
+            return False
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
 def _atomic_copy(source: BinaryIO, target: Path) -> None:
     """Write source to a temp file next to target, fsync, then rename it over target."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp:
-            shutil.copyfileobj(source, tmp, _COPY_CHUNK)
+            _copy(source, tmp)
             tmp.flush()
             # Without fsync a crash after the rename can leave a complete-looking empty file.
             os.fsync(tmp.fileno())
@@ -145,6 +205,28 @@ def _atomic_copy(source: BinaryIO, target: Path) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _copy(source: BinaryIO, target: BinaryIO) -> None:
+    """Copy in the kernel (sendfile) between regular files, else through 1 MiB chunks."""
+    try:
+        in_fd, out_fd = source.fileno(), target.fileno()
+        regular = stat.S_ISREG(os.fstat(in_fd).st_mode)
+    except (AttributeError, OSError, ValueError):  # BytesIO and other streams without a file
+        regular = False
+    if regular:
+        target.flush()
+        start = offset = source.tell()
+        try:
+            while sent := os.sendfile(out_fd, in_fd, offset, _SENDFILE_CHUNK):
+                offset += sent
+        except OSError as exc:  # no sendfile between these files: copy below, unless started
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) or offset > start:
+                raise
+        else:
+            source.seek(offset)
+            return
+    shutil.copyfileobj(source, target, _COPY_CHUNK)
 
 
 def _read_chunks(file: BinaryIO, chunk_size: int) -> Iterator[bytes]:

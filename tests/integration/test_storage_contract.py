@@ -1,5 +1,6 @@
 """ObjectStorage contract, run against every adapter, plus adapter-specific behaviour."""
 
+import errno
 import io
 import os
 import socket
@@ -163,6 +164,39 @@ def test_download_file(object_storage: ObjectStorage, tmp_path: Path) -> None:
     assert target.read_bytes() == b"PAR1 data"
 
 
+def test_download_is_not_changed_by_a_later_put_or_delete(
+    object_storage: ObjectStorage, tmp_path: Path
+) -> None:
+    put_bytes(object_storage, "d/original.csv", b"first version")
+    downloaded = tmp_path / "copy.csv"
+    object_storage.download_file("d/original.csv", downloaded)
+
+    source = tmp_path / "second.csv"
+    source.write_bytes(b"second, longer version")
+    object_storage.put_file("d/original.csv", source)
+    assert downloaded.read_bytes() == b"first version"
+    put_bytes(object_storage, "d/original.csv", b"third")
+    assert downloaded.read_bytes() == b"first version"
+    object_storage.delete("d/original.csv")
+    assert downloaded.read_bytes() == b"first version"
+
+
+def test_put_file_object_outlives_the_callers_file(
+    object_storage: ObjectStorage, tmp_path: Path
+) -> None:
+    source = tmp_path / "spool.bin"
+    source.write_bytes(b"uploaded bytes")
+    object_storage.put_file("u/a.bin", source)
+
+    # What callers do afterwards: delete their file, or replace it with a new one.
+    replacement = tmp_path / "other.bin"
+    replacement.write_bytes(b"something else")
+    replacement.replace(source)
+    assert read_all(object_storage, "u/a.bin") == b"uploaded bytes"
+    source.unlink()
+    assert read_all(object_storage, "u/a.bin") == b"uploaded bytes"
+
+
 def test_nested_keys_are_independent(object_storage: ObjectStorage) -> None:
     keys = ["x/y/z/1.json", "x/y/2.json", "x/3.json"]
     for key in keys:
@@ -217,6 +251,114 @@ def test_local_ensure_ready_creates_root_and_check_fails_without_it(tmp_path: Pa
     (tmp_path / "file").write_bytes(b"")
     with pytest.raises(StorageUnavailable):
         blocked.ensure_ready()
+
+
+def test_local_put_file_links_instead_of_copying(
+    local_storage: LocalObjectStorage, tmp_path: Path
+) -> None:
+    source = tmp_path / "big.csv"
+    source.write_bytes(b"a,b\n1,2\n")
+
+    local_storage.put_file("d/original.csv", source)
+
+    stored = local_storage.root / "d" / "original.csv"
+    assert stored.samefile(source), "same filesystem: the object is a hard link, not a copy"
+    assert source.stat().st_nlink == 2
+    assert [p.name for p in stored.parent.iterdir()] == ["original.csv"]
+
+
+def test_local_download_file_links_and_replaces_the_target(
+    local_storage: LocalObjectStorage, tmp_path: Path
+) -> None:
+    put_bytes(local_storage, "d/data.parquet", b"PAR1 data")
+    target = tmp_path / "scratch" / "data.parquet"
+    target.parent.mkdir()
+    target.write_bytes(b"an older download")
+
+    local_storage.download_file("d/data.parquet", target)
+
+    assert target.samefile(local_storage.root / "d" / "data.parquet")
+    assert target.read_bytes() == b"PAR1 data"
+    assert [p.name for p in target.parent.iterdir()] == ["data.parquet"]
+    target.unlink()  # the caller cleaning up its scratch directory
+    assert read_all(local_storage, "d/data.parquet") == b"PAR1 data"
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.EPERM, errno.EMLINK])
+def test_local_falls_back_to_a_copy_when_linking_fails(
+    local_storage: LocalObjectStorage,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    big_payload: bytes,
+    error: int,
+) -> None:
+    def no_link(src: object, dst: object, **_: object) -> None:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "link", no_link)
+    source = tmp_path / "source.bin"
+    source.write_bytes(big_payload)
+
+    local_storage.put_file("x/file.bin", source)
+    target = tmp_path / "download.bin"
+    local_storage.download_file("x/file.bin", target)
+
+    stored = local_storage.root / "x" / "file.bin"
+    assert not stored.samefile(source)
+    assert not target.samefile(stored)
+    assert stored.read_bytes() == big_payload
+    assert target.read_bytes() == big_payload
+    assert source.read_bytes() == big_payload
+    assert [p.name for p in stored.parent.iterdir()] == ["file.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["download.bin", "objects", "source.bin"]
+
+
+def test_local_copy_without_sendfile(
+    local_storage: LocalObjectStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_sendfile(*_: object) -> int:
+        raise OSError(errno.EINVAL, "sendfile not supported here")
+
+    monkeypatch.setattr(os, "sendfile", no_sendfile)
+    monkeypatch.setattr(os, "link", lambda *_, **__: (_ for _ in ()).throw(OSError(errno.EXDEV)))
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"0123456789" * 1000)
+
+    local_storage.put_file("k.bin", source)
+
+    assert read_all(local_storage, "k.bin") == b"0123456789" * 1000
+
+
+def test_local_put_stream_from_a_file_starts_at_its_position(
+    local_storage: LocalObjectStorage, tmp_path: Path
+) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"header|payload")
+    with source.open("rb") as stream:
+        assert stream.read(7) == b"header|"
+        local_storage.put_stream("k.bin", stream)
+        assert stream.read() == b"", "the stream is consumed, as with any other reader"
+
+    assert read_all(local_storage, "k.bin") == b"payload"
+
+
+def test_local_download_of_an_object_replaced_meanwhile_copies_the_open_version(
+    local_storage: LocalObjectStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put_bytes(local_storage, "k.csv", b"version 1")
+    real_link = os.link
+
+    def replace_then_link(src: object, dst: object, **kwargs: object) -> None:
+        local_storage.put_stream("k.csv", io.BytesIO(b"version 2"))
+        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", replace_then_link)
+    target = tmp_path / "out.csv"
+    local_storage.download_file("k.csv", target)
+
+    assert target.read_bytes() == b"version 1"
+    assert read_all(local_storage, "k.csv") == b"version 2"
+    assert [p.name for p in local_storage.root.iterdir()] == ["k.csv"]
 
 
 # --- S3 -------------------------------------------------------------------------------------

@@ -43,6 +43,38 @@ def test_upload_stores_bytes_and_publishes_validation(client: TestClient, fake_c
     assert not list((fake_context.settings.tmp_dir).glob("upload-*")), "spool file left behind"
 
 
+def test_upload_of_many_batches_arrives_whole_and_in_order(
+    client: TestClient, fake_context: Context
+):
+    # Sent in 64 KiB pieces: the body is parsed on a thread in 1 MiB batches, several queued.
+    data = b"".join(b"%08d,%s\n" % (i, b"v" * (i % 50)) for i in range(250_000))
+    boundary = "many-batches"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="format"\r\n\r\ncsv\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\n"
+    ).encode()
+    body = head + data + f"\r\n--{boundary}--\r\n".encode()
+
+    def pieces():
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    response = client.post(
+        "/api/v1/datasets",
+        content=pieces(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+
+    assert response.status_code == 201, response.text
+    assert len(data) > 8 * 1024 * 1024  # under the 10 MiB limit of the fake settings
+    assert response.json()["size_bytes"] == len(data)
+    assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    assert response.json()["format"] == "csv"
+    assert list(fake_context.datasets_storage.objects.values()) == [data]
+    assert not list(fake_context.settings.tmp_dir.glob("upload-*"))
+
+
 def test_name_and_format_fields_override_the_file_name(client: TestClient):
     response = upload(client, b'{"a": 1}\n', filename="blob.txt", name="events", format="ndjson")
     assert response.status_code == 201, response.text
@@ -81,6 +113,35 @@ def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: Context):
     with TestClient(create_app(small)) as client:
         error = assert_error(upload(client, b"x" * 5000), 413, "payload_too_large")
     assert error["details"]["max_upload_bytes"] == 1000
+    assert small.datasets_storage.objects == {}
+    assert not list(small.settings.tmp_dir.glob("upload-*"))
+
+
+def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_context: Context):
+    small = replace(
+        fake_context,
+        settings=fake_context.settings.model_copy(update={"max_upload_bytes": 3 * 1024 * 1024}),
+    )
+    boundary = "too-big"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+    ).encode()
+    sent = []
+
+    def pieces():  # chunked, without a Content-Length to refuse up front
+        yield head
+        for _ in range(400):
+            sent.append(64 * 1024)
+            yield b"x" * (64 * 1024)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    with TestClient(create_app(small)) as client:
+        response = client.post(
+            "/api/v1/datasets",
+            content=pieces(),
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert_error(response, 413, "payload_too_large")
     assert small.datasets_storage.objects == {}
     assert not list(small.settings.tmp_dir.glob("upload-*"))
 

@@ -97,6 +97,17 @@ def test_utf8_check_spans_chunks(run: Ingest) -> None:
         run(body + b"y,\xff\n")
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r"])
+def test_utf8_error_line_is_counted_over_every_chunk(run: Ingest, newline: bytes) -> None:
+    # Blank lines before the header and 3 MiB of rows: the line numbers come from several reads.
+    body = newline * 3 + b"a,b" + newline + (b"1,plain ascii" + newline) * 250_000
+    result = run(body)
+    assert result.row_count == 250_000
+    bad = len(body) + 2
+    with pytest.raises(DatasetUnusable, match=rf"line 250005, column 3 \(byte offset {bad}\)"):
+        run(body + b"y,\xe9" + newline)
+
+
 def test_truncated_multibyte_at_end_of_file(run: Ingest) -> None:
     with pytest.raises(DatasetUnusable, match=r"invalid byte 0xc3 at line 2, column 3 "):
         run(b"a,b\n1,\xc3")
@@ -159,6 +170,56 @@ def test_parquet_copy_is_zstd_with_fixed_row_groups(run: Ingest, tmp_path: Path)
     assert meta.num_row_groups == 3  # ROW_GROUP_SIZE 122880 (DuckDB rounds to its chunks)
     assert meta.row_group(0).column(0).compression == "ZSTD"
     assert len(result.preview) == PREVIEW_ROWS
+
+
+_SUMMARY_COLUMNS = """
+    CASE WHEN i % 3 = 0 THEN NULL ELSE i % 100 END::TINYINT AS t,
+    CASE WHEN i % 5 = 0 THEN NULL ELSE i END::HUGEINT AS h,
+    CASE WHEN i % 7 = 0 THEN NULL ELSE i END::UBIGINT AS ub,
+    CASE WHEN i % 2 = 0 THEN NULL ELSE 'nan'::DOUBLE END AS nan_is_not_null,
+    NULL::VARCHAR AS all_null,
+    CASE WHEN i % 11 = 0 THEN NULL WHEN i % 1000 = 1 THEN repeat('x', 20000) END AS long_text,
+    CASE WHEN i % 13 = 0 THEN NULL ELSE i::DECIMAL(38, 3) END AS dec,
+    CASE WHEN i % 4 = 0 THEN NULL ELSE i % 2 = 0 END AS b,
+    CASE WHEN i % 4 = 1 THEN NULL ELSE TIMESTAMPTZ '2020-01-01 00:00:00+00' END AS tz,
+    CASE WHEN i % 4 = 2 THEN NULL ELSE TIME '12:00:00' END AS tm,
+    CASE WHEN i % 4 = 3 THEN NULL ELSE INTERVAL 1 DAY END AS iv,
+    CASE WHEN i % 6 = 3 THEN NULL ELSE uuid() END AS u,
+    CASE WHEN i % 6 = 1 THEN NULL ELSE DATE '2020-01-01' END AS dt,
+    CASE WHEN i % 9 = 1 THEN NULL ELSE {'a': CASE WHEN i % 2 = 0 THEN i END} END AS st,
+    CASE WHEN i % 9 = 2 THEN NULL ELSE 7 END AS "st, a",
+    CASE WHEN i % 9 = 3 THEN NULL ELSE [i, NULL] END AS li,
+    CASE WHEN i % 9 = 4 THEN NULL ELSE 'x' END AS "odd ""name"".with, chars é"
+"""
+
+
+@pytest.mark.parametrize("rows", [0, 1, 250_000])
+def test_summary_null_counts_equal_a_full_scan(tmp_path: Path, rows: int) -> None:
+    # Flat columns are counted from the footer, the rest by a scan: both must be exact.
+    from services.datasets.ingest import connect
+    from services.datasets.parquet_reader import summarize
+
+    con = connect(tmp_path)
+    copy = tmp_path / "copy.parquet"
+    con.execute(
+        f"COPY (SELECT {_SUMMARY_COLUMNS} FROM range({rows}) r(i)) TO '{copy}' "
+        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+    )
+    names = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM '{copy}'").fetchall()]
+    counts = ", ".join(f'count(*) - count("{n.replace(chr(34), chr(34) * 2)}")' for n in names)
+    expected = con.execute(f"SELECT count(*), {counts} FROM '{copy}'").fetchone()
+    assert expected is not None
+
+    result = summarize(con, copy, 0, None)
+
+    assert result.row_count == expected[0] == rows
+    assert [(c.name, c.null_count) for c in result.columns] == list(
+        zip(names, expected[1:], strict=True)
+    )
+    if rows == 250_000:
+        by_name = {c.name: c.null_count for c in result.columns}
+        assert by_name["nan_is_not_null"] == 125_000 and by_name["all_null"] == rows
+    assert len(result.preview) == min(rows, PREVIEW_ROWS)
 
 
 def test_not_parquet_is_unusable(run: Ingest) -> None:

@@ -278,6 +278,16 @@ def test_row_over_16_mib_in_sample_is_unusable(run: Ingest) -> None:
     assert str(info.value) == ("line 3 is 17000002 bytes long; rows over 16 MiB are not supported")
 
 
+def test_row_over_16_mib_past_the_first_megabyte_names_its_line(run: Ingest) -> None:
+    lines = numbered(5_000)
+    lines[1:1] = [b"0,padding," + b"p" * 90] * 15_000  # ~1.5 MB: the long row is in a later chunk
+    lines[19_000] = b"1," + b"x" * 17_000_000  # still in the sniffer's sample
+    with pytest.raises(DatasetUnusable) as info:
+        run(joined(lines))
+    message = "line 19001 is 17000002 bytes long; rows over 16 MiB are not supported"
+    assert str(info.value) == message
+
+
 def test_row_over_16_mib_after_sample_is_a_failed_row(run: Ingest, small_sample: None) -> None:
     lines = numbered(3000)
     lines[2500] = b"2500,n," + b"9" * 17_000_000
