@@ -23,7 +23,6 @@ from schemas.records import (
     DatasetStatus,
     FailedRow,
 )
-from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
 from use_cases.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -187,6 +186,9 @@ def _touching(new_uow: Callable[[], UnitOfWork] | None, dataset_id: UUID) -> Ite
 def _validate_in(
     uow: UnitOfWork, storage: ObjectStorage, dataset: Dataset, scratch: Path
 ) -> DatasetStatus:
+    # Imported here: DuckDB and pyarrow are only needed where a worker validates.
+    from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
+
     source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
     storage.download_file(dataset.storage_key, source)
     parquet_out = scratch / "data.parquet"

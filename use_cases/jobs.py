@@ -19,8 +19,6 @@ from schemas.records import (
     JobStatus,
     JobStep,
 )
-from services.processors.base import ParamsError
-from services.processors.registry import UnknownProcessor, validate_step
 from use_cases.errors import Conflict, InvalidParams, NotFound
 
 log = logging.getLogger(__name__)
@@ -55,6 +53,11 @@ def move(
 
 def check_steps(steps: list[JobStep], columns: list[ColumnInfo] | None) -> list[JobStep]:
     """Validate every step's processor and params (and columns, when the schema is known)."""
+    # Imported here: the processors load DuckDB and numpy, which a worker's main process
+    # (it only consumes messages and runs the reaper) does not need.
+    from services.processors.base import ParamsError
+    from services.processors.registry import UnknownProcessor, validate_step
+
     if not steps:
         raise InvalidParams("a job needs at least one step", {"field": "steps"})
     checked = []

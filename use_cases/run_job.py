@@ -49,7 +49,7 @@ class JobLost(Exception):
 class EngineLimits:
     heartbeat_interval_s: float = 0.5
     max_attempts: int = 3
-    memory_limit: str = "256MiB"  # DuckDB's, per step
+    memory_limit: str = "512MiB"  # DuckDB's, per step
     batch_memory_bytes: int = 512 * 1024**2  # numpy column values held at once
     threads: int | None = None
 

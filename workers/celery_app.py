@@ -5,6 +5,7 @@ from collections.abc import Callable
 from functools import cache
 
 from celery import Celery
+from celery.signals import worker_process_init
 from kombu import Queue
 
 from ports.context import Context
@@ -19,6 +20,17 @@ class AssayCelery(Celery):
     def context(self) -> Context:
         # Built lazily in each worker process, after prefork, so no connection crosses a fork.
         return _context_for_process(self.context_factory, os.getpid())
+
+
+@worker_process_init.connect
+def _load_the_engine(**_: object) -> None:
+    """Import DuckDB, pyarrow and the processors in each pool process before its first task.
+
+    The worker's main process only consumes messages and runs the reaper, so it never loads
+    them: forked pool processes do not inherit ~75 MiB they would share with it.
+    """
+    import services.datasets.ingest  # noqa: F401
+    import use_cases.run_job  # noqa: F401
 
 
 @cache

@@ -1,11 +1,15 @@
 """Worker-side wiring of the job engine: which errors are transient, and the engine's limits."""
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ports.repositories import DatabaseUnavailable
 from ports.storage import StorageUnavailable
 from schemas.settings import Settings
-from use_cases.run_job import EngineLimits
+
+if TYPE_CHECKING:
+    from use_cases.run_job import EngineLimits
 
 TRANSIENT_ERRORS = (
     StorageUnavailable,
@@ -22,11 +26,14 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
-def engine_limits(settings: Settings) -> EngineLimits:
+def engine_limits(settings: Settings) -> "EngineLimits":
+    from use_cases.run_job import EngineLimits
+
     return EngineLimits(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_attempts=settings.job_max_attempts,
-        # A quarter for DuckDB, half for numpy columns, the rest for the interpreter and libraries.
-        memory_limit=f"{settings.worker_memory_budget_mb // 4}MiB",
+        # Half for DuckDB, half for numpy columns: a step profiles columns (numpy holds them,
+        # DuckDB only scans) or writes its output (DuckDB buffers), not both at once.
+        memory_limit=f"{settings.worker_memory_budget_mb // 2}MiB",
         batch_memory_bytes=settings.worker_memory_budget_mb * 1024**2 // 2,
     )

@@ -8,7 +8,6 @@ from celery import Task, shared_task
 from services.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from use_cases.datasets import validate_dataset
 from use_cases.jobs import release_waiting_jobs
-from use_cases.run_job import Outcome, run_job
 from workers.engine import engine_limits, is_transient
 from workers.reaper import reap_once
 
@@ -43,6 +42,8 @@ def reap_task(self: Task) -> int:
 
 @shared_task(name=RUN_JOB_TASK, bind=True, max_retries=None)
 def run_job_task(self: Task, job_id: str) -> str:
+    from use_cases.run_job import Outcome, run_job  # preloaded by each pool process
+
     context = self.app.context()  # type: ignore[attr-defined]
     outcome = run_job(
         context.new_uow,

@@ -295,9 +295,11 @@ def copy_to_parquet(
         else f"{ident(old)} AS {ident(new)}"
         for (old, kind), new in zip(columns, names, strict=True)
     )
+    # LZ4: every job step decodes the copy again; it decodes ~35% faster than zstd for a
+    # copy ~50% bigger (5M rows, 10 columns: 221 MiB against 148 MiB).
     con.execute(
         f"COPY (SELECT {select} FROM {relation}) TO {lit(out)} "
-        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
+        "(FORMAT parquet, COMPRESSION lz4, ROW_GROUP_SIZE 122880)"
     )
     return columns
 

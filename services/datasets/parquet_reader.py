@@ -28,7 +28,7 @@ MAGIC = b"PAR1"
 
 
 def convert(con: duckdb.DuckDBPyConnection, source: Path, parquet_out: Path) -> None:
-    """Rewrite a Parquet file as the typed copy (zstd, fixed row groups); no failed rows."""
+    """Rewrite a Parquet file as the typed copy (LZ4, fixed row groups); no failed rows."""
     with source.open("rb") as f:
         head = f.read(4)
         f.seek(max(source.stat().st_size - 4, 0))

@@ -64,7 +64,7 @@ class StepInput:
     output_dir: Path  # artifact files go here (exists, empty, private to this step)
     artifact_suffix: str  # "" for the first step of a processor in a job, then "-2", "-3"...
     report: ProgressCallback  # (0..1, message); raises JobCancelled when the job is cancelled
-    memory_limit: str = "256MiB"  # DuckDB memory_limit (it spills to disk beyond it)
+    memory_limit: str = "512MiB"  # DuckDB memory_limit (it spills to disk beyond it)
     batch_memory_bytes: int = 512 * 1024**2  # column values held in numpy at once
     threads: int | None = None
     spill_dir: Path | None = None  # where DuckDB spills beyond memory_limit (default: /tmp)

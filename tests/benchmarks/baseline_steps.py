@@ -26,7 +26,7 @@ FLOATS = [f"f{i}" for i in range(6)]
 ZSCORE_THRESHOLD = 3.0
 IQR_K = 1.5
 # Same settings as Assay's Parquet copy and its per-step DuckDB budget.
-PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880"
+PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION lz4, ROW_GROUP_SIZE 122880"
 DUCKDB_MEMORY_LIMIT = "1GB"
 
 Detail = dict[str, Any]

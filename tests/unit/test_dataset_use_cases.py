@@ -128,7 +128,9 @@ def test_keep_alive_refreshes_a_long_validation(tmp_path: Path, monkeypatch):
         real_update(dataset_id, **changes)
 
     monkeypatch.setattr(uow.datasets, "update", spy)
-    slow_ingest = datasets_module.ingest
+    import services.datasets.ingest as ingest_module
+
+    slow_ingest = ingest_module.ingest
 
     def slow(*args, **kwargs):
         import time
@@ -136,6 +138,6 @@ def test_keep_alive_refreshes_a_long_validation(tmp_path: Path, monkeypatch):
         time.sleep(0.2)
         return slow_ingest(*args, **kwargs)
 
-    monkeypatch.setattr(datasets_module, "ingest", slow)
+    monkeypatch.setattr(ingest_module, "ingest", slow)  # imported when validation runs
     validate_dataset(uow, storage, dataset.id, tmp_path, keep_alive=lambda: uow)
     assert len(seen) >= 3
