@@ -81,6 +81,8 @@ def make_celery(settings: Settings, context_factory: Callable[[], Context]) -> A
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A pool process imports DuckDB and the processors before reporting up (4 s default).
+        worker_proc_alive_timeout=30,
         task_ignore_result=True,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_hard_time_limit_s,

@@ -63,7 +63,8 @@ def sweep_scratch(folder: Path, older_than_s: float) -> int:
     removed = 0
     for entry in folder.iterdir():
         stale = entry.name.startswith(("job-", "validate-")) and entry.stat().st_mtime < cutoff
-        # DuckDB's spill folder of a worker process (duckdb-<pid>) that no longer runs.
+        # DuckDB's spill folder of a worker process (duckdb-<pid>) that no longer runs. Workers
+        # in other PID namespaces (containers) need their own ASSAY_DATA_DIR/tmp for this.
         spill_pid = entry.name.removeprefix("duckdb-")
         if stale or (spill_pid.isdigit() and not _alive(int(spill_pid))):
             shutil.rmtree(entry, ignore_errors=True)

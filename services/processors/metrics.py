@@ -184,7 +184,7 @@ def _duplicate_rows(
     for c in selected:
         profile = profiles[c.name]
         stats = profile.stats if isinstance(profile, ColumnProfile) else profile
-        if isinstance(stats, SortedStats) and stats.dup_keys is not None:
+        if isinstance(stats, SortedStats) and _bindable(stats.dup_keys):
             candidates = rows - stats.count + stats.dup_rows
             if candidates <= rows // 2 and len(stats.dup_keys) <= MAX_DUP_KEYS:
                 keyed.append((candidates, exprs[c.name], stats.dup_keys))
@@ -208,6 +208,15 @@ def _duplicate_rows(
         con, sql, report, "counting duplicate rows", start=0.8, params=params or None
     )
     return int(result[0][0])
+
+
+def _bindable(keys: np.ndarray | None) -> bool:
+    """Whether DuckDB can compare the column with these values passed as a list parameter."""
+    if keys is None:
+        return False
+    # datetime64[ns] values become Python ints, which DuckDB will not compare with a
+    # TIMESTAMP_NS column.
+    return keys.dtype.kind != "M" or np.datetime_data(keys.dtype)[0] in ("D", "s", "ms", "us")
 
 
 def _column_summary(

@@ -6,7 +6,6 @@ idle while it orders and formats rows. Every DuckDB output format (CSV, JSON, Pa
 is written front to back, so the bytes through the pipe are exactly the file.
 """
 
-import contextlib
 import hashlib
 import os
 import threading
@@ -23,19 +22,19 @@ CHUNK_BYTES = 1024 * 1024
 class _PipeToFile(threading.Thread):
     """Drains a FIFO into a file and a sha256; keeps draining after a write error."""
 
-    def __init__(self, fifo: Path, target: Path) -> None:
+    def __init__(self, pipe_fd: int, target: Path) -> None:
         super().__init__(name="artifact-pipe", daemon=True)
-        self.fifo, self.target = fifo, target
+        self.pipe_fd, self.target = pipe_fd, target
         self.digest = hashlib.sha256()
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        out = None
         try:
             out = open(self.target, "wb")  # noqa: SIM115 - closed below, kept open on errors
         except OSError as exc:
-            self.error, out = exc, None
-        # Opening a FIFO for reading waits for the writer (DuckDB, or release() below).
-        with open(self.fifo, "rb", buffering=0) as pipe:
+            self.error = exc
+        with open(self.pipe_fd, "rb", buffering=0) as pipe:
             while chunk := pipe.read(CHUNK_BYTES):
                 if self.error is not None:
                     continue  # a writer blocked on a full pipe must still reach its end
@@ -45,12 +44,10 @@ class _PipeToFile(threading.Thread):
                 except OSError as exc:
                     self.error = exc
         if out is not None:
-            out.close()
-
-    def release(self) -> None:
-        """Unblock a reader still waiting for a writer (the COPY failed before opening)."""
-        with contextlib.suppress(OSError):  # ENXIO: no reader is waiting any more
-            os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
+            try:
+                out.close()
+            except OSError as exc:  # the last bytes could not be flushed
+                self.error = self.error or exc
 
 
 def copy_to_file(
@@ -67,13 +64,19 @@ def copy_to_file(
     """COPY (query) TO path (options) with progress and cancel; the file's sha256."""
     fifo = path.with_name(f".{path.name}.pipe")
     os.mkfifo(fifo, 0o600)
-    pipe = _PipeToFile(fifo, path)
+    # Both ends are opened here, so nothing waits for DuckDB to open the pipe; the reader sees
+    # the end of the data once DuckDB and our spare write end are closed, whether the COPY
+    # finished, failed or never started.
+    read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    spare_fd = os.open(fifo, os.O_WRONLY)
+    os.set_blocking(read_fd, True)
+    pipe = _PipeToFile(read_fd, path)
     pipe.start()
     try:
         copy = f"COPY ({query}) TO {literal(str(fifo))} ({options})"
         run_with_progress(con, copy, step.report, message, start=start, end=end)
     finally:
-        pipe.release()
+        os.close(spare_fd)
         pipe.join()
         fifo.unlink(missing_ok=True)
     if pipe.error is not None:

@@ -19,6 +19,7 @@ FRIENDLY = {
     pa.string(): "string",
     pa.bool_(): "boolean",
     pa.timestamp("us"): "timestamp",
+    pa.timestamp("ns"): "timestamp",
     pa.date32(): "date",
 }
 

@@ -1,6 +1,6 @@
 """metrics equals an independent pandas/numpy computation."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -156,23 +156,35 @@ def test_profiles_from_an_earlier_step_give_the_same_figures(
     assert metrics.run(make_step(profiles=profiles), metrics.MetricsParams()).summary == alone
 
 
+def _stamps(seconds: list[int | None], unit: str) -> pa.Array:
+    base = datetime(2024, 1, 1)
+    values = [None if s is None else base + timedelta(seconds=s) for s in seconds]
+    return pa.array(values, type=pa.timestamp(unit))
+
+
+# Rows 0-1 and 2-3 are duplicates; few key values repeat, so the key narrows the count.
+KEY_SECONDS = [1, 1, None, None, 5, 6, 7, 8, 9, 10]
+
+
 @pytest.mark.parametrize(
     "key",
     [
-        pa.array([1, 2, 3, 4, 5, 6], type=pa.int64()),  # unique: no row can have a twin
-        pa.array([1, 1, None, None, 5, 5], type=pa.int64()),  # repeated and null keys
-        pa.array([datetime(2024, 1, 1)] * 2 + [None] * 2 + [datetime(2024, 1, 2)] * 2),
+        pa.array(range(10), type=pa.int64()),  # unique: no row can have a twin
+        pa.array(KEY_SECONDS, type=pa.int64()),
+        _stamps(KEY_SECONDS, "us"),
+        _stamps(KEY_SECONDS, "ns"),  # compared through its own type, not as integers
     ],
-    ids=["unique", "repeated-int", "repeated-timestamp"],
+    ids=["unique", "repeated-int", "repeated-timestamp", "repeated-timestamp-ns"],
 )
 def test_duplicate_rows_narrowed_by_key_columns(
     tmp_path: Path, make_step: StepFactory, key: pa.Array, data_size: str
 ) -> None:
+    x = [0.5, 0.5, float("nan"), None, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     table = pa.table(
         {
             "key": key,
-            "x": pa.array([0.5, 0.5, 2.0, 2.0, float("nan"), None], type=pa.float64()),
-            "s": pa.array(["a", "a", None, None, "b", "b"]),
+            "x": pa.array(x, type=pa.float64()),
+            "s": pa.array(["a", "a", None, None, "b", "b", "c", "c", "d", "d"]),
         }
     )
     path = write_parquet(table, tmp_path / "dups.parquet")

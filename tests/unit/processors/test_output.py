@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from services.processors.base import ProcessorInputError, StepInput
+from services.processors.base import JobCancelled, ProcessorInputError, StepInput
 from services.processors.output import copy_to_file
 from tests.unit.processors.conftest import StepFactory
 
@@ -49,3 +49,13 @@ def test_a_write_error_is_raised_after_draining(make_step: StepFactory) -> None:
     target.mkdir()  # the artifact path cannot be opened as a file
     with pytest.raises(IsADirectoryError):
         copy_to_file(duckdb.connect(), QUERY, target, "FORMAT csv", step, "")
+
+
+def test_a_cancel_before_the_copy_starts_does_not_hang(make_step: StepFactory) -> None:
+    def cancelled(fraction: float, message: str) -> None:
+        raise JobCancelled()
+
+    step: StepInput = make_step(report=cancelled)
+    with pytest.raises(JobCancelled):  # raised by the first report, before DuckDB opens the pipe
+        copy_to_file(duckdb.connect(), QUERY, step.output_dir / "a.csv", "FORMAT csv", step, "")
+    assert not [p for p in step.output_dir.iterdir() if p.name.endswith(".pipe")]
