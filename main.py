@@ -10,12 +10,10 @@ import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
 from db.engine import make_engine
-from db.migrations import upgrade_to_head
 from ports.context import Context
 from ports.storage import ObjectStorage
 from ports.wakeups import JobWakeups
@@ -24,7 +22,6 @@ from repositories.unit_of_work import SqlUnitOfWork
 from schemas.settings import Settings
 from services.celery_queue import CeleryTaskQueue
 from services.storage.local import LocalObjectStorage
-from services.storage.s3 import S3ObjectStorage
 from services.wakeups.polling import PollingJobWakeups
 from services.wakeups.postgres import PostgresJobWakeups
 from workers.celery_app import AssayCelery, make_celery
@@ -40,6 +37,9 @@ cli = typer.Typer(help="Assay: asynchronous dataset processing.", no_args_is_hel
 def make_storage(settings: Settings, bucket: str) -> ObjectStorage:
     """One bucket of the configured object storage."""
     if settings.storage_backend == "s3":
+        # Imported where used (so are alembic and uvicorn): a worker's processes stay smaller.
+        from services.storage.s3 import S3ObjectStorage
+
         return S3ObjectStorage(
             bucket,
             endpoint_url=settings.s3_endpoint_url,
@@ -114,6 +114,8 @@ Port = Annotated[int, typer.Option(help="TCP port to listen on.")]
 @cli.command()
 def migrate() -> None:
     """Apply database migrations (alembic upgrade head)."""
+    from db.migrations import upgrade_to_head
+
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.resolved_database_url)
@@ -130,6 +132,8 @@ def api(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Run the HTTP API."""
+    import uvicorn
+
     uvicorn.run(
         "main:create_api",
         factory=True,
@@ -182,6 +186,10 @@ def beat() -> None:
 @cli.command()
 def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Run everything in one command: migrations, the API and a worker process."""
+    import uvicorn
+
+    from db.migrations import upgrade_to_head
+
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.resolved_database_url)
