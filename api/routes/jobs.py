@@ -35,6 +35,7 @@ from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)}
+EVENTS_PER_READ = 500
 TERMINAL_EVENTS = {status.value for status in FINISHED}
 MAX_ID = 2**63 - 1
 
@@ -173,6 +174,8 @@ async def stream_job(
                     return
             if over:
                 return  # the terminal event was before Last-Event-ID, or the job was deleted
+            if len(events) == EVENTS_PER_READ:
+                continue  # catching up on a long history: read on without waiting
             await wakeup.wait(wakeups.poll_interval_s)
             if await request.is_disconnected():
                 return
@@ -195,7 +198,7 @@ def _events_since(
     terminal status, so a status seen finished means its event is visible to the next read.
     """
     with new_uow() as uow:
-        events = uow.job_events.list_for_job(job_id, after_id=after, limit=500)
+        events = uow.job_events.list_for_job(job_id, after_id=after, limit=EVENTS_PER_READ)
         if events:
             return events, False
         job = uow.jobs.get(job_id)
@@ -203,7 +206,7 @@ def _events_since(
             return [], True
         if job.status not in FINISHED:
             return [], False
-        return uow.job_events.list_for_job(job_id, after_id=after, limit=500), True
+        return uow.job_events.list_for_job(job_id, after_id=after, limit=EVENTS_PER_READ), True
 
 
 @router.post("/{job_id}/cancel", status_code=202, responses=ERRORS)

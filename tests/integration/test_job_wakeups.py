@@ -237,3 +237,21 @@ def test_a_stream_polls_when_notifications_never_come(postgres_migrated_url, tmp
             assert not deaf.listening
     finally:
         engine.dispose()
+
+
+def test_a_long_history_is_replayed_without_waiting_between_reads(
+    migrated_database_url, new_uow, tmp_path
+):
+    job_id = queued_job(new_uow)
+    with new_uow() as uow:  # a long job's history: more events than one read returns
+        for _ in range(1200):
+            uow.job_events.add(
+                JobEvent(job_id=job_id, type="progress", payload={}, created_at=datetime.now(UTC))
+            )
+        uow.commit()
+    add_event(new_uow, job_id, "completed")
+    with app_for(new_uow, production_wakeups(migrated_database_url), tmp_path) as client:
+        started = time.perf_counter()
+        events = read_stream(client, job_id)
+        assert len(events) == 1202 and events[-1]["event"] == "completed"
+        assert time.perf_counter() - started < SLOW_POLL_S / 2  # not one poll per 500 events
