@@ -1,7 +1,7 @@
 """Assay's ingest and job against a plain-pandas service and bare-DuckDB floors, on one CSV.
 
     uv run python -m tests.benchmarks.jobs_vs_pandas [--rows N] [--json out.json]
-        [--stack embedded|production] [--keep-data DIR]
+        [--stack embedded|production] [--keep-data DIR] [--no-pandas]
 
 1. Generates (or reuses) a deterministic CSV of N rows: f0..f5 float, i0..i1 integer,
    category (10 values), at (timestamp); ~1% nulls per column; a few extreme float outliers.
