@@ -6,6 +6,8 @@ idle while it orders and formats rows. Every DuckDB output format (CSV, JSON, Pa
 is written front to back, so the bytes through the pipe are exactly the file.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import threading
@@ -17,6 +19,7 @@ from services.processors.base import StepInput
 from services.processors.duck import literal, run_with_progress
 
 CHUNK_BYTES = 1024 * 1024
+PIPE_BYTES = 1024 * 1024
 
 
 class _PipeToFile(threading.Thread):
@@ -50,6 +53,14 @@ class _PipeToFile(threading.Thread):
                 self.error = self.error or exc
 
 
+def _widen(pipe_fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: 5M rows of CSV take ~0.4 s and ~1 s of CPU less."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if set_size is not None:
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep the default
+            fcntl.fcntl(pipe_fd, set_size, PIPE_BYTES)
+
+
 def copy_to_file(
     con: duckdb.DuckDBPyConnection,
     query: str,
@@ -68,6 +79,7 @@ def copy_to_file(
     # the end of the data once DuckDB and our spare write end are closed, whether the COPY
     # finished, failed or never started.
     read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    _widen(read_fd)
     spare_fd = os.open(fifo, os.O_WRONLY)
     os.set_blocking(read_fd, True)
     pipe = _PipeToFile(read_fd, path)
