@@ -68,39 +68,7 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
         types = parquet_types(con, step.parquet_path)
         exprs = {c.name: value_expr(c.name, types[c.name]) for c in selected}
         rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
-        profiles: dict[str, Any] = {
-            c.name: profile for c in selected if (profile := step.profiles.get(c.name))
-        }
-        todo = [c for c in selected if c.name not in profiles]
-        small = rows * len(todo) <= SMALL_VALUES
-        if small:  # numeric columns in one query, the others one by one in this thread
-            numeric = [c for c in todo if is_numeric(c)]
-            fetched = fetch_small(con, src, numeric, types)
-            profiles |= {c.name: p for c, p in zip(numeric, fetched, strict=True)}
-            todo = [c for c in todo if not is_numeric(c)]
-        tasks = [
-            fetch_task(src, c, types[c.name])
-            if is_numeric(c)
-            else _sort_task(src, exprs[c.name])
-            if _sorts(c)
-            else _group_task(src, exprs[c.name])
-            for c in todo
-        ]
-        results = map_with_progress(
-            con,
-            tasks,
-            step.report,
-            "profiling columns",
-            workers=1 if small else profile_workers(step, rows),
-            inline=small,
-            start=0.1,
-            end=0.8,
-        )
-        for column, result in zip(todo, results, strict=True):
-            profiles[column.name] = result
-        for name, result in profiles.items():
-            if isinstance(result, ColumnProfile):
-                step.profiles.put(name, result)
+        profiles = _profiles(con, step, src, selected, types, exprs, rows)
         duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
     columns = {
         c.name: _column_summary(c, rows, aggregates.get(c.name, []), profiles[c.name])
@@ -113,6 +81,53 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
         "columns": columns,
     }
     return StepOutput(summary=json_safe(summary), artifacts=[])
+
+
+def _profiles(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    selected: list[ColumnInfo],
+    types: dict[str, str],
+    exprs: dict[str, str],
+    rows: int,
+) -> dict[str, Any]:
+    """Per column: a ColumnProfile (numeric, shared with the job's later steps), SortedStats
+    (date, timestamp) or (distinct count, top values); numeric ones a step already made are reused.
+    """
+    profiles: dict[str, Any] = {
+        c.name: profile for c in selected if (profile := step.profiles.get(c.name))
+    }
+    todo = [c for c in selected if c.name not in profiles]
+    small = rows * len(todo) <= SMALL_VALUES
+    if small:  # numeric columns in one query, the others one by one in this thread
+        numeric = [c for c in todo if is_numeric(c)]
+        fetched = fetch_small(con, src, numeric, types)
+        profiles |= {c.name: p for c, p in zip(numeric, fetched, strict=True)}
+        todo = [c for c in todo if not is_numeric(c)]
+    tasks = [
+        fetch_task(src, c, types[c.name])
+        if is_numeric(c)
+        else _sort_task(src, exprs[c.name])
+        if _sorts(c)
+        else _group_task(src, exprs[c.name])
+        for c in todo
+    ]
+    results = map_with_progress(
+        con,
+        tasks,
+        step.report,
+        "profiling columns",
+        workers=1 if small else profile_workers(step, rows),
+        inline=small,
+        start=0.1,
+        end=0.8,
+    )
+    profiles |= {c.name: result for c, result in zip(todo, results, strict=True)}
+    for name, profile in profiles.items():
+        if isinstance(profile, ColumnProfile):
+            step.profiles.put(name, profile)
+    return profiles
 
 
 def _aggregates(
