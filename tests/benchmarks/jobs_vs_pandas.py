@@ -778,14 +778,25 @@ def main() -> None:
         help="skip the pandas baseline (it needs ~0.5 GiB per million rows); floors still run",
     )
     args = parser.parse_args()
-    # SIGTERM unwinds like Ctrl-C, so every started process is stopped by the finally blocks.
+    report = in_scratch(
+        "assay-bench-", lambda scratch: run(args, args.keep_data or scratch / "data", scratch)
+    )
+    write_json(args.json, report)
+
+
+def in_scratch(prefix: str, work: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Run a benchmark in a temporary folder; SIGTERM unwinds like Ctrl-C, so every process
+    it started is stopped by the finally blocks."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix="assay-bench-") as folder:
-        scratch = Path(folder)
-        report = run(args, args.keep_data or scratch / "data", scratch)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        return work(Path(folder))
+
+
+def write_json(path: Path | None, report: dict[str, Any]) -> None:
+    """--json: write the figures."""
+    if path:
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

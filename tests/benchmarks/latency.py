@@ -30,12 +30,9 @@ Separately: `POST -> 202`, the response time of the submit as the client sees it
 import argparse
 import contextlib
 import itertools
-import json
 import os
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -44,7 +41,14 @@ from uuid import uuid4
 
 import httpx
 
-from tests.benchmarks.jobs_vs_pandas import REDIS, dataset_csv, machine, running_stack
+from tests.benchmarks.jobs_vs_pandas import (
+    REDIS,
+    dataset_csv,
+    in_scratch,
+    machine,
+    running_stack,
+    write_json,
+)
 
 TERMINAL = {"completed", "failed", "cancelled"}
 SPANS = [
@@ -241,13 +245,9 @@ def main() -> None:
     parser.add_argument("--stack", choices=["production", "embedded"], default="production")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix=f"assay-latency-{uuid4().hex[:6]}-") as folder:
-        report = run(args, Path(folder))
+    report = in_scratch(f"assay-latency-{uuid4().hex[:6]}-", lambda scratch: run(args, scratch))
     print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":

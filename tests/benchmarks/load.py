@@ -25,10 +25,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,9 +37,11 @@ import psutil
 
 from tests.benchmarks.jobs_vs_pandas import (
     dataset_csv,
+    in_scratch,
     machine,
     running_stack,
     stop_processes,
+    write_json,
 )
 from tests.benchmarks.latency import delete_queue, upload
 
@@ -225,13 +225,9 @@ def main() -> None:
     parser.add_argument("--with-worker", action="store_true", help="keep the worker running")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with tempfile.TemporaryDirectory(prefix=f"assay-load-{uuid4().hex[:6]}-") as folder:
-        report = run(args, Path(folder))
+    report = in_scratch(f"assay-load-{uuid4().hex[:6]}-", lambda scratch: run(args, scratch))
     print_report(report)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":
