@@ -17,14 +17,22 @@ Nulls (and float NaN) are ignored. A column whose scale (std, MAD and MeanAD, or
 is 0 flags nothing, since every score would divide by zero; its summary says so.
 The artifact anomalies.csv lists row_number (1-based data row of the dataset), column,
 value (as stored) and score, ordered by row then by column order.
+
+Centre and scale come from the job's column profiles. Every rule flags the values below
+one bound and above another, so a column's flags are looked for among its profiled
+extremes (the lowest and highest 2% with their rows) when the rule flags neither edge of
+them, and by a scan of the Parquet copy only otherwise. Both give the same rows: the
+same SQL rule is evaluated on the same values.
 """
 
 from typing import Any, Literal
 
 import duckdb
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.records import ColumnInfo
+from services.processors.arrays import to_arrow
 from services.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processors.columns import is_numeric, select_columns, unique_names, value_expr
 from services.processors.duck import (
@@ -36,6 +44,7 @@ from services.processors.duck import (
     parquet_types,
     run_with_progress,
 )
+from services.processors.numeric import ColumnProfile, Extremes
 from services.processors.profiles import numeric_profiles
 
 DEFAULT_THRESHOLDS = {"zscore": 3.0, "modified_zscore": 3.5, "iqr": 1.5}
@@ -80,24 +89,30 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
         types = parquet_types(con, step.parquet_path)
         raw = [value_expr(c.name, types[c.name]) for c in selected]
         exprs = [f"CAST({e} AS DOUBLE)" for e in raw]
-        rows = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]  # from metadata
-        stats = _statistics(con, step, src, selected, types, exprs, params.method, threshold, rows)
-        branches = [
-            _flag_branch(src, i, raw[i], exprs[i], params.method, s, threshold)
-            for i, s in enumerate(stats)
-        ]
-        branches = [b for b in branches if b] or [
+        rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]  # from metadata
+        profiles = numeric_profiles(con, step, src, selected, types, rows, end=0.25)
+        stats = _statistics(
+            con, step, src, selected, profiles, exprs, params.method, threshold, rows
+        )
+        branches, views = _branches(
+            con, src, selected, profiles, stats, raw, exprs, params.method, threshold
+        )
+        branches = branches or [
             "SELECT NULL::BIGINT AS row_number, NULL::INTEGER AS col, NULL::VARCHAR AS value,"
             " NULL::DOUBLE AS score WHERE false"
         ]
-        run_with_progress(
-            con,
-            "CREATE TEMP TABLE flagged AS " + " UNION ALL ".join(branches),
-            step.report,
-            "flagging values",
-            start=0.5,
-            end=0.9,
-        )
+        try:
+            run_with_progress(
+                con,
+                "CREATE TEMP TABLE flagged AS " + " UNION ALL ".join(branches),
+                step.report,
+                "flagging values",
+                start=0.5,
+                end=0.9,
+            )
+        finally:
+            for view in views:
+                con.unregister(view)
         counts = dict(con.execute("SELECT col, count(*) FROM flagged GROUP BY col").fetchall())
         names = "[" + ", ".join(literal(c.name) for c in selected) + "]"
         copy = (
@@ -123,14 +138,13 @@ def _statistics(
     step: StepInput,
     src: str,
     selected: list[ColumnInfo],
-    types: dict[str, str],
+    profiles: dict[str, ColumnProfile],
     exprs: list[str],
     method: str,
     threshold: float,
     rows: int,
 ) -> list[dict[str, Any]]:
     """Per column: non-null count and the centre/scale of the method (a second pass for MAD)."""
-    profiles = numeric_profiles(con, step, src, selected, types, rows, end=0.25)
     stats: list[dict[str, Any]] = []
     for column in selected:
         profile = profiles[column.name]
@@ -181,26 +195,69 @@ def _scale(method: str, s: dict[str, Any]) -> float | None:
     return scale if scale else None
 
 
-def _flag_branch(
-    src: str, index: int, raw: str, x: str, method: str, s: dict[str, Any], threshold: float
-) -> str | None:
-    """SELECT of the flagged values of one column, or None when nothing can be flagged."""
-    if _scale(method, s) is None:
-        return None
+def _branches(
+    con: duckdb.DuckDBPyConnection,
+    src: str,
+    selected: list[ColumnInfo],
+    profiles: dict[str, ColumnProfile],
+    stats: list[dict[str, Any]],
+    raw: list[str],
+    exprs: list[str],
+    method: str,
+    threshold: float,
+) -> tuple[list[str], list[str]]:
+    """A SELECT of each column's flagged values, and the views of extremes it registered.
+
+    A column's flags come from its profiled extremes (a few percent of its rows, in memory)
+    when the rule flags neither edge of them, and from a scan of the Parquet copy otherwise.
+    """
+    branches: list[str] = []
+    views: list[str] = []
+    for i, (column, s) in enumerate(zip(selected, stats, strict=True)):
+        if _scale(method, s) is None:
+            continue  # nothing can be flagged
+        where, score = _rule(exprs[i], method, s, threshold)
+        source = src
+        extremes = profiles[column.name].extremes
+        if extremes is not None:
+            view = f"anomaly_candidates_{i}"
+            con.register(view, _candidates(column.name, extremes))
+            views.append(view)
+            if _holds_every_flag(con, view, raw[i], extremes, where):
+                source = view
+        branches.append(
+            f"SELECT file_row_number + 1 AS row_number, {i} AS col,"
+            f" CAST({raw[i]} AS VARCHAR) AS value, {score} AS score FROM {source} WHERE {where}"
+        )
+    return branches, views
+
+
+def _rule(x: str, method: str, s: dict[str, Any], threshold: float) -> tuple[str, str]:
+    """(WHERE condition, score) of the flagged values of a column with a non-zero scale."""
     if method == "iqr":
         lower, upper, iqr = literal(s["lower"]), literal(s["upper"]), literal(s["iqr"])
         score = f"CASE WHEN {x} < {lower} THEN ({x} - {lower}) ELSE ({x} - {upper}) END / {iqr}"
-        where = f"{x} < {lower} OR {x} > {upper}"
+        return f"{x} < {lower} OR {x} > {upper}", score
+    if method == "zscore":
+        score = f"({x} - {literal(s['mean'])}) / {literal(s['std'])}"
+    elif s["mad"]:
+        score = f"{literal(0.6745)} * ({x} - {literal(s['median'])}) / {literal(s['mad'])}"
     else:
-        if method == "zscore":
-            score = f"({x} - {literal(s['mean'])}) / {literal(s['std'])}"
-        elif s["mad"]:
-            score = f"{literal(0.6745)} * ({x} - {literal(s['median'])}) / {literal(s['mad'])}"
-        else:
-            scale = f"({literal(1.253314)} * {literal(s['meanad'])})"
-            score = f"({x} - {literal(s['median'])}) / {scale}"
-        where = f"abs({score}) > {literal(threshold)}"
-    return (
-        f"SELECT file_row_number + 1 AS row_number, {index} AS col,"
-        f" CAST({raw} AS VARCHAR) AS value, {score} AS score FROM {src} WHERE {where}"
-    )
+        scale = f"({literal(1.253314)} * {literal(s['meanad'])})"
+        score = f"({x} - {literal(s['median'])}) / {scale}"
+    return f"abs({score}) > {literal(threshold)}", score
+
+
+def _candidates(name: str, extremes: Extremes) -> pa.Table:
+    """The extremes as a table shaped like the Parquet source: file_row_number and the column."""
+    columns = [to_arrow(extremes.positions), to_arrow(extremes.values)]
+    return pa.Table.from_arrays(columns, names=["file_row_number", name])
+
+
+def _holds_every_flag(
+    con: duckdb.DuckDBPyConnection, view: str, raw: str, extremes: Extremes, where: str
+) -> bool:
+    """Whether the extremes hold every flagged value: the rule flags neither edge value."""
+    edges = f"{raw} IN ({literal(extremes.low)}, {literal(extremes.high)})"
+    sql = f"SELECT count(*) FROM {view} WHERE ({edges}) AND ({where})"
+    return con.execute(sql).fetchall() == [(0,)]

@@ -92,6 +92,7 @@ PANDAS_STEPS = ["pandas-metrics", "pandas-zscore", "pandas-iqr", "pandas-normali
 TERMINAL = {"completed", "failed", "cancelled"}
 POLL_S = 0.05
 SAMPLE_S = 0.05
+PSS_EVERY = 20  # samples: PSS once a second (see _memory)
 PHASE_TIMEOUT_S = 3 * 3600
 MIB = 1024 * 1024
 POSTGRES = ("127.0.0.1", 5432)
@@ -165,13 +166,21 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _memory(processes: list[psutil.Process]) -> dict[int, tuple[int, int]]:
-    """RSS and PSS (shared pages split between the processes sharing them) per pid."""
+def _memory(processes: list[psutil.Process], with_pss: bool) -> dict[int, tuple[int, int]]:
+    """RSS and, `with_pss`, PSS (shared pages split between their sharers) per pid (else 0).
+
+    RSS comes from /proc/PID/statm, a few counters. PSS needs /proc/PID/smaps, a walk of
+    every page of the process under its memory-map lock: read 20 times a second, it took
+    CPU from the measured processes and stalled their allocations.
+    """
     sizes = {}
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            info = process.memory_full_info()
-            sizes[process.pid] = (info.rss, info.pss)
+            if with_pss:
+                info = process.memory_full_info()
+                sizes[process.pid] = (info.rss, info.pss)
+            else:
+                sizes[process.pid] = (process.memory_info().rss, 0)
     return sizes
 
 
@@ -185,7 +194,7 @@ Groups = Callable[[], dict[str, list[psutil.Process]]]
 
 
 class PeakMemory:
-    """Peak summed RSS and PSS of named process groups, sampled every 50 ms in a thread.
+    """Peak summed RSS (every 50 ms) and PSS (every second) of named process groups.
 
     `total` is the sum of the groups in one sample; `first_rss` is the first sample (idle);
     `per_process` the peak RSS of each process seen.
@@ -203,11 +212,14 @@ class PeakMemory:
         # the machine inflates far less than wall time.
         self.cpu_start: dict[tuple[str, int], float] = {}
         self.cpu_last: dict[tuple[str, int], float] = {}
+        self._samples = 0
 
     def sample(self) -> None:
         sizes: dict[str, tuple[int, int]] = {}
+        with_pss = self._samples % PSS_EVERY == 0
+        self._samples += 1
         for name, processes in self._groups().items():
-            each = _memory(processes)
+            each = _memory(processes, with_pss)
             for pid, (rss, _) in each.items():
                 key = (name, pid)
                 self.per_process[key] = max(self.per_process.get(key, 0), rss)
@@ -689,37 +701,63 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
         console.print(line)
 
 
+ROUND_PHASES = ("floor-ingest", "ingest", "floor-job", "job")
+FLOOR_INGEST = "floor: DuckDB CSV -> Parquet"
+FLOOR_JOB = "floor: DuckDB Parquet -> CSV"
+
+
+def median_phase(runs: list[Phase]) -> Phase:
+    """The run of median wall time, with the highest peak memory of all runs and every time."""
+    chosen = sorted(runs, key=lambda phase: phase.seconds)[(len(runs) - 1) // 2]
+    if len(runs) == 1:
+        return chosen
+    peak = {key: max(run.peak_rss.get(key, 0) for run in runs) for key in chosen.peak_rss}
+    detail = chosen.detail | {"round_seconds": [round(run.seconds, 4) for run in runs]}
+    return Phase(chosen.name, chosen.seconds, chosen.rows, peak, detail)
+
+
 def run(args: argparse.Namespace, data_dir: Path, scratch: Path) -> dict[str, Any]:
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     csv = dataset_csv(data_dir, args.rows)
     rows, csv_bytes = args.rows, csv.stat().st_size
     phases: dict[str, Phase] = {}
 
-    print("floor: DuckDB CSV -> Parquet")
-    parquet = scratch / "floor.parquet"
-    phases["floor-ingest"] = run_baseline_step(
-        "duckdb-csv-to-parquet", csv, parquet, rows, "floor: DuckDB CSV -> Parquet"
-    )
-    print("floor: DuckDB Parquet -> CSV")
-    floor_csv = scratch / "floor.csv"
-    phases["floor-job"] = run_baseline_step(
-        "duckdb-parquet-to-csv", parquet, floor_csv, rows, "floor: DuckDB Parquet -> CSV"
-    )
-    floor_csv.unlink()
-
     print(f"Assay ({args.stack}): starting")
     workdir = scratch / "assay"
     workdir.mkdir()
+    rounds: dict[str, list[Phase]] = {key: [] for key in ROUND_PHASES}
+    timelines: list[list[dict[str, Any]]] = []
+    parquet, floor_csv = scratch / "floor.parquet", scratch / "floor.csv"
     with (
         running_stack(args.stack, workdir, max(5 * 2**30, 2 * csv_bytes)) as running,
         running.stack.client() as client,
     ):
-        print("Assay: ingest")
-        phases["ingest"] = measure_ingest(running, client, csv, rows)
-        print("Assay: job")
-        phases["job"], timeline = measure_job(
-            running, client, phases["ingest"].detail["dataset_id"], rows
-        )
+        # Each round runs a floor right before the Assay phase it is compared with, so a
+        # change in the machine's speed during the run weighs on both alike.
+        for n in range(1, args.repeat + 1):
+            tag = f" (round {n} of {args.repeat})" if args.repeat > 1 else ""
+            print(f"{FLOOR_INGEST}{tag}")
+            rounds["floor-ingest"].append(
+                run_baseline_step("duckdb-csv-to-parquet", csv, parquet, rows, FLOOR_INGEST)
+            )
+            print(f"Assay: ingest{tag}")
+            rounds["ingest"].append(measure_ingest(running, client, csv, rows))
+            print(f"{FLOOR_JOB}{tag}")
+            rounds["floor-job"].append(
+                run_baseline_step("duckdb-parquet-to-csv", parquet, floor_csv, rows, FLOOR_JOB)
+            )
+            floor_csv.unlink()
+            print(f"Assay: job{tag}")
+            dataset_id = rounds["ingest"][-1].detail["dataset_id"]
+            job, job_timeline_ = measure_job(running, client, dataset_id, rows)
+            rounds["job"].append(job)
+            timelines.append(job_timeline_)
+            if n < args.repeat:
+                client.delete(f"/api/v1/datasets/{dataset_id}")  # one round's files on disk
+    for key, runs in rounds.items():
+        phases[key] = median_phase(runs)
+    seconds = [phase.seconds for phase in rounds["job"]]
+    timeline = timelines[seconds.index(phases["job"].seconds)]
 
     for step in [] if args.no_pandas else PANDAS_STEPS:
         print(f"pandas: {step}")
@@ -776,6 +814,12 @@ def main() -> None:
         "--no-pandas",
         action="store_true",
         help="skip the pandas baseline (it needs ~0.5 GiB per million rows); floors still run",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of floor and Assay phases, alternated; the median of each is reported",
     )
     args = parser.parse_args()
     report = in_scratch(

@@ -196,3 +196,45 @@ def test_steps_of_a_job_share_column_profiles(
     second = anomalies.run(make_step(profiles=profiles), anomalies.AnomaliesParams(method="iqr"))
     assert second.summary == alone["iqr"]
     assert fetched == []  # every column came from the first step's profiles
+
+
+def _flag_sources(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record, per column with extremes, whether its flags were taken from them."""
+    outcomes: list[bool] = []
+    real = anomalies._holds_every_flag
+
+    def spy(*args: Any) -> bool:
+        outcomes.append(real(*args))
+        return outcomes[-1]
+
+    monkeypatch.setattr(anomalies, "_holds_every_flag", spy)
+    return outcomes
+
+
+@pytest.mark.parametrize("method", ["zscore", "modified_zscore", "iqr"])
+@pytest.mark.parametrize("extremes", ["enough", "too few"])
+def test_flags_from_the_profiled_extremes_equal_a_full_scan(
+    make_step: StepFactory,
+    dataset: tuple[Path, list[ColumnInfo]],
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    extremes: str,
+) -> None:
+    from services.processors import numeric
+
+    monkeypatch.setattr(profiles_module, "SMALL_VALUES", 0)  # profiles keep the extremes
+    if extremes == "too few":  # only min and max kept: the rule flags one, so columns are scanned
+        monkeypatch.setattr(numeric, "EXTREME_MIN", 1)
+        monkeypatch.setattr(numeric, "EXTREME_MAX", 1)
+    outcomes = _flag_sources(monkeypatch)
+    k = anomalies.DEFAULT_THRESHOLDS[method]
+    _, want_rows = expected(pd.read_parquet(dataset[0]), method, k)
+    result = anomalies.run(make_step(), anomalies.AnomaliesParams(method=method))  # type: ignore[arg-type]
+
+    got_rows = read_artifact(result.artifacts[0].path)
+    assert [(r, c, v) for r, c, v, _ in got_rows] == [(r, c, v) for r, c, v, _ in want_rows]
+    assert outcomes  # every numeric column here is DOUBLE or BIGINT
+    if extremes == "enough":
+        assert all(outcomes)
+    else:
+        assert not all(outcomes)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from services.processors.numeric import ProfileCache, profile_values
+from services.processors.numeric import ProfileCache, find_extremes, profile_values
 from services.processors.profiles import profile_workers
 from tests.unit.processors.conftest import StepFactory
 
@@ -42,3 +42,29 @@ def test_cache_drops_long_lists_of_repeated_values() -> None:
     few, many = cache.get("few"), cache.get("many")
     assert few is not None and few.stats.dup_keys is not None
     assert many is not None and many.stats.dup_keys is None and many.stats.dup_rows == 200_002
+
+
+def test_extremes_hold_both_ends_of_a_column_with_their_rows() -> None:
+    rng = np.random.default_rng(5)
+    column = rng.normal(0.0, 1.0, 10_000)
+    column[[3, 50]] = np.nan
+    valid = ~np.isnan(column)
+    ordered = np.sort(column[valid])
+    extremes = find_extremes(column, valid, ordered)
+    assert extremes is not None
+    keep = 200  # 2% of 9,998 values, rounded up
+    assert (extremes.low, extremes.high) == (ordered[keep - 1], ordered[-keep])
+    want = np.flatnonzero(valid & ((column <= extremes.low) | (column >= extremes.high)))
+    assert extremes.positions.tolist() == want.tolist() and len(want) == 2 * keep
+    assert extremes.values.tolist() == column[want].tolist()
+
+
+def test_no_extremes_for_few_values_or_long_ties() -> None:
+    few = np.arange(100, dtype=float)
+    assert find_extremes(few, None, few.copy()) is None
+    ties = np.concatenate([np.zeros(9_000), np.arange(1_000, dtype=float)])
+    assert find_extremes(ties, None, np.sort(ties)) is None
+    nulls = np.array([True] * 5_000 + [False] * 5_000)
+    integers = np.arange(10_000, dtype=np.int64)
+    extremes = find_extremes(integers, nulls, integers[:5_000].copy())
+    assert extremes is not None and extremes.positions.max() < 5_000
