@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,6 +25,7 @@ from services.celery_queue import CeleryTaskQueue
 from services.storage.local import LocalObjectStorage
 from services.wakeups.polling import PollingJobWakeups
 from services.wakeups.postgres import PostgresJobWakeups
+from services.wakeups.sqlite_file import SqliteFileWakeups
 from workers.celery_app import AssayCelery, make_celery
 from workers.reaper import start_reaper_thread, sweep_scratch
 
@@ -77,7 +79,8 @@ def prepare_storage(context: Context) -> None:
 
 
 def make_job_wakeups(settings: Settings) -> JobWakeups:
-    """How job streams learn of new events: LISTEN/NOTIFY on PostgreSQL, else a short poll.
+    """How job streams learn of new events: LISTEN/NOTIFY on PostgreSQL, changes of the file
+    on SQLite, else (an in-memory database) a short poll.
 
     Not connected here: the PostgreSQL listener connects in the API's event loop when the app
     starts (or the first stream subscribes).
@@ -86,6 +89,8 @@ def make_job_wakeups(settings: Settings) -> JobWakeups:
     if url.get_backend_name() == "postgresql":
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         return PostgresJobWakeups(conninfo, JOB_EVENTS_CHANNEL)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return SqliteFileWakeups(Path(url.database))
     return PollingJobWakeups()
 
 

@@ -20,6 +20,7 @@ from fastapi import Request
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget, ValueTarget
 
+from services.storage.writeback import Writeback
 from use_cases.datasets import ReceivedFile
 from use_cases.errors import InvalidInput, PayloadTooLarge
 
@@ -39,6 +40,8 @@ class _SpoolTarget(BaseTarget):
         self.seen = False
         self.finished = False
         self._file = open(path, "wb")  # noqa: SIM115 - closed in on_finish / close
+        # Storing the spooled file fsyncs it; its write-back starts as it arrives instead.
+        self._writeback = Writeback(self._file.fileno())
 
     def on_start(self) -> None:
         self.seen = True
@@ -52,6 +55,7 @@ class _SpoolTarget(BaseTarget):
             )
         self.sha256.update(chunk)
         self._file.write(chunk)
+        self._writeback.wrote(len(chunk))  # bytes still in the file's buffer wait for the fsync
 
     def on_finish(self) -> None:
         self.finished = True

@@ -5,6 +5,7 @@ the inserting transaction, then GET /jobs/{id}/stream over both backends.
 """
 
 import asyncio
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from schemas.records import DEFAULT_OWNER, JobEvent, JobStatus
 from schemas.settings import Settings
 from services.wakeups.polling import PollingJobWakeups
 from services.wakeups.postgres import PostgresJobWakeups
+from services.wakeups.sqlite_file import SqliteFileWakeups
 from tests.fakes import FakeQueue, FakeStorage
 from tests.fixtures.databases import postgres_dsn
 from tests.integration.test_job_repositories_contract import add_dataset, add_job
@@ -179,10 +181,39 @@ def read_stream(client: TestClient, job_id: UUID, last_event_id: str | None = No
     return [dict(line.split(": ", 1) for line in block.splitlines()) for block in blocks]
 
 
-def test_sqlite_streams_poll_at_a_short_fixed_interval():
-    wakeups = make_job_wakeups(Settings(database_url="sqlite:///unused.db"))
+def test_sqlite_streams_watch_the_file_and_an_in_memory_database_polls():
+    assert isinstance(make_job_wakeups(Settings(database_url="sqlite:///x.db")), SqliteFileWakeups)
+    wakeups = make_job_wakeups(Settings(database_url="sqlite://"))
     assert isinstance(wakeups, PollingJobWakeups)
     assert wakeups.poll_interval_s <= 0.05
+
+
+def test_a_commit_to_the_sqlite_file_wakes_a_waiter_and_silence_does_not(
+    sqlite_migrated_template, tmp_path
+):
+    path = tmp_path / "assay.db"
+    shutil.copyfile(sqlite_migrated_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    new_uow = lambda: SqlUnitOfWork(make_session_factory(engine))  # noqa: E731
+    job_id = queued_job(new_uow)
+    wakeups = SqliteFileWakeups(path, poll_interval_s=SLOW_POLL_S)
+
+    async def scenario() -> tuple[bool, bool, float]:
+        async with wakeups.subscribe(job_id) as subscription:
+            quiet = await subscription.wait(0.2)
+            timer = threading.Timer(0.1, add_event, (new_uow, job_id, "progress"))
+            started = time.perf_counter()
+            timer.start()
+            woken = await subscription.wait(SLOW_POLL_S)
+            timer.join()
+            return quiet, woken, time.perf_counter() - started
+
+    try:
+        quiet, woken, waited = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    assert not quiet and woken
+    assert waited < 0.5, f"woken {waited:.3f} s after the wait began (commit at 0.1 s)"
 
 
 def test_a_stream_gets_a_new_event_well_under_the_slow_poll(
