@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     queue_name: str = "assay"
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0)
     worker_concurrency: int = Field(default=2, ge=1)
-    # Memory of one worker process running a job: half DuckDB's, half numpy columns'.
+    # Memory of one worker process running a job: 3/8 DuckDB's, half numpy columns'.
     worker_memory_budget_mb: int = Field(default=1024, ge=128)
     task_soft_time_limit_s: int = Field(default=3600, gt=0)
     task_hard_time_limit_s: int = Field(default=3660, gt=0)

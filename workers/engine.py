@@ -32,8 +32,9 @@ def engine_limits(settings: Settings) -> "EngineLimits":
     return EngineLimits(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_attempts=settings.job_max_attempts,
-        # Half for DuckDB, half for numpy columns: a step profiles columns (numpy holds them,
-        # DuckDB only scans) or writes its output (DuckDB buffers), not both at once.
-        memory_limit=f"{settings.worker_memory_budget_mb // 2}MiB",
+        # 3/8 for DuckDB, half for numpy columns: a step profiles columns (numpy holds them,
+        # DuckDB only scans) or writes its output (DuckDB buffers), not both at once. An
+        # ordered CSV COPY fills what DuckDB is given: 384 MiB writes 780 MB as fast as 1 GB.
+        memory_limit=f"{settings.worker_memory_budget_mb * 3 // 8}MiB",
         batch_memory_bytes=settings.worker_memory_budget_mb * 1024**2 // 2,
     )

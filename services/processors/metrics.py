@@ -106,7 +106,7 @@ def _profiles(
         profiles |= {c.name: p for c, p in zip(numeric, fetched, strict=True)}
         todo = [c for c in todo if not is_numeric(c)]
     tasks = [
-        fetch_task(src, c, types[c.name], rows)
+        fetch_task(step.parquet_path, c, types[c.name], rows)
         if is_numeric(c)
         else _sort_task(src, exprs[c.name])
         if _sorts(c)

@@ -166,7 +166,8 @@ def profile_values(values: np.ndarray) -> ColumnProfile:
         mean = float(values.sum(dtype=np.float64)) / n
         m2 = 0.0
         for begin in range(0, n, VARIANCE_BLOCK):
-            block = values[begin : begin + VARIANCE_BLOCK].astype(np.float64) - mean
+            # One temporary per block: the values are cast to float64 by the subtraction.
+            block = np.subtract(values[begin : begin + VARIANCE_BLOCK], mean, dtype=np.float64)
             m2 += float(np.dot(block, block))
     return ColumnProfile(sorted_stats(values, numeric=True), mean, m2)
 

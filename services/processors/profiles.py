@@ -11,6 +11,7 @@ median fill or min-max scaling).
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -19,7 +20,7 @@ from schemas.records import ColumnInfo
 from services.processors.arrays import read_numbers
 from services.processors.base import StepInput
 from services.processors.columns import quote, value_expr
-from services.processors.duck import map_with_progress
+from services.processors.duck import map_with_progress, parquet_source
 from services.processors.numeric import ColumnProfile, find_extremes, profile_values
 
 SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
@@ -56,7 +57,7 @@ def _non_null(values: np.ndarray) -> np.ndarray:
 
 
 def fetch_task(
-    src: str, column: ColumnInfo, duck_type: str, rows: int
+    parquet: Path, column: ColumnInfo, duck_type: str, rows: int
 ) -> Callable[..., ColumnProfile]:
     """A map_with_progress task: fetch the column in file order, profile its non-null values
     and keep its extremes with their row numbers (for the outlier rules of anomalies)."""
@@ -65,9 +66,9 @@ def fetch_task(
     expr = name if duck_type == cast else f"CAST({name} AS {cast})"
     # Extremes serve anomalies only where the fetched value prints as the stored one.
     keeps_extremes = duck_type in SMALL_INTEGERS or duck_type == "DOUBLE"
-    # Arrow batches are about twice as fast as fetchnumpy; every row is fetched, so a value's
+    # Every row is fetched, in Arrow batches (twice as fast as fetchnumpy), so a value's
     # position is its row number.
-    sql = f"SELECT {expr} FROM {src}"
+    sql = f"SELECT {expr} FROM {parquet_source(parquet)}"
 
     def task(cursor: duckdb.DuckDBPyConnection) -> ColumnProfile:
         full, valid = read_numbers(cursor.sql(sql).to_arrow_reader(BATCH_ROWS), rows)
@@ -104,7 +105,7 @@ def numeric_profiles(
     else:
         computed = map_with_progress(
             con,
-            [fetch_task(src, c, types[c.name], rows) for c in missing],
+            [fetch_task(step.parquet_path, c, types[c.name], rows) for c in missing],
             step.report,
             "profiling columns",
             workers=profile_workers(step, rows),

@@ -578,9 +578,10 @@ def run_baseline_step(step: str, source: Path, output: Path, rows: int, name: st
         stderr=subprocess.PIPE,
     )
     try:
-        started = time.perf_counter()
+        started, busy_started = time.perf_counter(), _machine_busy_seconds()
         out, err = process.communicate(timeout=PHASE_TIMEOUT_S)
         process_seconds = time.perf_counter() - started
+        machine_busy = _machine_busy_seconds() - busy_started
     finally:
         if process.poll() is None:
             stop_processes([process], timeout=5)
@@ -590,6 +591,7 @@ def run_baseline_step(step: str, source: Path, output: Path, rows: int, name: st
     detail = dict(report["detail"])
     detail["process_seconds"] = round(process_seconds, 4)  # with start-up and imports
     detail["cpu_seconds"] = {"process": round(report["cpu_seconds"], 3)}
+    detail["machine_busy_cpu_seconds"] = round(machine_busy, 3)  # with start-up and imports
     if report["read_seconds"]:
         detail["read_csv_seconds"] = round(report["read_seconds"], 4)
     return Phase(name, report["seconds"], rows, {"process": report["peak_rss"]}, detail)

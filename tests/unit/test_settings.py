@@ -20,3 +20,13 @@ def test_nothing_set_means_sqlite_and_the_filesystem_broker_in_the_data_folder(t
     assert settings.resolved_broker_url == "filesystem://"
     assert settings.storage_backend == "local"
     assert settings.objects_dir.is_relative_to(tmp_path.resolve())
+
+
+def test_the_worker_memory_budget_is_split_between_duckdb_and_numpy_columns():
+    from services.processors.duck import parse_size
+    from workers.engine import engine_limits
+
+    limits = engine_limits(Settings(_env_file=None, worker_memory_budget_mb=1024))
+    assert (limits.memory_limit, limits.batch_memory_bytes) == ("384MiB", 512 * 1024**2)
+    smaller = engine_limits(Settings(_env_file=None, worker_memory_budget_mb=256))
+    assert parse_size(smaller.memory_limit) + smaller.batch_memory_bytes <= 256 * 1024**2

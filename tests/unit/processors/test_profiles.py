@@ -1,11 +1,18 @@
 """Column profiles: numpy's figures, and how many columns are held at once."""
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
 import pytest
 
+from schemas.records import ColumnInfo, DatasetFormat
+from services.processors import profiles as profiles_module
+from services.processors.base import StepInput
+from services.processors.duck import connect, parquet_source, parquet_types
 from services.processors.numeric import ProfileCache, find_extremes, profile_values
 from services.processors.profiles import profile_workers
-from tests.unit.processors.conftest import StepFactory
+from tests.unit.processors.conftest import StepFactory, write_parquet
 
 MIB = 1024**2
 
@@ -68,3 +75,55 @@ def test_no_extremes_for_few_values_or_long_ties() -> None:
     integers = np.arange(10_000, dtype=np.int64)
     extremes = find_extremes(integers, nulls, integers[:5_000].copy())
     assert extremes is not None and extremes.positions.max() < 5_000
+
+
+def test_columns_of_every_width_profile_like_numpy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Narrower types are fetched through DuckDB's casts to BIGINT and DOUBLE."""
+    monkeypatch.setattr(profiles_module, "SMALL_VALUES", 0)  # a fetch task per column
+    rng = np.random.default_rng(11)
+    ints = rng.integers(-1000, 1000, 5000)
+    floats = np.round(rng.normal(0.0, 10.0, 5000), 2)
+    floats[[3, 9]] = np.nan
+    nulls = rng.random(5000) < 0.05
+    table = pa.table(
+        {
+            "i32": pa.array(ints.astype(np.int32), mask=nulls),
+            "i64": pa.array(ints, mask=nulls),
+            "f32": pa.array(floats.astype(np.float32), mask=nulls),
+            "f64": pa.array(floats, mask=nulls),
+        }
+    )
+    path = write_parquet(table, tmp_path / "widths.parquet")
+    columns = [
+        ColumnInfo(name=f.name, type="integer" if f.name[0] == "i" else "float", null_count=0)
+        for f in table.schema
+    ]
+    step = StepInput(
+        parquet_path=path,
+        columns=columns,
+        dataset_format=DatasetFormat.parquet,
+        output_dir=tmp_path,
+        artifact_suffix="",
+        report=lambda fraction, message: None,
+        threads=2,
+    )
+    with connect(step) as con:
+        types = parquet_types(con, path)
+        got = profiles_module.numeric_profiles(
+            con, step, parquet_source(path), columns, types, len(ints)
+        )
+    for name in ("i32", "i64", "f32", "f64"):
+        values = table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+        values = values[~np.isnan(values)]
+        profile = got[name]
+        assert profile.count == len(values), name
+        assert profile.mean == pytest.approx(values.mean(), rel=1e-12), name
+        assert [profile.quantile(q) for q in (0.25, 0.5, 0.75)] == np.quantile(
+            values, [0.25, 0.5, 0.75]
+        ).tolist(), name
+        assert profile.stats.distinct == len(np.unique(values)), name
+    assert got["i32"].extremes is not None and got["i64"].extremes is not None
+    assert got["f64"].extremes is not None
+    assert got["f32"].extremes is None  # a FLOAT prints differently once fetched as DOUBLE
