@@ -165,13 +165,21 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _memory(processes: list[psutil.Process]) -> dict[int, tuple[int, int]]:
-    """RSS and PSS (shared pages split between the processes sharing them) per pid."""
+def _memory(processes: list[psutil.Process], with_pss: bool) -> dict[int, tuple[int, int]]:
+    """RSS and, `with_pss`, PSS (shared pages split between their sharers; else 0) per pid.
+
+    RSS is a few counters (/proc/PID/statm). PSS walks every page of the process under its
+    memory-map lock (/proc/PID/smaps): sampled every 0.5 s it still made normalize ~1 s
+    slower, so it is measured only with --pss.
+    """
     sizes = {}
     for process in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            info = process.memory_full_info()
-            sizes[process.pid] = (info.rss, info.pss)
+            if with_pss:
+                info = process.memory_full_info()
+                sizes[process.pid] = (info.rss, info.pss)
+            else:
+                sizes[process.pid] = (process.memory_info().rss, 0)
     return sizes
 
 
@@ -214,14 +222,13 @@ class PeakMemory:
 
     A process's peak RSS is the kernel's own (VmHWM, reset when the phase starts), as
     ru_maxrss is for the floor and pandas processes; a group's is the sum of its processes'
-    peaks (at most the true peak of their sum). A thread samples RSS and PSS every
-    SAMPLE_S for processes whose VmHWM cannot be read: PSS walks every page of a process
-    under its memory-map lock, and 20 samples a second slowed the measured processes.
+    peaks (at most the true peak of their sum). A thread samples RSS every SAMPLE_S, for
+    processes whose VmHWM cannot be read, and PSS only when asked (see _memory).
     `first_rss` is the first sample (idle).
     """
 
-    def __init__(self, groups: Groups) -> None:
-        self._groups = groups
+    def __init__(self, groups: Groups, with_pss: bool = False) -> None:
+        self._groups, self._with_pss = groups, with_pss
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.peak_rss: dict[str, int] = {}
@@ -236,7 +243,7 @@ class PeakMemory:
     def sample(self) -> None:
         sizes: dict[str, tuple[int, int]] = {}
         for name, processes in self._groups().items():
-            each = _memory(processes)
+            each = _memory(processes, self._with_pss)
             for pid, (rss, _) in each.items():
                 key = (name, pid)
                 if key not in self.per_process:
@@ -323,6 +330,7 @@ class RunningStack:
     stack: Stack
     api_pid: int
     worker_pid: int | None  # None: the worker is a child of `assay serve` (embedded)
+    with_pss: bool = False  # also sample PSS during phases (--pss; it slows the processes)
 
     def groups(self) -> dict[str, list[psutil.Process]]:
         """The API's and the worker's process trees (the embedded worker is serve's child)."""
@@ -442,7 +450,7 @@ def multipart_file(path: Path, boundary: str) -> Iterator[bytes]:
 def measure_ingest(running: RunningStack, client: httpx.Client, csv: Path, rows: int) -> Phase:
     """POST the file (streamed from disk) until the dataset is `ready`."""
     boundary = f"assay-benchmark-{uuid4().hex}"
-    with PeakMemory(running.groups) as memory:
+    with PeakMemory(running.groups, running.with_pss) as memory:
         started = time.perf_counter()
         response = client.post(
             "/api/v1/datasets",
@@ -499,7 +507,7 @@ def measure_job(
     running: RunningStack, client: httpx.Client, dataset_id: str, rows: int
 ) -> tuple[Phase, list[dict[str, Any]]]:
     """POST /jobs until the SSE stream sends `completed`; then the timeline from its events."""
-    with PeakMemory(running.groups) as memory:
+    with PeakMemory(running.groups, running.with_pss) as memory:
         started = time.perf_counter()
         submitted_at = time.time()
         created = client.post("/api/v1/jobs", json={"dataset_id": dataset_id, "steps": JOB_STEPS})
@@ -654,17 +662,29 @@ def ratios(phases: dict[str, Phase]) -> dict[str, dict[str, Any]]:
             "meaning": f"CPU seconds of Assay's API and worker in the {key} / of its floor"
             " (informative; less sensitive to other load than wall time)",
         }
+    for key in ("job", "ingest"):
+        rounds = phases[key].detail.get("round_seconds")
+        floors = phases[f"floor-{key}"].detail.get("round_seconds")
+        if rounds and floors:
+            paired = sorted(a / f for a, f in zip(rounds, floors, strict=True))
+            out[f"{key}_vs_floor_per_round"] = {
+                "value": round(paired[(len(paired) - 1) // 2], 3),
+                "rounds": [round(r, 3) for r in paired],
+                "meaning": f"median over the rounds of Assay {key} / the floor run just"
+                " before it (informative)",
+            }
     if not with_pandas:
         return out
     out["job_rss_api_and_worker_vs_pandas"] = {
         "value": round(job.peak_rss["total"] / pandas_rss, 3),
         "meaning": "Assay API + worker peak RSS in the job / pandas peak RSS (informative)",
     }
-    out["job_pss_vs_pandas"] = {
-        "value": round(job.detail["peak_pss_bytes"]["worker"] / pandas_rss, 3),
-        "meaning": "Assay worker peak PSS (shared pages counted once) / pandas peak RSS"
-        " (informative)",
-    }
+    if job.detail["peak_pss_bytes"].get("worker"):  # sampled with --pss only
+        out["job_pss_vs_pandas"] = {
+            "value": round(job.detail["peak_pss_bytes"]["worker"] / pandas_rss, 3),
+            "meaning": "Assay worker peak PSS (shared pages counted once) / pandas peak RSS"
+            " (informative)",
+        }
     out["pandas_total_seconds"] = {"value": round(pandas_seconds, 3)}
     out["pandas_peak_rss_bytes"] = {"value": pandas_rss}
     return out
@@ -707,7 +727,7 @@ def print_report(report: dict[str, Any], phases: list[Phase]) -> None:
             _mib(rss.get("process", rss.get("total"))),
             _mib(rss.get("api")),
             _mib(rss.get("worker")),
-            _mib(phase.detail.get("peak_pss_bytes", {}).get("worker")),
+            _mib(phase.detail.get("peak_pss_bytes", {}).get("worker") or None),
         )
     console.print(table)
     targets = Table(title="Ratios against the performance targets")
@@ -762,6 +782,7 @@ def run(args: argparse.Namespace, data_dir: Path, scratch: Path) -> dict[str, An
         running_stack(args.stack, workdir, max(5 * 2**30, 2 * csv_bytes)) as running,
         running.stack.client() as client,
     ):
+        running.with_pss = args.pss
         # Each round runs a floor right before the Assay phase it is compared with, so a
         # change in the machine's speed during the run weighs on both alike.
         for n in range(1, args.repeat + 1):
@@ -844,6 +865,11 @@ def main() -> None:
         "--no-pandas",
         action="store_true",
         help="skip the pandas baseline (it needs ~0.5 GiB per million rows); floors still run",
+    )
+    parser.add_argument(
+        "--pss",
+        action="store_true",
+        help="also sample the worker's PSS every 0.5 s (walks its pages: slows it down)",
     )
     parser.add_argument(
         "--repeat",
