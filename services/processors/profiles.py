@@ -1,8 +1,9 @@
 """Exact statistics of numeric columns, computed once per job and shared by its steps.
 
-A column's profile comes from one fetch of its non-null values into numpy: the mean and
-variance first, in file order and in two passes as pandas computes them, then one sort
-for the minimum, maximum, quartiles, distinct count and histogram (numeric.SortedStats).
+A column's profile comes from one fetch of every row into numpy, in file order: the mean
+and variance of the non-null values first, in two passes as pandas computes them, then one
+sort for the minimum, maximum, quartiles, distinct count and histogram (numeric.SortedStats),
+and last the extremes (numeric.Extremes: the lowest and highest values with their rows).
 Every step of a job reads the same Parquet copy, so a column profiled by one step
 (metrics, say) is not read again by the next (anomalies' z-score or IQR, normalize's
 median fill or min-max scaling).
