@@ -89,8 +89,11 @@ def make_job_wakeups(settings: Settings) -> JobWakeups:
     if url.get_backend_name() == "postgresql":
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         return PostgresJobWakeups(conninfo, JOB_EVENTS_CHANNEL)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return SqliteFileWakeups(Path(url.database))
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+        if database.startswith("file:"):  # a URI filename: no plain path to watch
+            return PollingJobWakeups()
+        return SqliteFileWakeups(Path(database))
     return PollingJobWakeups()
 
 

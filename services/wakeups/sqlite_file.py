@@ -6,7 +6,10 @@ and a checkpoint rewrites the database file; so a stream that stats both every T
 learns of a commit about as soon as a query would, for a few microseconds instead of two
 queries per tick (polling by query took ~10% of a core per open stream). A change the
 stat misses (two commits within one tick of the file clock, same size) waits for the
-re-read every POLL_INTERVAL_S: it delays an event, never loses it.
+re-read every POLL_INTERVAL_S: it delays an event, never loses it. SQLite appends a commit's
+frames to the WAL before it publishes the commit, so a stat can see the change a moment
+before a read can see the rows: after each wake-up the next wait also returns after one tick,
+for a second read.
 """
 
 import os
@@ -27,6 +30,7 @@ class _FileWatch:
     def __init__(self, paths: list[Path], tick_s: float) -> None:
         self._paths, self._tick_s = paths, tick_s
         self._seen = self._signature()
+        self._read_again = False  # the last change may have been seen before its commit
 
     def _signature(self) -> Signature:
         marks: list[tuple[int, int, int] | None] = []
@@ -41,10 +45,14 @@ class _FileWatch:
 
     async def wait(self, timeout: float) -> bool:
         deadline = anyio.current_time() + timeout
+        if self._read_again:
+            self._read_again = False
+            await anyio.sleep(min(self._tick_s, timeout))
+            return True
         while True:
             now = self._signature()
             if now != self._seen:  # also a change since the previous wait: not lost
-                self._seen = now
+                self._seen, self._read_again = now, True
                 return True
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
