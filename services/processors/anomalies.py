@@ -94,14 +94,14 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
         stats = _statistics(
             con, step, src, selected, profiles, exprs, params.method, threshold, rows
         )
-        branches, views = _branches(
-            con, src, selected, profiles, stats, raw, exprs, params.method, threshold
-        )
-        branches = branches or [
-            "SELECT NULL::BIGINT AS row_number, NULL::INTEGER AS col, NULL::VARCHAR AS value,"
-            " NULL::DOUBLE AS score WHERE false"
-        ]
+        views: list[str] = []  # of extremes, registered on this connection until flagged
         try:
+            branches = _branches(
+                con, src, selected, profiles, stats, raw, exprs, params.method, threshold, views
+            ) or [
+                "SELECT NULL::BIGINT AS row_number, NULL::INTEGER AS col,"
+                " NULL::VARCHAR AS value, NULL::DOUBLE AS score WHERE false"
+            ]
             run_with_progress(
                 con,
                 "CREATE TEMP TABLE flagged AS " + " UNION ALL ".join(branches),
@@ -205,14 +205,15 @@ def _branches(
     exprs: list[str],
     method: str,
     threshold: float,
-) -> tuple[list[str], list[str]]:
-    """A SELECT of each column's flagged values, and the views of extremes it registered.
+    views: list[str],
+) -> list[str]:
+    """A SELECT of each column's flagged values; the views of extremes it registers go to
+    `views`.
 
     A column's flags come from its profiled extremes (a few percent of its rows, in memory)
     when the rule flags neither edge of them, and from a scan of the Parquet copy otherwise.
     """
     branches: list[str] = []
-    views: list[str] = []
     for i, (column, s) in enumerate(zip(selected, stats, strict=True)):
         if _scale(method, s) is None:
             continue  # nothing can be flagged
@@ -229,7 +230,7 @@ def _branches(
             f"SELECT file_row_number + 1 AS row_number, {i} AS col,"
             f" CAST({raw[i]} AS VARCHAR) AS value, {score} AS score FROM {source} WHERE {where}"
         )
-    return branches, views
+    return branches
 
 
 def _rule(x: str, method: str, s: dict[str, Any], threshold: float) -> tuple[str, str]:

@@ -22,6 +22,8 @@ def read_numbers(batches: pa.RecordBatchReader, rows: int) -> tuple[np.ndarray, 
     at = 0
     for batch in batches:
         array = batch.column(0)
+        if not len(array):
+            continue  # an empty batch may have no data buffer
         end = at + len(array)
         if end > rows:
             raise RuntimeError(f"the column has more than the {rows} rows counted")
