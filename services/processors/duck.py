@@ -197,8 +197,16 @@ def _reraise(exc: BaseException) -> NoReturn:
 
 def parquet_types(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
     """Column name -> DuckDB type of the Parquet file (from its metadata only)."""
-    rows = con.execute(f"DESCRIBE SELECT * FROM {parquet_source(path)}").fetchall()
-    return {row[0]: row[1] for row in rows}
+    # A relation binds without running: the types cost half a DESCRIBE query.
+    relation = con.sql(f"SELECT * FROM {parquet_source(path)}")
+    return {name: str(type_) for name, type_ in zip(relation.columns, relation.types, strict=True)}
+
+
+def parquet_rows(path: Path) -> int:
+    """The Parquet file's row count, from its footer."""
+    import pyarrow.parquet as pq  # the worker preloads it (ingest)
+
+    return int(pq.read_metadata(path).num_rows)
 
 
 def literal(value: Any) -> str:

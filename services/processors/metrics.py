@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schemas.records import ColumnInfo
 from services.processors.base import ProgressCallback, StepInput, StepOutput
 from services.processors.columns import (
+    FLOAT_DUCK_TYPES,
     is_numeric,
     is_temporal,
     select_columns,
@@ -28,16 +29,34 @@ from services.processors.duck import (
     connect,
     json_safe,
     map_with_progress,
+    parquet_rows,
     parquet_source,
     parquet_types,
     run_with_progress,
 )
-from services.processors.numeric import QUANTILES, ColumnProfile, SortedStats, sorted_stats
-from services.processors.profiles import SMALL_VALUES, fetch_small, fetch_task, profile_workers
+from services.processors.numeric import (
+    QUANTILES,
+    ColumnProfile,
+    SortedStats,
+    count_duplicate_rows,
+    profile_values,
+    sorted_stats,
+)
+from services.processors.profiles import (
+    SMALL_INTEGERS,
+    SMALL_VALUES,
+    fetch_task,
+    fetched_expr,
+    non_null,
+    profile_workers,
+)
 
 TOP_VALUES = 10
 MAX_DUP_KEYS = 100_000  # repeated key values passed to the duplicate count as a list
 FILTER_KEYS = 2  # key columns that narrow the duplicate count (each is read in full)
+COUNTED = {"VARCHAR", "BOOLEAN"}  # types whose top values numpy counts as DuckDB orders them
+# Temporal types whose numpy values convert to the Python values DuckDB returns.
+NATIVE_TEMPORAL = {"DATE", "TIMESTAMP", "TIMESTAMP_MS", "TIMESTAMP_S"}
 
 
 class MetricsParams(BaseModel):
@@ -67,9 +86,18 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
     with connect(step) as con:
         types = parquet_types(con, step.parquet_path)
         exprs = {c.name: value_expr(c.name, types[c.name]) for c in selected}
-        rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
-        profiles = _profiles(con, step, src, selected, types, exprs, rows)
-        duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
+        rows = parquet_rows(step.parquet_path)
+        if rows * len(selected) <= SMALL_VALUES:
+            aggregates, profiles, duplicates = _small_dataset(
+                con, step, src, selected, types, exprs
+            )
+        else:
+            rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
+            profiles = _profiles(con, step, src, selected, types, exprs, rows)
+            duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
+        for name, profile in profiles.items():
+            if isinstance(profile, ColumnProfile):
+                step.profiles.put(name, profile)
     columns = {
         c.name: _column_summary(c, rows, aggregates.get(c.name, []), profiles[c.name])
         for c in selected
@@ -92,19 +120,12 @@ def _profiles(
     exprs: dict[str, str],
     rows: int,
 ) -> dict[str, Any]:
-    """Per column: a ColumnProfile (numeric, shared with the job's later steps), SortedStats
-    (date, timestamp) or (distinct count, top values); numeric ones a step already made are reused.
-    """
+    """Per column, a query each on a thread pool: a ColumnProfile (numeric; one a step already
+    made is reused), SortedStats (date, timestamp) or (distinct count, top values)."""
     profiles: dict[str, Any] = {
         c.name: profile for c in selected if (profile := step.profiles.get(c.name))
     }
     todo = [c for c in selected if c.name not in profiles]
-    small = rows * len(todo) <= SMALL_VALUES
-    if small:  # numeric columns in one query, the others one by one in this thread
-        numeric = [c for c in todo if is_numeric(c)]
-        fetched = fetch_small(con, src, numeric, types)
-        profiles |= {c.name: p for c, p in zip(numeric, fetched, strict=True)}
-        todo = [c for c in todo if not is_numeric(c)]
     tasks = [
         fetch_task(step.parquet_path, c, types[c.name], rows)
         if is_numeric(c)
@@ -118,16 +139,75 @@ def _profiles(
         tasks,
         step.report,
         "profiling columns",
-        workers=1 if small else profile_workers(step, rows),
-        inline=small,
+        workers=profile_workers(step, rows),
         start=0.1,
         end=0.8,
     )
-    profiles |= {c.name: result for c, result in zip(todo, results, strict=True)}
-    for name, profile in profiles.items():
-        if isinstance(profile, ColumnProfile):
-            step.profiles.put(name, profile)
-    return profiles
+    return profiles | {c.name: result for c, result in zip(todo, results, strict=True)}
+
+
+def _small_dataset(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    selected: list[ColumnInfo],
+    types: dict[str, str],
+    exprs: dict[str, str],
+) -> tuple[dict[str, list[Any]], dict[str, Any], int]:
+    """Aggregates, profiles and duplicate count of a small dataset, in this thread: the columns
+    from one query, then numpy (on little data, a query per column costs more than the work).
+    """
+    fetched = [c for c in selected if _sorts(c) or types[c.name] in COUNTED]
+    select = ", ".join(
+        f"{fetched_expr(c, types[c.name]) if is_numeric(c) else exprs[c.name]} AS c{i}"
+        for i, c in enumerate(fetched)
+    )
+    step.report(0.0, "reading")
+    arrays = []
+    if select:
+        arrays = list(con.execute(f"SELECT {select} FROM {src}").fetchnumpy().values())
+    step.report(0.1, "profiling columns")
+    aggregates: dict[str, list[Any]] = {}
+    profiles: dict[str, Any] = {}
+    for column, values in zip(fetched, arrays, strict=True):
+        present = non_null(values)
+        if is_numeric(column):
+            profiles[column.name] = step.profiles.get(column.name) or profile_values(present)
+            continue
+        if _sorts(column):
+            profiles[column.name] = sorted_stats(present, numeric=False)  # sorts `present`
+        else:
+            profiles[column.name] = _value_counts(present)
+        aggregates[column.name] = [len(present)]
+        if types[column.name] in NATIVE_TEMPORAL:
+            ends = [present[0].item(), present[-1].item()] if len(present) else [None, None]
+            aggregates[column.name] += ends
+    unfetched = [c for c in selected if c not in fetched]
+    # Columns whose figures numpy cannot give as DuckDB does: their own queries.
+    in_sql = unfetched + [c for c in fetched if is_temporal(c) and len(aggregates[c.name]) == 1]
+    if in_sql:
+        aggregates |= _aggregates(con, src, in_sql, exprs, step.report, start=0.1, end=0.2)[1]
+    for column in unfetched:
+        profiles[column.name] = _group_task(src, exprs[column.name])(con)
+    step.report(0.8, "counting duplicate rows")
+    if unfetched or any(is_numeric(c) and not _fetched_exactly(types[c.name]) for c in fetched):
+        rows = parquet_rows(step.parquet_path)
+        duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
+    else:
+        duplicates = count_duplicate_rows(arrays)
+    return aggregates, {c.name: profiles[c.name] for c in selected}, duplicates
+
+
+def _fetched_exactly(duck_type: str) -> bool:
+    # Equal fetched values mean equal stored ones: no two stored values fetch as one.
+    return duck_type in SMALL_INTEGERS or duck_type in FLOAT_DUCK_TYPES
+
+
+def _value_counts(values: np.ndarray) -> tuple[int, list[dict[str, Any]]]:
+    """(distinct count, top values by count, ties by value) of non-null strings or booleans."""
+    distinct, counts = np.unique(values, return_counts=True)
+    top = np.argsort(-counts, kind="stable")[:TOP_VALUES]  # stable: equal counts stay sorted
+    return len(distinct), [{"value": json_safe(distinct[i]), "count": int(counts[i])} for i in top]
 
 
 def _aggregates(
@@ -136,6 +216,9 @@ def _aggregates(
     selected: list[ColumnInfo],
     exprs: dict[str, str],
     report: ProgressCallback,
+    *,
+    start: float = 0.0,
+    end: float = 0.1,
 ) -> tuple[int, dict[str, list[Any]]]:
     """One scan of the other columns: row count; non-null count, and min/max of temporal ones."""
     parts: dict[str, list[str]] = {}
@@ -148,7 +231,9 @@ def _aggregates(
             parts[c.name] += [f"min({e})", f"max({e})"]
     select = ", ".join(["count(*)"] + [p for sql in parts.values() for p in sql])
     values = iter(
-        run_with_progress(con, f"SELECT {select} FROM {src}", report, "counting", end=0.1)[0]
+        run_with_progress(
+            con, f"SELECT {select} FROM {src}", report, "counting", start=start, end=end
+        )[0]
     )
     rows = next(values)
     return rows, {name: [next(values) for _ in sql] for name, sql in parts.items()}

@@ -203,3 +203,21 @@ def histogram_sorted(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str
     below = np.searchsorted(values, inner, side="left")
     bounds = np.concatenate(([0], below, [len(values)]))
     return {"edges": edges.tolist(), "counts": np.diff(bounds).tolist()}
+
+
+def count_duplicate_rows(columns: list[np.ndarray]) -> int:
+    """Rows equal to an earlier row over these columns, nulls (masked values) comparing equal:
+    pandas' df.duplicated().sum() for columns of one fixed-width or string type each."""
+    rows = len(columns[0]) if columns else 0
+    if rows < 2:
+        return 0
+    # Each column's values become their ranks (-1 for null); rows are equal when their ranks are.
+    codes = np.full((len(columns), rows), -1, dtype=np.int64)
+    for code, column in zip(codes, columns, strict=True):
+        valid = ~np.ma.getmaskarray(column)
+        values = np.ma.getdata(column)[valid]
+        if len(values):
+            sortable = values.view(np.int64) if values.dtype.kind == "M" else values
+            code[valid] = np.unique(sortable, return_inverse=True)[1]
+    ordered = codes[:, np.lexsort(codes)]
+    return int(np.count_nonzero((ordered[:, 1:] == ordered[:, :-1]).all(axis=0)))

@@ -34,7 +34,8 @@ SMALL_VALUES = 1_000_000
 BATCH_ROWS = 1 << 20  # rows a fetch holds in DuckDB's memory at once
 
 
-def _fetched(column: ColumnInfo, duck_type: str) -> str:
+def fetched_expr(column: ColumnInfo, duck_type: str) -> str:
+    """The column as fetched for profiling: BIGINT or DOUBLE, a float NaN as NULL."""
     cast = "BIGINT" if duck_type in SMALL_INTEGERS else "DOUBLE"
     return f"CAST({value_expr(column.name, duck_type)} AS {cast})"
 
@@ -45,12 +46,13 @@ def fetch_small(
     """Profiles of columns of a small dataset, from one query."""
     if not columns:
         return []
-    select = ", ".join(f"{_fetched(c, types[c.name])} AS c{i}" for i, c in enumerate(columns))
+    select = ", ".join(f"{fetched_expr(c, types[c.name])} AS c{i}" for i, c in enumerate(columns))
     arrays = con.execute(f"SELECT {select} FROM {src}").fetchnumpy()
-    return [profile_values(_non_null(arrays[f"c{i}"])) for i in range(len(columns))]
+    return [profile_values(non_null(arrays[f"c{i}"])) for i in range(len(columns))]
 
 
-def _non_null(values: np.ndarray) -> np.ndarray:
+def non_null(values: np.ndarray) -> np.ndarray:
+    """A writable copy of the non-null values of a fetched column."""
     # DuckDB returns a masked array when a column holds nulls.
     if np.ma.isMaskedArray(values):
         return np.ma.compressed(values)

@@ -1,6 +1,7 @@
 """metrics equals an independent pandas/numpy computation."""
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,39 @@ def test_duplicate_rows_narrowed_by_key_columns(
         make_step(parquet_path=path, columns=columns_of(table)), metrics.MetricsParams()
     ).summary
     assert summary["duplicate_rows"] == int(table.to_pandas().duplicated().sum())
+
+
+def test_types_numpy_does_not_fetch_as_stored_give_the_same_figures_on_both_paths(
+    tmp_path: Path, make_step: StepFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small data is profiled from numpy arrays; these columns' figures come from DuckDB there too.
+    base = datetime(2024, 1, 1)
+    stamps = [base + timedelta(hours=h % 7) if h % 5 else None for h in range(40)]
+    table = pa.table(
+        {
+            "ns": pa.array(stamps, type=pa.timestamp("ns")),
+            "utc": pa.array(stamps, type=pa.timestamp("us", tz="UTC")),
+            "clock": pa.array([s.time() if s else None for s in stamps], type=pa.time64("us")),
+            "money": pa.array(
+                [None if h % 6 == 0 else Decimal(h % 4) / 4 for h in range(40)],
+                type=pa.decimal128(10, 2),
+            ),
+        }
+    )
+    path = write_parquet(table, tmp_path / "types.parquet")
+    kinds = {"ns": "timestamp", "utc": "timestamp", "clock": "time", "money": "decimal"}
+    columns = [ColumnInfo(name=n, type=t, null_count=table[n].null_count) for n, t in kinds.items()]
+
+    def summary() -> dict[str, Any]:
+        step = make_step(parquet_path=path, columns=columns)
+        return metrics.run(step, metrics.MetricsParams()).summary
+
+    small = summary()
+    monkeypatch.setattr(metrics, "SMALL_VALUES", 0)
+    assert summary() == small
+    df = table.to_pandas()
+    assert small["duplicate_rows"] == int(df.duplicated().sum()) > 0
+    assert small["columns"]["utc"]["min"] == "2024-01-01T00:00:00+00:00"
+    for name in kinds:
+        assert small["columns"][name]["null_count"] == int(df[name].isna().sum())
+        assert small["columns"][name]["distinct_count"] == df[name].nunique()
