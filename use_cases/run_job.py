@@ -7,7 +7,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage, StorageUnavailable
-from schemas.records import Artifact, Dataset, DatasetStatus, Job, JobStatus
+from schemas.records import Artifact, Dataset, DatasetStatus, Job, JobEvent, JobStatus
 from services.processors.base import (
     JobCancelled,
     ParamsError,
@@ -55,7 +56,8 @@ class EngineLimits:
 
 
 class Monitor:
-    """Heartbeat thread: writes liveness and progress, notices cancel requests, off the hot path."""
+    """Heartbeat thread: writes liveness, progress and step events, notices cancel requests,
+    off the job's path."""
 
     def __init__(self, uow: UnitOfWork, job_id: UUID, attempt: int, interval_s: float) -> None:
         self._uow, self._job_id, self._attempt = uow, job_id, attempt
@@ -64,6 +66,12 @@ class Monitor:
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._pending: list[JobEvent] = []
+        self._pending_lock = threading.Lock()
+        # One writer of the job's events at a time: ids are then in commit order, which a
+        # stream resuming after an id relies on.
+        self._writing = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
         self._last_event_progress = -1.0
         self._last_event_at = 0.0
@@ -74,7 +82,13 @@ class Monitor:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
+        try:  # what a failed or cancelled run recorded precedes its terminal event
+            with self._writing:
+                self._write(beat=False)
+        except Exception:
+            log.warning("could not record the events of %s", self._job_id, exc_info=True)
 
     def report(self, progress: float, message: str, step: int) -> None:
         """Called by processors; raises to stop the step when the job was cancelled or lost."""
@@ -87,44 +101,97 @@ class Monitor:
         if self.cancelled.is_set():
             raise JobCancelled()
 
-    def _loop(self) -> None:
-        # One short UPDATE per period both proves liveness and reads the cancel flag.
-        while not self._stop.wait(self._interval_s):
+    def record(self, job_event: JobEvent) -> None:
+        """Queue a history event (a step started or completed); this thread writes it at once."""
+        with self._pending_lock:
+            self._pending.append(job_event)
+        self._wake.set()
+
+    @contextmanager
+    def pending_events(self) -> Iterator[list[JobEvent]]:
+        """The events not written yet, for the caller's transaction (none is written meanwhile);
+        put back if the block raises."""
+        with self._writing:
+            pending = self._take_pending()
             try:
-                self._beat()
+                yield pending
+            except BaseException:
+                self._put_back(pending)
+                raise
+
+    def _take_pending(self) -> list[JobEvent]:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def _put_back(self, events: list[JobEvent]) -> None:
+        with self._pending_lock:
+            self._pending[:0] = events
+
+    def _loop(self) -> None:
+        # One short UPDATE per period both proves liveness and reads the cancel flag; a queued
+        # event wakes the thread early and is written without a beat.
+        next_beat = time.monotonic() + self._interval_s
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_beat - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            beat = time.monotonic() >= next_beat
+            if beat:
+                next_beat = time.monotonic() + self._interval_s
+            try:
+                with self._writing:
+                    self._write(beat=beat)
             except Exception:  # a DB hiccup must not kill the heartbeat; the next beat retries
                 log.warning("heartbeat of %s failed", self._job_id, exc_info=True)
 
-    def _beat(self) -> None:
+    def _write(self, *, beat: bool) -> None:
+        """The pending events and, on a beat, liveness and progress, in one transaction."""
+        pending = self._take_pending()
+        if not pending and not beat:
+            return
+        try:
+            with self._uow:
+                for job_event in pending:
+                    self._uow.job_events.add(job_event)
+                if beat and not self._beat():
+                    return
+                # History, liveness and progress: none needs to wait for the disk.
+                self._uow.commit(durable=False)
+        except BaseException:
+            self._put_back(pending)
+            raise
+
+    def _beat(self) -> bool:
+        """Heartbeat and progress in the open transaction; False when the job is lost."""
         progress = round(self.progress, 4)
-        with self._uow:
-            cancel = self._uow.jobs.heartbeat(
-                self._job_id,
-                self._attempt,
-                datetime.now(UTC),
-                progress=progress,
-                message=self.message,
-                current_step=self.step,
-            )
-            if cancel is None:
-                self.lost.set()
-                return
-            if cancel:
-                self.cancelled.set()
-            now = time.monotonic()
-            if progress > self._last_event_progress + 0.005 and now - self._last_event_at >= 1.0:
-                self._uow.job_events.add(
-                    event(
-                        self._job_id,
-                        "progress",
-                        progress=progress,
-                        message=self.message,
-                        step=self.step,
-                    )
+        cancel = self._uow.jobs.heartbeat(
+            self._job_id,
+            self._attempt,
+            datetime.now(UTC),
+            progress=progress,
+            message=self.message,
+            current_step=self.step,
+        )
+        if cancel is None:
+            self.lost.set()
+            return False
+        if cancel:
+            self.cancelled.set()
+        now = time.monotonic()
+        if progress > self._last_event_progress + 0.005 and now - self._last_event_at >= 1.0:
+            self._uow.job_events.add(
+                event(
+                    self._job_id,
+                    "progress",
+                    progress=progress,
+                    message=self.message,
+                    step=self.step,
                 )
-                self._last_event_progress, self._last_event_at = progress, now
-            # Liveness and progress are superseded by the next beat: no wait for the disk.
-            self._uow.commit(durable=False)
+            )
+            self._last_event_progress, self._last_event_at = progress, now
+        return True
 
 
 # Storage blips are retried in place with backoff before the whole attempt is given up.
@@ -154,13 +221,12 @@ def run_job(
     """Claim a queued job and run its steps; every terminal write is a compare-and-set."""
     uow = new_uow()
     with uow:
-        job = uow.jobs.get(job_id)
-        dataset = uow.datasets.get(job.dataset_id) if job and job.dataset_id else None
-        if job is None or dataset is None or dataset.status != DatasetStatus.ready:
-            return Outcome.skipped
         claimed = uow.jobs.claim(job_id, worker_id, datetime.now(UTC))
         if claimed is None:
             return Outcome.skipped
+        dataset = uow.datasets.get(claimed.dataset_id) if claimed.dataset_id else None
+        if dataset is None or dataset.status != DatasetStatus.ready:
+            return Outcome.skipped  # leaving the block rolls the claim back
         uow.job_events.add(event(job_id, "started", attempt=claimed.attempts, worker_id=worker_id))
         uow.commit()
 
@@ -181,7 +247,6 @@ def run_job(
             for step_index, step in enumerate(claimed.steps):
                 monitor.check()
                 summary, produced = _run_step(
-                    uow,
                     results,
                     claimed,
                     step_index,
@@ -195,7 +260,7 @@ def run_job(
                 summaries.append({"processor": step.processor, "summary": summary})
                 artifacts += produced
             monitor.check()
-            return _complete(uow, results, claimed, summaries, artifacts)
+            return _complete(uow, results, claimed, summaries, artifacts, monitor)
     except JobCancelled:
         _discard(results, job_id, attempt)
         return _cancelled(uow, claimed)
@@ -259,7 +324,6 @@ def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
 
 
 def _run_step(
-    uow: UnitOfWork,
     results: ObjectStorage,
     job: Job,
     index: int,
@@ -275,9 +339,7 @@ def _run_step(
     processor = get_processor(step.processor)
     assert processor is not None, "steps are validated at submit"
     params = validate_step(step.processor, step.params, dataset.columns)
-    with uow:
-        uow.job_events.add(event(job.id, "step_started", step=index, processor=step.processor))
-        uow.commit(durable=False)  # history only; the terminal transition is durable
+    monitor.record(event(job.id, "step_started", step=index, processor=step.processor))
     n = len(job.steps)
     output_dir = scratch / f"step-{index}"
     output_dir.mkdir()
@@ -316,17 +378,15 @@ def _run_step(
                 created_at=datetime.now(UTC),
             )
         )
-    with uow:
-        uow.job_events.add(
-            event(
-                job.id,
-                "step_completed",
-                step=index,
-                processor=step.processor,
-                artifacts=[a.name for a in produced],
-            )
+    monitor.record(
+        event(
+            job.id,
+            "step_completed",
+            step=index,
+            processor=step.processor,
+            artifacts=[a.name for a in produced],
         )
-        uow.commit(durable=False)
+    )
     return output.summary, produced
 
 
@@ -336,9 +396,11 @@ def _complete(
     job: Job,
     summaries: list[dict[str, Any]],
     artifacts: list[Artifact],
+    monitor: Monitor,
 ) -> Outcome:
     now = datetime.now(UTC)
-    with uow:
+    # The step events not written yet go in the same transaction, before `completed`.
+    with monitor.pending_events() as pending, uow:
         done = uow.jobs.transition(
             job.id,
             [JobStatus.running],
@@ -353,6 +415,8 @@ def _complete(
             uow.rollback()
             results.delete_prefix(artifact_prefix(job.id, job.attempts))
             return Outcome.lost
+        for job_event in pending:
+            uow.job_events.add(job_event)
         for artifact in artifacts:
             uow.artifacts.add(artifact)
         uow.job_events.add(event(job.id, "completed", artifacts=[a.name for a in artifacts]))
