@@ -191,6 +191,10 @@ class JobEventRepository(Protocol):
         """Append an event; returns it with its id."""
         ...
 
+    def add_many(self, events: list[JobEvent]) -> None:
+        """Append events in this order, in one statement."""
+        ...
+
     def list_for_job(self, job_id: UUID, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
         """Events of one job in order, starting after `after_id`."""
         ...

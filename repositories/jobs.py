@@ -8,7 +8,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Table, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    Table,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.models import ArtifactRow, JobEventRow, JobRow, utcnow
@@ -290,6 +301,18 @@ class SqlJobEventRepository:
             result = self._db.execute(statement)
             event_id = result.inserted_primary_key[0]  # type: ignore[attr-defined]
         return event.model_copy(update={"id": event_id})
+
+    def add_many(self, events: list[JobEvent]) -> None:
+        """Append events in this order, in one multi-row INSERT."""
+        if not events:
+            return
+        statement = insert(JOB_EVENTS).values([record_values(JOB_EVENTS, e) for e in events])
+        if self._db.dialect.name == "postgresql":
+            # Each row notifies its own job (as text, the form str(UUID) gives).
+            notify = func.pg_notify(JOB_EVENTS_CHANNEL, cast(JOB_EVENTS.c.job_id, String))
+            self._db.execute(statement.returning(JOB_EVENTS.c.id, notify)).all()
+        else:
+            self._db.execute(statement)
 
     def list_for_job(self, job_id: UUID, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
         """Events of one job in id order, starting after `after_id`."""

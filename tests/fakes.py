@@ -275,6 +275,10 @@ class FakeJobEvents:
         self.rows.append(stored)
         return stored
 
+    def add_many(self, events: list[JobEvent]) -> None:
+        for event in events:
+            self.add(event)
+
     def list_for_job(self, job_id: UUID, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
         return [e for e in self.rows if e.job_id == job_id and (e.id or 0) > after_id][:limit]
 

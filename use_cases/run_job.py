@@ -66,7 +66,6 @@ class Monitor:
         self.cancelled = threading.Event()
         self.lost = threading.Event()
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._pending: list[JobEvent] = []
         self._pending_lock = threading.Lock()
         # One writer of the job's events at a time: ids are then in commit order, which a
@@ -82,7 +81,6 @@ class Monitor:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._wake.set()
         self._thread.join(timeout=10)
         try:  # what a failed or cancelled run recorded precedes its terminal event
             with self._writing:
@@ -102,10 +100,10 @@ class Monitor:
             raise JobCancelled()
 
     def record(self, job_event: JobEvent) -> None:
-        """Queue a history event (a step started or completed); this thread writes it at once."""
+        """Queue a history event (a step started or completed) for the next beat, or for the
+        transaction that ends the job if that comes first."""
         with self._pending_lock:
             self._pending.append(job_event)
-        self._wake.set()
 
     @contextmanager
     def pending_events(self) -> Iterator[list[JobEvent]]:
@@ -129,20 +127,11 @@ class Monitor:
             self._pending[:0] = events
 
     def _loop(self) -> None:
-        # One short UPDATE per period both proves liveness and reads the cancel flag; a queued
-        # event wakes the thread early and is written without a beat.
-        next_beat = time.monotonic() + self._interval_s
-        while not self._stop.is_set():
-            self._wake.wait(max(0.0, next_beat - time.monotonic()))
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            beat = time.monotonic() >= next_beat
-            if beat:
-                next_beat = time.monotonic() + self._interval_s
+        # One short UPDATE per period both proves liveness and reads the cancel flag.
+        while not self._stop.wait(self._interval_s):
             try:
                 with self._writing:
-                    self._write(beat=beat)
+                    self._write(beat=True)
             except Exception:  # a DB hiccup must not kill the heartbeat; the next beat retries
                 log.warning("heartbeat of %s failed", self._job_id, exc_info=True)
 
@@ -153,8 +142,7 @@ class Monitor:
             return
         try:
             with self._uow:
-                for job_event in pending:
-                    self._uow.job_events.add(job_event)
+                self._uow.job_events.add_many(pending)
                 if beat and not self._beat():
                     return
                 # History, liveness and progress: none needs to wait for the disk.
@@ -415,11 +403,10 @@ def _complete(
             uow.rollback()
             results.delete_prefix(artifact_prefix(job.id, job.attempts))
             return Outcome.lost
-        for job_event in pending:
-            uow.job_events.add(job_event)
         for artifact in artifacts:
             uow.artifacts.add(artifact)
-        uow.job_events.add(event(job.id, "completed", artifacts=[a.name for a in artifacts]))
+        completed = event(job.id, "completed", artifacts=[a.name for a in artifacts])
+        uow.job_events.add_many([*pending, completed])
         uow.commit()
     return Outcome.completed
 

@@ -494,6 +494,27 @@ class JobRepositoryContract:
                 e.id or 0 for e in job_uow.job_events.list_for_job(kept.id)[:2]
             )
 
+    def test_add_many_appends_events_in_order(self, job_uow: UnitOfWork) -> None:
+        dataset = add_dataset(job_uow)
+        job, other = add_job(job_uow, dataset.id), add_job(job_uow, dataset.id)
+        kinds = ["step_started", "step_completed", "completed"]
+        with job_uow:
+            job_uow.job_events.add(JobEvent(job_id=job.id, type="started", created_at=now()))
+            job_uow.job_events.add_many(
+                [
+                    JobEvent(job_id=job.id, type=k, payload={"n": i}, created_at=now())
+                    for i, k in enumerate(kinds)
+                ]
+                + [JobEvent(job_id=other.id, type="started", created_at=now())]
+            )
+            job_uow.job_events.add_many([])
+            job_uow.commit()
+        with job_uow:
+            events = job_uow.job_events.list_for_job(job.id)
+            assert [e.type for e in events] == ["started", *kinds]
+            assert [e.payload for e in events[1:]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+            assert [e.type for e in job_uow.job_events.list_for_job(other.id)] == ["started"]
+
     def test_artifact_get_by_name(self, job_uow: UnitOfWork) -> None:
         dataset = add_dataset(job_uow)
         job, other = add_job(job_uow, dataset.id), add_job(job_uow, dataset.id)

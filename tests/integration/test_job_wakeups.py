@@ -100,6 +100,16 @@ def test_notify_wakes_only_the_job_s_subscribers_and_only_after_commit(postgres_
             assert await mine.wait(2.0) is True
             assert time.perf_counter() - started < 0.5
             assert await other.wait(0.3) is False
+            with uow:  # one statement with events of both jobs wakes both
+                uow.job_events.add_many(
+                    [
+                        JobEvent(job_id=j, type="progress", created_at=datetime.now(UTC))
+                        for j in (job_id, other_id)
+                    ]
+                )
+                await asyncio.to_thread(uow.commit)
+            assert await mine.wait(2.0) is True
+            assert await other.wait(2.0) is True
         await wakeups.aclose()
 
     try:
