@@ -100,7 +100,9 @@ def test_submit_publishes_after_commit_and_the_worker_completes_once(world, tmp_
     ]
     assert all(k.startswith(f"jobs/{job.id}/attempt-1/") for k in results.objects)
     assert types(uow, job.id).count("completed") == 1
-    assert types(uow, job.id)[:3] == ["created", "enqueued", "started"]
+    history = [t for t in types(uow, job.id) if t != "progress"]
+    steps_events = ["step_started", "step_completed"] * 3
+    assert history == ["created", "enqueued", "started", *steps_events, "completed"]
     assert done.result["steps"][0]["summary"]["row_count"] == 1000
 
 
@@ -196,15 +198,20 @@ def test_cancel_while_running_removes_partial_artifacts(world, tmp_path, monkeyp
     ]
     job, _ = submit_job(uow, queue, owner_id="default", dataset_id=dataset.id, steps=steps)
     real_put = results.put_file
+    seen_during_the_step: list[str] = []
 
     def put_then_cancel(key, path, content_type=None):
         real_put(key, path, content_type)
         uow.jobs.request_cancel(job.id)  # the user cancels while step 2 is about to start
         time.sleep(0.3)  # several heartbeats (0.05 s): the monitor has seen it before step 2
+        seen_during_the_step.extend(types(uow, job.id))
 
     monkeypatch.setattr(results, "put_file", put_then_cancel)
     assert run(uow, datasets, results, job.id, tmp_path) == Outcome.cancelled
     assert uow.jobs.get(job.id).status == JobStatus.cancelled
+    assert "step_started" in seen_during_the_step  # a heartbeat wrote it while the step ran
+    history = [t for t in types(uow, job.id) if t != "progress"]
+    assert history[-3:] == ["step_started", "step_completed", "cancelled"]
     assert results.objects == {}
     assert uow.artifacts.list_for_job(job.id) == []
 
