@@ -119,24 +119,10 @@ def map_with_progress(
     message: str,
     *,
     workers: int,
-    inline: bool = False,
     start: float = 0.0,
     end: float = 1.0,
 ) -> list[T]:
-    """Run tasks (each on its own cursor) in a thread pool; report progress; interrupt on cancel.
-
-    `inline` runs them one by one in the calling thread on `con`, for tasks too short to be
-    worth a thread (a cancel is then noticed between tasks).
-    """
-    if inline:
-        results: list[T] = []
-        for n, task in enumerate(tasks):
-            report(start + (end - start) * n / max(len(tasks), 1), message)
-            try:
-                results.append(task(con))
-            except DATA_ERRORS as exc:
-                _reraise(exc)
-        return results
+    """Run tasks (each on its own cursor) in a thread pool; report progress; interrupt on cancel."""
     live: set[duckdb.DuckDBPyConnection] = set()
     lock = threading.Lock()
     stop = threading.Event()

@@ -89,7 +89,7 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
         rows = parquet_rows(step.parquet_path)
         if rows * len(selected) <= SMALL_VALUES:
             aggregates, profiles, duplicates = _small_dataset(
-                con, step, src, selected, types, exprs
+                con, step, src, selected, types, exprs, rows
             )
         else:
             rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
@@ -153,6 +153,7 @@ def _small_dataset(
     selected: list[ColumnInfo],
     types: dict[str, str],
     exprs: dict[str, str],
+    rows: int,
 ) -> tuple[dict[str, list[Any]], dict[str, Any], int]:
     """Aggregates, profiles and duplicate count of a small dataset, in this thread: the columns
     from one query, then numpy (on little data, a query per column costs more than the work).
@@ -184,14 +185,15 @@ def _small_dataset(
             aggregates[column.name] += ends
     unfetched = [c for c in selected if c not in fetched]
     # Columns whose figures numpy cannot give as DuckDB does: their own queries.
-    in_sql = unfetched + [c for c in fetched if is_temporal(c) and len(aggregates[c.name]) == 1]
+    in_sql = unfetched + [
+        c for c in fetched if is_temporal(c) and types[c.name] not in NATIVE_TEMPORAL
+    ]
     if in_sql:
         aggregates |= _aggregates(con, src, in_sql, exprs, step.report, start=0.1, end=0.2)[1]
     for column in unfetched:
         profiles[column.name] = _group_task(src, exprs[column.name])(con)
     step.report(0.8, "counting duplicate rows")
     if unfetched or any(is_numeric(c) and not _fetched_exactly(types[c.name]) for c in fetched):
-        rows = parquet_rows(step.parquet_path)
         duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
     else:
         duplicates = count_duplicate_rows(arrays)
