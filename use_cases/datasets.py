@@ -110,13 +110,15 @@ def validate_dataset(
     *,
     final_attempt: bool = True,
     keep_alive: Callable[[], UnitOfWork] | None = None,
+    memory_limit: str = "1GB",
 ) -> DatasetStatus | None:
     """Infer the schema, write the typed Parquet copy and keep failed rows; None if already taken.
 
     An unexpected error (storage or database down) puts the dataset back to `uploaded` and
     propagates so that the caller retries; on the final attempt it fails the dataset instead.
     With `keep_alive` (a unit-of-work factory), `updated_at` is refreshed every few seconds, so
-    the reaper can tell a long validation from one whose worker died.
+    the reaper can tell a long validation from one whose worker died. `memory_limit` is
+    DuckDB's while it converts the file.
     """
     with uow:
         claimed = uow.datasets.transition(
@@ -133,7 +135,7 @@ def validate_dataset(
     scratch = Path(tempfile.mkdtemp(prefix=f"validate-{dataset_id}-", dir=workdir))
     try:
         with _touching(keep_alive, dataset_id):
-            return _validate_in(uow, storage, dataset, scratch)
+            return _validate_in(uow, storage, dataset, scratch, memory_limit)
     except Exception as exc:
         with uow:
             if final_attempt:
@@ -184,7 +186,7 @@ def _touching(new_uow: Callable[[], UnitOfWork] | None, dataset_id: UUID) -> Ite
 
 
 def _validate_in(
-    uow: UnitOfWork, storage: ObjectStorage, dataset: Dataset, scratch: Path
+    uow: UnitOfWork, storage: ObjectStorage, dataset: Dataset, scratch: Path, memory_limit: str
 ) -> DatasetStatus:
     # Imported here: DuckDB and pyarrow are only needed where a worker validates.
     from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
@@ -193,7 +195,7 @@ def _validate_in(
     storage.download_file(dataset.storage_key, source)
     parquet_out = scratch / "data.parquet"
     try:
-        result = ingest(source, dataset.format, parquet_out, scratch)
+        result = ingest(source, dataset.format, parquet_out, scratch, memory_limit=memory_limit)
     except DatasetUnusable as exc:
         with uow:
             uow.datasets.transition(

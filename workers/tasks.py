@@ -8,7 +8,7 @@ from celery import Task, shared_task
 from services.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from use_cases.datasets import validate_dataset
 from use_cases.jobs import release_waiting_jobs
-from workers.engine import engine_limits, is_transient
+from workers.engine import engine_limits, ingest_memory_limit, is_transient
 from workers.reaper import reap_once
 
 VALIDATION_RETRIES = 3
@@ -29,7 +29,13 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
     uow = context.new_uow()
     try:
         validate_dataset(
-            uow, context.datasets_storage, UUID(dataset_id), workdir, final_attempt=final
+            uow,
+            context.datasets_storage,
+            UUID(dataset_id),
+            workdir,
+            final_attempt=final,
+            keep_alive=context.new_uow,  # the reaper tells a long validation from a dead one
+            memory_limit=ingest_memory_limit(context.settings),
         )
     finally:  # also after a crash on the final attempt: waiting jobs must learn the outcome
         release_waiting_jobs(uow, context.queue, UUID(dataset_id))

@@ -77,7 +77,33 @@ def copy_to_file(
     start: float = 0.0,
     end: float = 1.0,
 ) -> str:
-    """COPY (query) TO path (options) with progress and cancel; the file's sha256."""
+    """COPY (query) TO path (options) with progress and cancel; the file's sha256.
+
+    An ordered COPY holds a few row groups of output per DuckDB thread: when that does not
+    fit the step's memory limit (wide rows, a small budget), it runs again on one thread.
+    """
+    try:
+        return _copy_through_pipe(con, query, path, options, step, message, start, end)
+    except duckdb.OutOfMemoryException:
+        threads = con.execute("SELECT current_setting('threads')").fetchone()[0]  # type: ignore[index]
+        step.report(start, f"{message} (on one thread, to fit the memory limit)")
+        con.execute("SET threads = 1")  # the process's database: its steps run one at a time
+        try:
+            return _copy_through_pipe(con, query, path, options, step, message, start, end)
+        finally:
+            con.execute(f"SET threads = {int(threads)}")
+
+
+def _copy_through_pipe(
+    con: duckdb.DuckDBPyConnection,
+    query: str,
+    path: Path,
+    options: str,
+    step: StepInput,
+    message: str,
+    start: float,
+    end: float,
+) -> str:
     fifo = path.with_name(f".{path.name}.pipe")
     os.mkfifo(fifo, 0o600)
     # Both ends are opened here, so nothing waits for DuckDB to open the pipe; the reader sees
@@ -87,7 +113,7 @@ def copy_to_file(
     _widen(read_fd)
     spare_fd = os.open(fifo, os.O_WRONLY)
     os.set_blocking(read_fd, True)
-    pipe = _PipeToFile(read_fd, path)
+    pipe = _PipeToFile(read_fd, path)  # truncates what a failed attempt wrote
     pipe.start()
     try:
         copy = f"COPY ({query}) TO {literal(str(fifo))} ({options})"

@@ -25,8 +25,7 @@ from typing import Any
 FLOATS = [f"f{i}" for i in range(6)]
 ZSCORE_THRESHOLD = 3.0
 IQR_K = 1.5
-# Same settings as Assay's Parquet copy and its per-step DuckDB budget.
-PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION lz4, ROW_GROUP_SIZE 122880"
+# The floors' DuckDB budget: the worker's default memory budget.
 DUCKDB_MEMORY_LIMIT = "1GB"
 
 Detail = dict[str, Any]
@@ -143,7 +142,10 @@ def _lit(path: Path) -> str:
 
 def duckdb_csv_to_parquet(source: Path, output: Path) -> tuple[Detail, float]:
     """The ingest floor: one COPY from the CSV (sniffed) to Parquet as Assay writes it."""
-    _duckdb(f"COPY (SELECT * FROM read_csv({_lit(source)})) TO {_lit(output)} ({PARQUET_OPTIONS})")
+    from services.datasets.ingest import PARQUET_COPY_OPTIONS  # here: pandas steps skip it
+
+    copy = f"COPY (SELECT * FROM read_csv({_lit(source)})) TO {_lit(output)}"
+    _duckdb(f"{copy} ({PARQUET_COPY_OPTIONS})")
     return {"bytes": output.stat().st_size}, 0.0
 
 

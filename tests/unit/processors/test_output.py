@@ -59,3 +59,31 @@ def test_a_cancel_before_the_copy_starts_does_not_hang(make_step: StepFactory) -
     with pytest.raises(JobCancelled):  # raised by the first report, before DuckDB opens the pipe
         copy_to_file(duckdb.connect(), QUERY, step.output_dir / "a.csv", "FORMAT csv", step, "")
     assert not [p for p in step.output_dir.iterdir() if p.name.endswith(".pipe")]
+
+
+def test_a_copy_too_wide_for_two_threads_in_the_memory_limit_runs_on_one(
+    make_step: StepFactory, tmp_path: Path
+) -> None:
+    # 61,440-row groups of 400-character rows: two threads' ordered batches overflow 32 MiB.
+    wide = tmp_path / "wide.parquet"
+    text = "repeat(chr((65 + i % 26)::INTEGER), 400)"
+    duckdb.connect().execute(
+        f"COPY (SELECT i, {text} AS s, i * 1.5 AS f FROM range(100000) t(i))"
+        f" TO '{wide}' (FORMAT parquet, ROW_GROUP_SIZE 61440)"
+    )
+    query, options = f"SELECT * FROM read_parquet('{wide}')", "FORMAT csv, HEADER true"
+    direct = tmp_path / "direct.csv"
+    duckdb.connect().execute(f"COPY ({query}) TO '{direct}' ({options})")
+    messages: list[str] = []
+    step: StepInput = make_step(report=lambda fraction, message: messages.append(message))
+    con = duckdb.connect(config={"memory_limit": "32MiB", "threads": 2})
+    with pytest.raises(duckdb.OutOfMemoryException):  # what the first attempt meets
+        con.execute(f"COPY ({query}) TO '{tmp_path / 'two.csv'}' ({options})")
+
+    path = step.output_dir / "wide.csv"
+    digest = copy_to_file(con, query, path, options, step, "writing")
+
+    assert path.read_bytes() == direct.read_bytes()
+    assert digest == hashlib.sha256(direct.read_bytes()).hexdigest()
+    assert "writing (on one thread, to fit the memory limit)" in messages
+    assert con.execute("SELECT current_setting('threads')").fetchone() == (2,)  # restored
