@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -25,13 +26,34 @@ PIPE_BYTES = 1024 * 1024
 
 
 class _PipeToFile(threading.Thread):
-    """Drains a FIFO into a file and a sha256; keeps draining after a write error."""
+    """Drains a FIFO (see `draining`) into a file and a sha256, even after a write error."""
 
-    def __init__(self, pipe_fd: int, target: Path) -> None:
+    def __init__(self, target: Path) -> None:
         super().__init__(name="artifact-pipe", daemon=True)
-        self.pipe_fd, self.target = pipe_fd, target
+        self.target = target
+        self.pipe_fd = -1
         self.digest = hashlib.sha256()
         self.error: BaseException | None = None
+
+    @contextlib.contextmanager
+    def draining(self) -> Iterator[Path]:
+        """Make the FIFO and drain it while the block runs; yields the path DuckDB writes to."""
+        fifo = self.target.with_name(f".{self.target.name}.pipe")
+        os.mkfifo(fifo, 0o600)
+        # Both ends are opened here, so nothing waits for DuckDB to open the pipe; the reader
+        # sees the end of the data once DuckDB and our spare write end are closed, whether the
+        # COPY finished, failed or never started.
+        self.pipe_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        _widen(self.pipe_fd)
+        spare_fd = os.open(fifo, os.O_WRONLY)
+        os.set_blocking(self.pipe_fd, True)
+        self.start()
+        try:
+            yield fifo
+        finally:
+            os.close(spare_fd)
+            self.join()
+            fifo.unlink(missing_ok=True)
 
     def run(self) -> None:
         out = writeback = None
@@ -82,46 +104,23 @@ def copy_to_file(
     An ordered COPY holds a few row groups of output per DuckDB thread: when that does not
     fit the step's memory limit (wide rows, a small budget), it runs again on one thread.
     """
+
+    def attempt() -> str:
+        pipe = _PipeToFile(path)  # truncates what a failed attempt wrote
+        with pipe.draining() as fifo:
+            copy = f"COPY ({query}) TO {literal(str(fifo))} ({options})"
+            run_with_progress(con, copy, step.report, message, start=start, end=end)
+        if pipe.error is not None:
+            raise pipe.error
+        return pipe.digest.hexdigest()
+
     try:
-        return _copy_through_pipe(con, query, path, options, step, message, start, end)
+        return attempt()
     except duckdb.OutOfMemoryException:
         threads = con.execute("SELECT current_setting('threads')").fetchone()[0]  # type: ignore[index]
         step.report(start, f"{message} (on one thread, to fit the memory limit)")
         con.execute("SET threads = 1")  # the process's database: its steps run one at a time
         try:
-            return _copy_through_pipe(con, query, path, options, step, message, start, end)
+            return attempt()
         finally:
             con.execute(f"SET threads = {int(threads)}")
-
-
-def _copy_through_pipe(
-    con: duckdb.DuckDBPyConnection,
-    query: str,
-    path: Path,
-    options: str,
-    step: StepInput,
-    message: str,
-    start: float,
-    end: float,
-) -> str:
-    fifo = path.with_name(f".{path.name}.pipe")
-    os.mkfifo(fifo, 0o600)
-    # Both ends are opened here, so nothing waits for DuckDB to open the pipe; the reader sees
-    # the end of the data once DuckDB and our spare write end are closed, whether the COPY
-    # finished, failed or never started.
-    read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
-    _widen(read_fd)
-    spare_fd = os.open(fifo, os.O_WRONLY)
-    os.set_blocking(read_fd, True)
-    pipe = _PipeToFile(read_fd, path)  # truncates what a failed attempt wrote
-    pipe.start()
-    try:
-        copy = f"COPY ({query}) TO {literal(str(fifo))} ({options})"
-        run_with_progress(con, copy, step.report, message, start=start, end=end)
-    finally:
-        os.close(spare_fd)
-        pipe.join()
-        fifo.unlink(missing_ok=True)
-    if pipe.error is not None:
-        raise pipe.error
-    return pipe.digest.hexdigest()
