@@ -110,7 +110,7 @@ def validate_dataset(
     *,
     final_attempt: bool = True,
     keep_alive: Callable[[], UnitOfWork] | None = None,
-    memory_limit: str = "1GB",
+    memory_limit: str | None = None,
 ) -> DatasetStatus | None:
     """Infer the schema, write the typed Parquet copy and keep failed rows; None if already taken.
 
@@ -118,7 +118,7 @@ def validate_dataset(
     propagates so that the caller retries; on the final attempt it fails the dataset instead.
     With `keep_alive` (a unit-of-work factory), `updated_at` is refreshed every few seconds, so
     the reaper can tell a long validation from one whose worker died. `memory_limit` is
-    DuckDB's while it converts the file.
+    DuckDB's while it converts the file (default: ingest's own).
     """
     with uow:
         claimed = uow.datasets.transition(
@@ -186,16 +186,21 @@ def _touching(new_uow: Callable[[], UnitOfWork] | None, dataset_id: UUID) -> Ite
 
 
 def _validate_in(
-    uow: UnitOfWork, storage: ObjectStorage, dataset: Dataset, scratch: Path, memory_limit: str
+    uow: UnitOfWork,
+    storage: ObjectStorage,
+    dataset: Dataset,
+    scratch: Path,
+    memory_limit: str | None,
 ) -> DatasetStatus:
     # Imported here: DuckDB and pyarrow are only needed where a worker validates.
-    from services.datasets.ingest import DatasetUnusable, ingest, iter_failed_rows
+    from services.datasets.ingest import MEMORY_LIMIT, DatasetUnusable, ingest, iter_failed_rows
 
     source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
     storage.download_file(dataset.storage_key, source)
     parquet_out = scratch / "data.parquet"
     try:
-        result = ingest(source, dataset.format, parquet_out, scratch, memory_limit=memory_limit)
+        limit = memory_limit or MEMORY_LIMIT
+        result = ingest(source, dataset.format, parquet_out, scratch, memory_limit=limit)
     except DatasetUnusable as exc:
         with uow:
             uow.datasets.transition(

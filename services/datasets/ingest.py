@@ -40,6 +40,7 @@ _ERROR_PREFIX = re.compile(r"^[A-Za-z ]*Error: ")
 # job's 5M-row CSV then peaks ~70 MB lower at the same speed and fits a 192 MiB DuckDB limit,
 # where 122,880-row groups run out of memory.
 PARQUET_COPY_OPTIONS = "FORMAT parquet, COMPRESSION lz4, ROW_GROUP_SIZE 61440"
+MEMORY_LIMIT = "1GB"  # DuckDB's, unless the caller (a worker, from its budget) gives one
 
 _FAILED_SCHEMA = pa.schema(
     [("line_number", pa.int64()), ("raw_text", pa.string()), ("reason", pa.string())]
@@ -65,7 +66,7 @@ def ingest(
     parquet_out: Path,
     workdir: Path,
     *,
-    memory_limit: str = "1GB",
+    memory_limit: str = MEMORY_LIMIT,
 ) -> IngestResult:
     """Validate `source`, write its typed Parquet copy to `parquet_out`, summarise it.
 
@@ -114,7 +115,7 @@ def iter_failed_rows(path: Path, batch_size: int = 1000) -> Iterator[list[tuple[
         )
 
 
-def connect(workdir: Path, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
+def connect(workdir: Path, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDBPyConnection:
     """A fresh DuckDB connection with the ingest limits (reject tables are per connection)."""
     con = duckdb.connect()
     con.execute(f"SET memory_limit={lit(memory_limit)}")

@@ -149,7 +149,7 @@ def test_validation_gives_duckdb_the_memory_limit_it_was_given(tmp_path: Path, m
     limits: list[str] = []
     real_connect = ingest_module.connect
 
-    def spy(workdir: Path, memory_limit: str = "1GB"):
+    def spy(workdir: Path, memory_limit: str):
         con = real_connect(workdir, memory_limit)
         limits.append(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
         return con
@@ -160,12 +160,3 @@ def test_validation_gives_duckdb_the_memory_limit_it_was_given(tmp_path: Path, m
     status = validate_dataset(uow, storage, dataset.id, tmp_path, memory_limit="300MiB")
     assert status == DatasetStatus.ready
     assert limits == ["300.0 MiB"]
-
-
-def test_a_worker_gives_ingest_half_its_memory_budget_and_steps_three_eighths():
-    from schemas.settings import Settings
-    from workers.engine import engine_limits, ingest_memory_limit
-
-    settings = Settings(worker_memory_budget_mb=512)
-    assert ingest_memory_limit(settings) == "256MiB"
-    assert engine_limits(settings).memory_limit == "192MiB"
