@@ -11,7 +11,18 @@ from typing import Any
 from uuid import UUID
 
 from pydantic_core import to_jsonable_python
-from sqlalchemy import JSON, Connection, Table, delete, func, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from db.models import DatasetRow, FailedRowRow, utcnow
 from schemas.records import Dataset, DatasetStatus, FailedRow, Record
@@ -43,6 +54,19 @@ DATASETS: Table = DatasetRow.__table__  # type: ignore[assignment]
 FAILED_ROWS: Table = FailedRowRow.__table__  # type: ignore[assignment]
 
 
+def by_id(table: Table) -> tuple[Select[Any], Select[Any]]:
+    """`SELECT *` by id, and by id and owner_id, with bound `id` and `owner_id` parameters.
+
+    Built once per table for the hottest reads: a statement built per call costs SQLAlchemy
+    ~0.13 ms of CPU to construct and cache-key, a tenth of a GET /jobs/{id}.
+    """
+    one = select(table).where(table.c.id == bindparam("id"))
+    return one, one.where(table.c.owner_id == bindparam("owner_id"))
+
+
+_DATASET, _OWNED_DATASET = by_id(DATASETS)
+
+
 class SqlDatasetRepository:
     """Datasets in the `datasets` table."""
 
@@ -55,10 +79,11 @@ class SqlDatasetRepository:
 
     def get(self, dataset_id: UUID, owner_id: str | None = None) -> Dataset | None:
         """One dataset, or None when it does not exist or belongs to another owner."""
-        query = select(DATASETS).where(DATASETS.c.id == dataset_id)
-        if owner_id is not None:
-            query = query.where(DATASETS.c.owner_id == owner_id)
-        row = self._db.execute(query).mappings().one_or_none()
+        if owner_id is None:
+            result = self._db.execute(_DATASET, {"id": dataset_id})
+        else:
+            result = self._db.execute(_OWNED_DATASET, {"id": dataset_id, "owner_id": owner_id})
+        row = result.mappings().one_or_none()
         return Dataset.model_validate(row) if row is not None else None
 
     def list(

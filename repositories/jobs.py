@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from db.models import ArtifactRow, JobEventRow, JobRow, utcnow
 from ports.repositories import IdempotencyConflict
-from repositories.datasets import DATASETS, record_values, row_values
+from repositories.datasets import DATASETS, by_id, record_values, row_values
 from schemas.records import (
     ACTIVE_JOB_STATUSES,
     Artifact,
@@ -43,6 +43,17 @@ JOB_EVENTS_CHANNEL = "assay_job_events"
 
 # INSERT ... ON CONFLICT, per dialect (SQLAlchemy has no backend-neutral form).
 _UPSERT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+# Built once, values bound at execution (see by_id): the request path's statements.
+_JOB, _OWNED_JOB = by_id(JOBS)
+_INSERT_JOB = insert(JOBS)
+_INSERT_EVENT = insert(JOB_EVENTS)
+# Each row notifies its own job (as text, the form str(UUID) gives).
+_ID_AND_NOTIFY = (
+    JOB_EVENTS.c.id,
+    func.pg_notify(JOB_EVENTS_CHANNEL, cast(JOB_EVENTS.c.job_id, String)),
+)
+_INSERT_EVENT_NOTIFYING = _INSERT_EVENT.returning(*_ID_AND_NOTIFY)
 
 
 def _statuses(statuses: Sequence[JobStatus]) -> list[str]:
@@ -69,7 +80,7 @@ class SqlJobRepository:
         """
         values = record_values(JOBS, job)
         if job.idempotency_key is None:
-            self._db.execute(insert(JOBS).values(values))
+            self._db.execute(_INSERT_JOB, values)
             return
         dialect = self._db.dialect.name
         statement = (
@@ -86,10 +97,9 @@ class SqlJobRepository:
 
     def get(self, job_id: UUID, owner_id: str | None = None) -> Job | None:
         """One job, or None when it does not exist or belongs to another owner."""
-        query = select(JOBS).where(JOBS.c.id == job_id)
-        if owner_id is not None:
-            query = query.where(JOBS.c.owner_id == owner_id)
-        return self._one(query)
+        if owner_id is None:
+            return self._one(_JOB, {"id": job_id})
+        return self._one(_OWNED_JOB, {"id": job_id, "owner_id": owner_id})
 
     def get_by_idempotency_key(self, owner_id: str, key: str) -> Job | None:
         """The job an owner created with this Idempotency-Key, if any."""
@@ -271,8 +281,8 @@ class SqlJobRepository:
         self._db.execute(delete(JOB_EVENTS).where(JOB_EVENTS.c.job_id == job_id))
         self._db.execute(delete(JOBS).where(JOBS.c.id == job_id))
 
-    def _one(self, query: Any) -> Job | None:
-        row = self._db.execute(query).mappings().one_or_none()
+    def _one(self, query: Any, params: dict[str, Any] | None = None) -> Job | None:
+        row = self._db.execute(query, params).mappings().one_or_none()
         return Job.model_validate(row) if row is not None else None
 
     def _all(self, query: Any) -> list[Job]:
@@ -293,12 +303,11 @@ class SqlJobEventRepository:
 
     def add(self, event: JobEvent) -> JobEvent:
         """Append an event; returns it with its generated id."""
-        statement = insert(JOB_EVENTS).values(record_values(JOB_EVENTS, event))
+        values = record_values(JOB_EVENTS, event)
         if self._db.dialect.name == "postgresql":
-            notify = func.pg_notify(JOB_EVENTS_CHANNEL, str(event.job_id))
-            event_id = self._db.execute(statement.returning(JOB_EVENTS.c.id, notify)).one()[0]
+            event_id = self._db.execute(_INSERT_EVENT_NOTIFYING, values).one()[0]
         else:
-            result = self._db.execute(statement)
+            result = self._db.execute(_INSERT_EVENT, values)
             event_id = result.inserted_primary_key[0]  # type: ignore[attr-defined]
         return event.model_copy(update={"id": event_id})
 
@@ -308,9 +317,7 @@ class SqlJobEventRepository:
             return
         statement = insert(JOB_EVENTS).values([record_values(JOB_EVENTS, e) for e in events])
         if self._db.dialect.name == "postgresql":
-            # Each row notifies its own job (as text, the form str(UUID) gives).
-            notify = func.pg_notify(JOB_EVENTS_CHANNEL, cast(JOB_EVENTS.c.job_id, String))
-            self._db.execute(statement.returning(JOB_EVENTS.c.id, notify)).all()
+            self._db.execute(statement.returning(*_ID_AND_NOTIFY)).all()
         else:
             self._db.execute(statement)
 
