@@ -2,6 +2,7 @@
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -105,7 +106,11 @@ def create_api() -> "FastAPI":
     configure_logging(settings)
     context = bootstrap(settings)
     prepare_storage(context)
-    return create_app(context, make_job_wakeups(settings))
+    app = create_app(context, make_job_wakeups(settings))
+    # The modules and app built so far live as long as the process: out of the collector's
+    # sight, a full collection no longer walks them (75-155 ms pauses under load before).
+    gc.freeze()
+    return app
 
 
 def configure_logging(settings: Settings) -> None:
