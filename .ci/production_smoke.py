@@ -130,14 +130,9 @@ def post_json(url: str, body: dict[str, Any]) -> Any:
 
 def upload(url: str, filename: str, content: bytes) -> Any:
     boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            f"Content-Type: text/csv\r\n\r\n"
-        ).encode()
-        + content
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    disposition = f'form-data; name="file"; filename="{filename}"'
+    head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: text/csv\r\n\r\n"
+    body = head.encode() + content + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
