@@ -22,11 +22,11 @@ from ports.wakeups import JobWakeups
 from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
 from schemas.settings import Settings
-from services.celery_queue import CeleryTaskQueue
-from services.storage.local import LocalObjectStorage
-from services.wakeups.polling import PollingJobWakeups
-from services.wakeups.postgres import PostgresJobWakeups
-from services.wakeups.sqlite_file import SqliteFileWakeups
+from services.adapters.celery_queue import CeleryTaskQueue
+from services.adapters.storage.local import LocalObjectStorage
+from services.adapters.wakeups.polling import PollingJobWakeups
+from services.adapters.wakeups.postgres import PostgresJobWakeups
+from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
 from workers.celery_app import AssayCelery, make_celery
 from workers.reaper import start_reaper_thread, sweep_scratch
 
@@ -41,7 +41,7 @@ def make_storage(settings: Settings, bucket: str) -> ObjectStorage:
     """One bucket of the configured object storage."""
     if settings.storage_backend == "s3":
         # Imported where used (so are alembic and uvicorn): a worker's processes stay smaller.
-        from services.storage.s3 import S3ObjectStorage
+        from services.adapters.storage.s3 import S3ObjectStorage
 
         return S3ObjectStorage(
             bucket,
@@ -76,7 +76,7 @@ def bootstrap(settings: Settings, celery_app: AssayCelery | None = None) -> Cont
 def prepare_storage(context: Context) -> None:
     """Create buckets (or folders) that do not exist yet."""
     for storage in (context.datasets_storage, context.results_storage):
-        storage.ensure_ready()  # type: ignore[attr-defined]
+        storage.ensure_ready()
 
 
 def make_job_wakeups(settings: Settings) -> JobWakeups:

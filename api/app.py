@@ -10,7 +10,7 @@ from api.metrics import install_metrics
 from api.routes import datasets, health, jobs, processors
 from ports.context import Context
 from ports.wakeups import JobWakeups
-from services.wakeups.polling import PollingJobWakeups
+from services.adapters.wakeups.polling import PollingJobWakeups
 
 
 def create_app(context: Context, wakeups: JobWakeups | None = None) -> FastAPI:

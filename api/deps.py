@@ -13,7 +13,7 @@ from ports.queue import TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
 from ports.wakeups import JobWakeups
-from schemas.records import DEFAULT_OWNER
+from schemas.domain.records import DEFAULT_OWNER
 from schemas.settings import Settings
 
 

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ports.repositories import UnitOfWork
-from schemas.records import DatasetStatus, JobStatus
+from schemas.domain.records import DatasetStatus, JobStatus
 
 
 class StatusCollector(Collector):

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from uuid import UUID
 
-from schemas.records import (
+from schemas.domain.records import (
     Artifact,
     Dataset,
     DatasetStatus,

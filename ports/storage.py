@@ -69,3 +69,7 @@ class ObjectStorage(Protocol):
     def check(self) -> None:
         """Raise StorageUnavailable when the backend cannot be used."""
         ...
+
+    def ensure_ready(self) -> None:
+        """Create the bucket (or folder) when it does not exist yet; idempotent."""
+        ...

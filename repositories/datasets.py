@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 from db.models import DatasetRow, FailedRowRow, utcnow
-from schemas.records import Dataset, DatasetStatus, FailedRow, Record
+from schemas.domain.records import Dataset, DatasetStatus, FailedRow, Record
 
 FAILED_ROWS_BATCH = 1000
 

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from db.models import ArtifactRow, JobEventRow, JobRow, utcnow
 from ports.repositories import IdempotencyConflict
 from repositories.datasets import DATASETS, by_id, record_values, row_values
-from schemas.records import (
+from schemas.domain.records import (
     ACTIVE_JOB_STATUSES,
     Artifact,
     DatasetStatus,

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from schemas.records import ColumnInfo, DatasetFormat, DatasetStatus, JobStatus, JobStep
+from schemas.domain.records import ColumnInfo, DatasetFormat, DatasetStatus, JobStatus, JobStep
 
 
 class ErrorDetail(BaseModel):

@@ -13,7 +13,7 @@ from uuid import UUID
 from ports.queue import QueueUnavailable
 from ports.repositories import IdempotencyConflict
 from ports.storage import ObjectNotFound
-from schemas.records import (
+from schemas.domain.records import (
     ACTIVE_JOB_STATUSES,
     Artifact,
     Dataset,

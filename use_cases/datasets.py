@@ -15,8 +15,8 @@ from uuid import UUID
 from ports.queue import QueueUnavailable, TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
-from schemas.ids import new_id
-from schemas.records import (
+from schemas.domain.ids import new_id
+from schemas.domain.records import (
     ACTIVE_JOB_STATUSES,
     Dataset,
     DatasetFormat,
@@ -193,7 +193,12 @@ def _validate_in(
     memory_limit: str | None,
 ) -> DatasetStatus:
     # Imported here: DuckDB and pyarrow are only needed where a worker validates.
-    from services.datasets.ingest import MEMORY_LIMIT, DatasetUnusable, ingest, iter_failed_rows
+    from services.processing.datasets.ingest import (
+        MEMORY_LIMIT,
+        DatasetUnusable,
+        ingest,
+        iter_failed_rows,
+    )
 
     source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
     storage.download_file(dataset.storage_key, source)

@@ -10,8 +10,8 @@ from uuid import UUID
 from ports.queue import QueueUnavailable, TaskQueue
 from ports.repositories import IdempotencyConflict, UnitOfWork
 from ports.storage import ObjectStorage
-from schemas.ids import new_id
-from schemas.records import (
+from schemas.domain.ids import new_id
+from schemas.domain.records import (
     ColumnInfo,
     DatasetStatus,
     Job,
@@ -55,8 +55,8 @@ def check_steps(steps: list[JobStep], columns: list[ColumnInfo] | None) -> list[
     """Validate every step's processor and params (and columns, when the schema is known)."""
     # Imported here: the processors load DuckDB and numpy, which a worker's main process
     # (it only consumes messages and runs the reaper) does not need.
-    from services.processors.base import ParamsError
-    from services.processors.registry import UnknownProcessor, validate_step
+    from services.processing.processors.base import ParamsError
+    from services.processing.processors.registry import UnknownProcessor, validate_step
 
     if not steps:
         raise InvalidParams("a job needs at least one step", {"field": "steps"})

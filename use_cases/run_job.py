@@ -19,15 +19,15 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage, StorageUnavailable
-from schemas.records import Artifact, Dataset, DatasetStatus, Job, JobEvent, JobStatus
-from services.processors.base import (
+from schemas.domain.records import Artifact, Dataset, DatasetStatus, Job, JobEvent, JobStatus
+from services.processing.processors.base import (
     JobCancelled,
     ParamsError,
     ProcessorInputError,
     StepInput,
 )
-from services.processors.numeric import ProfileCache
-from services.processors.registry import get_processor, validate_step
+from services.processing.processors.numeric import ProfileCache
+from services.processing.processors.registry import get_processor, validate_step
 from use_cases.jobs import event, move
 
 log = logging.getLogger(__name__)

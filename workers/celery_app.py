@@ -4,7 +4,7 @@ import os
 from collections.abc import Callable
 from functools import cache
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import worker_process_init
 from kombu import Queue
 
@@ -22,6 +22,13 @@ class AssayCelery(Celery):
         return _context_for_process(self.context_factory, os.getpid())
 
 
+def context_of(task: Task) -> Context:
+    """The ports a task runs with, from the app the composition root built."""
+    app = task.app
+    assert isinstance(app, AssayCelery), "tasks run only in the app make_celery() built"
+    return app.context()
+
+
 @worker_process_init.connect
 def _load_the_engine(**_: object) -> None:
     """Import DuckDB, pyarrow and the processors in each pool process before its first task.
@@ -29,7 +36,7 @@ def _load_the_engine(**_: object) -> None:
     The worker's main process only consumes messages and runs the reaper, so it never loads
     them: forked pool processes do not inherit ~75 MiB they would share with it.
     """
-    import services.datasets.ingest  # noqa: F401
+    import services.processing.datasets.ingest  # noqa: F401
     import use_cases.run_job  # noqa: F401
 
 

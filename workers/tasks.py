@@ -5,10 +5,12 @@ from uuid import UUID
 
 from celery import Task, shared_task
 
-from services.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
+from services.adapters.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from use_cases.datasets import validate_dataset
 from use_cases.jobs import release_waiting_jobs
-from workers.engine import engine_limits, ingest_memory_limit, is_transient
+from workers.celery_app import context_of
+from workers.errors import is_transient
+from workers.limits import engine_limits, ingest_memory_limit
 from workers.reaper import reap_once
 
 VALIDATION_RETRIES = 3
@@ -23,7 +25,7 @@ VALIDATION_RETRIES = 3
     retry_backoff_max=60,
 )
 def validate_dataset_task(self: Task, dataset_id: str) -> None:
-    context = self.app.context()  # type: ignore[attr-defined]
+    context = context_of(self)
     workdir = Path(context.settings.tmp_dir)
     final = self.request.retries >= VALIDATION_RETRIES
     uow = context.new_uow()
@@ -43,14 +45,14 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
 
 @shared_task(name="assay.reap", bind=True)
 def reap_task(self: Task) -> int:
-    return reap_once(self.app.context())  # type: ignore[attr-defined]
+    return reap_once(context_of(self))
 
 
 @shared_task(name=RUN_JOB_TASK, bind=True, max_retries=None)
 def run_job_task(self: Task, job_id: str) -> str:
     from use_cases.run_job import Outcome, run_job  # preloaded by each pool process
 
-    context = self.app.context()  # type: ignore[attr-defined]
+    context = context_of(self)
     outcome = run_job(
         context.new_uow,
         context.datasets_storage,

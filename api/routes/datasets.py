@@ -20,7 +20,7 @@ from schemas.api import (
     FailedRowPage,
     PreviewOut,
 )
-from schemas.records import Dataset, DatasetFormat, DatasetStatus
+from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus
 from use_cases.datasets import delete_dataset, preview_key, register_dataset
 from use_cases.errors import Conflict, InvalidParams, NotFound, UnsupportedFormat
 

@@ -29,7 +29,7 @@ from schemas.api import (
     JobPage,
     JobResultOut,
 )
-from schemas.records import Job, JobEvent, JobStatus, JobStep
+from schemas.domain.records import Job, JobEvent, JobStatus, JobStep
 from use_cases.errors import Conflict, NotFound
 from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
 

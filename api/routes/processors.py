@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from schemas.api import ProcessorOut
-from services.processors.registry import PROCESSORS
+from services.processing.processors.registry import PROCESSORS
 
 router = APIRouter(prefix="/api/v1/processors", tags=["processors"])
 

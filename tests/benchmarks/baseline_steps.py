@@ -142,7 +142,9 @@ def _lit(path: Path) -> str:
 
 def duckdb_csv_to_parquet(source: Path, output: Path) -> tuple[Detail, float]:
     """The ingest floor: one COPY from the CSV (sniffed) to Parquet as Assay writes it."""
-    from services.datasets.ingest import PARQUET_COPY_OPTIONS  # here: pandas steps skip it
+    from services.processing.datasets.ingest import (
+        PARQUET_COPY_OPTIONS,  # here: pandas steps skip it
+    )
 
     copy = f"COPY (SELECT * FROM read_csv({_lit(source)})) TO {_lit(output)}"
     _duckdb(f"{copy} ({PARQUET_COPY_OPTIONS})")

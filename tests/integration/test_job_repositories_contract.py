@@ -11,8 +11,8 @@ from uuid import UUID
 import pytest
 
 from ports.repositories import IdempotencyConflict, UnitOfWork
-from schemas.ids import new_id
-from schemas.records import (
+from schemas.domain.ids import new_id
+from schemas.domain.records import (
     Artifact,
     Dataset,
     DatasetFormat,

@@ -1,7 +1,7 @@
 """Job streams on a real database: PostgreSQL wakes them with NOTIFY, SQLite polls.
 
-The listener (services/wakeups/postgres.py) and the NOTIFY the job-event repository sends in
-the inserting transaction, then GET /jobs/{id}/stream over both backends.
+The listener (services/adapters/wakeups/postgres.py) and the NOTIFY the job-event repository
+sends in the inserting transaction, then GET /jobs/{id}/stream over both backends.
 """
 
 import asyncio
@@ -25,11 +25,11 @@ from ports.repositories import UnitOfWork
 from ports.wakeups import JobWakeups
 from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
-from schemas.records import DEFAULT_OWNER, JobEvent, JobStatus
+from schemas.domain.records import DEFAULT_OWNER, JobEvent, JobStatus
 from schemas.settings import Settings
-from services.wakeups.polling import PollingJobWakeups
-from services.wakeups.postgres import PostgresJobWakeups
-from services.wakeups.sqlite_file import SqliteFileWakeups
+from services.adapters.wakeups.polling import PollingJobWakeups
+from services.adapters.wakeups.postgres import PostgresJobWakeups
+from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
 from tests.fakes import FakeQueue, FakeStorage
 from tests.fixtures.databases import postgres_dsn
 from tests.integration.test_job_repositories_contract import add_dataset, add_job

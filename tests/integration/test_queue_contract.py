@@ -10,9 +10,9 @@ import pytest
 from kombu import Connection
 
 from ports.queue import QueueUnavailable
-from schemas.ids import new_id
+from schemas.domain.ids import new_id
 from schemas.settings import Settings
-from services.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK, CeleryTaskQueue
+from services.adapters.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK, CeleryTaskQueue
 from tests.services import (
     RABBITMQ_HOST,
     RABBITMQ_PORT,

@@ -10,8 +10,8 @@ import pytest
 from db.engine import make_engine, make_session_factory
 from ports.repositories import DatabaseUnavailable, UnitOfWork
 from repositories.unit_of_work import SqlUnitOfWork
-from schemas.ids import new_id
-from schemas.records import (
+from schemas.domain.ids import new_id
+from schemas.domain.records import (
     Artifact,
     ColumnInfo,
     Dataset,

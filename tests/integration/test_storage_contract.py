@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import services.storage.s3 as s3_module
+import services.adapters.storage.s3 as s3_module
 from ports.storage import ObjectNotFound, ObjectStorage, StorageUnavailable
-from services.storage.local import LocalObjectStorage
-from services.storage.s3 import S3ObjectStorage
+from services.adapters.storage.local import LocalObjectStorage
+from services.adapters.storage.s3 import S3ObjectStorage
 from tests.fixtures.storage import make_s3_storage
 
 MiB = 1024 * 1024

@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from db.engine import make_engine
 from repositories.unit_of_work import SqlUnitOfWork
-from schemas.records import JobEvent
+from schemas.domain.records import JobEvent
 from tests.integration.test_job_repositories_contract import add_dataset, add_job, make_job
 
 

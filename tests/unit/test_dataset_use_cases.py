@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.records import DatasetFormat, DatasetStatus
+from schemas.domain.records import DatasetFormat, DatasetStatus
 from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
 from use_cases.datasets import (
     ReceivedFile,
@@ -128,7 +128,7 @@ def test_keep_alive_refreshes_a_long_validation(tmp_path: Path, monkeypatch):
         real_update(dataset_id, **changes)
 
     monkeypatch.setattr(uow.datasets, "update", spy)
-    import services.datasets.ingest as ingest_module
+    import services.processing.datasets.ingest as ingest_module
 
     slow_ingest = ingest_module.ingest
 
@@ -144,7 +144,7 @@ def test_keep_alive_refreshes_a_long_validation(tmp_path: Path, monkeypatch):
 
 
 def test_validation_gives_duckdb_the_memory_limit_it_was_given(tmp_path: Path, monkeypatch):
-    import services.datasets.ingest as ingest_module
+    import services.processing.datasets.ingest as ingest_module
 
     limits: list[str] = []
     real_connect = ingest_module.connect

@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from ports.context import Context
-from schemas.ids import new_id
-from schemas.records import Job, JobStatus
+from schemas.domain.ids import new_id
+from schemas.domain.records import Job, JobStatus
 
 CSV = b"a,b\n1,2\n3,4\n"
 

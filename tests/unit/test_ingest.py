@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.records import DatasetFormat
-from services.datasets.ingest import (
+from schemas.domain.records import DatasetFormat
+from services.processing.datasets.ingest import (
     PARQUET_COPY_OPTIONS,
     PREVIEW_ROWS,
     DatasetUnusable,
@@ -27,7 +27,7 @@ from services.datasets.ingest import (
     ingest,
     iter_failed_rows,
 )
-from services.datasets.parquet_reader import friendly_type
+from services.processing.datasets.parquet_reader import friendly_type
 
 Ingest = Callable[..., IngestResult]
 STAMP = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -197,8 +197,8 @@ _SUMMARY_COLUMNS = """
 @pytest.mark.parametrize("rows", [0, 1, 250_000])
 def test_summary_null_counts_equal_a_full_scan(tmp_path: Path, rows: int) -> None:
     # Flat columns are counted from the footer, the rest by a scan: both must be exact.
-    from services.datasets.ingest import connect
-    from services.datasets.parquet_reader import summarize
+    from services.processing.datasets.ingest import connect
+    from services.processing.datasets.parquet_reader import summarize
 
     con = connect(tmp_path)
     copy = tmp_path / "copy.parquet"

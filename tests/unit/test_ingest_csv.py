@@ -7,9 +7,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from schemas.records import DatasetFormat
-from services.datasets import csv_reader
-from services.datasets.ingest import DatasetUnusable, IngestResult
+from schemas.domain.records import DatasetFormat
+from services.processing.datasets import csv_reader
+from services.processing.datasets.ingest import DatasetUnusable, IngestResult
 from tests.unit.test_ingest import Ingest, failed_rows, ingester
 
 QUOTE = csv_reader.QUOTE_REASON

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.records import DatasetFormat
-from services.datasets.ingest import DatasetUnusable, IngestResult
+from schemas.domain.records import DatasetFormat
+from services.processing.datasets.ingest import DatasetUnusable, IngestResult
 from tests.unit.test_ingest import Ingest, failed_rows, ingester
 
 JSON, NDJSON = DatasetFormat.json, DatasetFormat.ndjson

@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from schemas.ids import new_id
-from schemas.records import (
+from schemas.domain.ids import new_id
+from schemas.domain.records import (
     ColumnInfo,
     Dataset,
     DatasetFormat,

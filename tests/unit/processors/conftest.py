@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.records import ColumnInfo, DatasetFormat
-from services.processors.base import JobCancelled, StepInput
+from schemas.domain.records import ColumnInfo, DatasetFormat
+from services.processing.processors.base import JobCancelled, StepInput
 
 ROWS = 3000
 FRIENDLY = {
@@ -145,7 +145,7 @@ class CancelOnCall:
 @pytest.fixture(params=["small", "large"])
 def data_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test on both profiling paths: one query in this thread, or a query per column."""
-    from services.processors import metrics, profiles
+    from services.processing.processors import metrics, profiles
 
     if request.param == "large":
         monkeypatch.setattr(profiles, "SMALL_VALUES", 0)

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from schemas.records import ColumnInfo
-from services.processors import anomalies, duck
-from services.processors import profiles as profiles_module
-from services.processors.base import JobCancelled
-from services.processors.numeric import ProfileCache
+from schemas.domain.records import ColumnInfo
+from services.processing.processors import anomalies, duck
+from services.processing.processors import profiles as profiles_module
+from services.processing.processors.base import JobCancelled
+from services.processing.processors.numeric import ProfileCache
 from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]
@@ -220,7 +220,7 @@ def test_flags_from_the_profiled_extremes_equal_a_full_scan(
     method: str,
     extremes: str,
 ) -> None:
-    from services.processors import numeric
+    from services.processing.processors import numeric
 
     monkeypatch.setattr(profiles_module, "SMALL_VALUES", 0)  # profiles keep the extremes
     if extremes == "too few":  # only min and max kept: the rule flags one, so columns are scanned

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.processors import anomalies, metrics, normalize
-from services.processors.base import JobCancelled, ProcessorInputError
-from services.processors.duck import (
+from services.processing.processors import anomalies, metrics, normalize
+from services.processing.processors.base import JobCancelled, ProcessorInputError
+from services.processing.processors.duck import (
     connect,
     json_safe,
     literal,

@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from schemas.records import ColumnInfo
-from services.processors import anomalies, metrics, numeric
-from services.processors.base import JobCancelled
+from schemas.domain.records import ColumnInfo
+from services.processing.processors import anomalies, metrics, numeric
+from services.processing.processors.base import JobCancelled
 from tests.unit.processors.conftest import CancelOnCall, StepFactory, columns_of, write_parquet
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]

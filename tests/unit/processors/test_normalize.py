@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from schemas.records import ColumnInfo, DatasetFormat
-from services.processors import metrics, normalize
-from services.processors.base import JobCancelled
-from services.processors.numeric import ProfileCache
+from schemas.domain.records import ColumnInfo, DatasetFormat
+from services.processing.processors import metrics, normalize
+from services.processing.processors.base import JobCancelled
+from services.processing.processors.numeric import ProfileCache
 from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]

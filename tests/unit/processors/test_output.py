@@ -6,8 +6,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from services.processors.base import JobCancelled, ProcessorInputError, StepInput
-from services.processors.output import copy_to_file
+from services.processing.processors.base import JobCancelled, ProcessorInputError, StepInput
+from services.processing.processors.output import copy_to_file
 from tests.unit.processors.conftest import StepFactory
 
 QUERY = "SELECT i, i * 0.5 AS half, 'row ' || i AS label FROM range(200000) t(i)"

@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas.records import ColumnInfo, DatasetFormat
-from services.processors import profiles as profiles_module
-from services.processors.base import StepInput
-from services.processors.duck import connect, parquet_source, parquet_types
-from services.processors.numeric import ProfileCache, find_extremes, profile_values
-from services.processors.profiles import profile_workers
+from schemas.domain.records import ColumnInfo, DatasetFormat
+from services.processing.processors import profiles as profiles_module
+from services.processing.processors.base import StepInput
+from services.processing.processors.duck import connect, parquet_source, parquet_types
+from services.processing.processors.numeric import ProfileCache, find_extremes, profile_values
+from services.processing.processors.profiles import profile_workers
 from tests.unit.processors.conftest import StepFactory, write_parquet
 
 MIB = 1024**2

@@ -3,9 +3,9 @@
 import pytest
 from pydantic import BaseModel
 
-from schemas.records import ColumnInfo
-from services.processors import registry
-from services.processors.base import ParamsError, UnknownProcessor, artifact_name
+from schemas.domain.records import ColumnInfo
+from services.processing.processors import registry
+from services.processing.processors.base import ParamsError, UnknownProcessor, artifact_name
 
 COLUMNS = [
     ColumnInfo(name="price", type="float", null_count=0),

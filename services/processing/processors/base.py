@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.records import ColumnInfo, DatasetFormat
-from services.processors.numeric import ProfileCache
+from schemas.domain.records import ColumnInfo, DatasetFormat
+from services.processing.processors.numeric import ProfileCache
 
 
 class JobCancelled(Exception):

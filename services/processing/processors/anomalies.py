@@ -31,11 +31,16 @@ import duckdb
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.records import ColumnInfo
-from services.processors.arrays import to_arrow
-from services.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
-from services.processors.columns import is_numeric, select_columns, unique_names, value_expr
-from services.processors.duck import (
+from schemas.domain.records import ColumnInfo
+from services.processing.processors.arrays import to_arrow
+from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
+from services.processing.processors.columns import (
+    is_numeric,
+    select_columns,
+    unique_names,
+    value_expr,
+)
+from services.processing.processors.duck import (
     aggregate_columns,
     connect,
     json_safe,
@@ -44,8 +49,8 @@ from services.processors.duck import (
     parquet_types,
     run_with_progress,
 )
-from services.processors.numeric import ColumnProfile, Extremes
-from services.processors.profiles import numeric_profiles
+from services.processing.processors.numeric import ColumnProfile, Extremes
+from services.processing.processors.profiles import numeric_profiles
 
 DEFAULT_THRESHOLDS = {"zscore": 3.0, "modified_zscore": 3.5, "iqr": 1.5}
 ARTIFACT = "anomalies.csv"

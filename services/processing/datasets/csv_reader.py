@@ -37,7 +37,7 @@ from typing import BinaryIO
 
 import duckdb
 
-from services.datasets.ingest import (
+from services.processing.datasets.ingest import (
     CHUNK_BYTES,
     MAX_ROW_BYTES,
     RAW_TEXT_LIMIT,
@@ -50,7 +50,7 @@ from services.datasets.ingest import (
     lit,
     unique_names,
 )
-from services.datasets.parquet_reader import friendly_type
+from services.processing.datasets.parquet_reader import friendly_type
 
 SAMPLE_ROWS = 20480
 MAX_HEADER_BYTES = 1024 * 1024

@@ -17,12 +17,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from schemas.records import ColumnInfo
-from services.processors.arrays import read_numbers
-from services.processors.base import StepInput
-from services.processors.columns import quote, value_expr
-from services.processors.duck import map_with_progress, parquet_source
-from services.processors.numeric import ColumnProfile, find_extremes, profile_values
+from schemas.domain.records import ColumnInfo
+from services.processing.processors.arrays import read_numbers
+from services.processing.processors.base import StepInput
+from services.processing.processors.columns import quote, value_expr
+from services.processing.processors.duck import map_with_progress, parquet_source
+from services.processing.processors.numeric import ColumnProfile, find_extremes, profile_values
 
 SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 # Bytes per row while a column is profiled: every row's value and validity, the sorted

@@ -4,9 +4,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from schemas.records import ColumnInfo
-from services.processors import anomalies, metrics, normalize
-from services.processors.base import ParamsError, Processor, UnknownProcessor
+from schemas.domain.records import ColumnInfo
+from services.processing.processors import anomalies, metrics, normalize
+from services.processing.processors.base import ParamsError, Processor, UnknownProcessor
 
 PROCESSORS: dict[str, Processor] = {
     p.name: p

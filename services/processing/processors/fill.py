@@ -6,14 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from schemas.records import ColumnInfo
-from services.processors.base import ParamsError, ProcessorInputError, StepInput
-from services.processors.columns import is_numeric, select_columns, value_expr
-from services.processors.duck import aggregate_columns, literal, run_with_progress
-from services.processors.numeric import ColumnProfile
+from schemas.domain.records import ColumnInfo
+from services.processing.processors.base import ParamsError, ProcessorInputError, StepInput
+from services.processing.processors.columns import is_numeric, select_columns, value_expr
+from services.processing.processors.duck import aggregate_columns, literal, run_with_progress
+from services.processing.processors.numeric import ColumnProfile
 
 if TYPE_CHECKING:
-    from services.processors.normalize import FillNulls
+    from services.processing.processors.normalize import FillNulls
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "date": date.fromisoformat,

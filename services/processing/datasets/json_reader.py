@@ -30,8 +30,8 @@ from typing import Any, BinaryIO
 import duckdb
 import orjson
 
-from schemas.records import DatasetFormat
-from services.datasets.ingest import (
+from schemas.domain.records import DatasetFormat
+from services.processing.datasets.ingest import (
     BOM,
     CHUNK_BYTES,
     MAX_ROW_BYTES,

@@ -16,7 +16,12 @@ from typing import Any, NoReturn, TypeVar
 
 import duckdb
 
-from services.processors.base import JobCancelled, ProcessorInputError, ProgressCallback, StepInput
+from services.processing.processors.base import (
+    JobCancelled,
+    ProcessorInputError,
+    ProgressCallback,
+    StepInput,
+)
 
 T = TypeVar("T")
 POLL_SECONDS = 0.2

@@ -24,7 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.records import ColumnInfo, DatasetFormat
+from schemas.domain.records import ColumnInfo, DatasetFormat
 
 PREVIEW_ROWS = 100
 PREVIEW_TEXT_CHARS = 1000  # long strings are cut in the preview only, never in the copy
@@ -73,7 +73,7 @@ def ingest(
     `memory_limit` is DuckDB's (it spills to `workdir` beyond it).
     """
     # Imported here because the readers import the shared helpers from this module.
-    from services.datasets import csv_reader, json_reader, parquet_reader
+    from services.processing.datasets import csv_reader, json_reader, parquet_reader
 
     fmt = DatasetFormat(fmt)
     workdir.mkdir(parents=True, exist_ok=True)

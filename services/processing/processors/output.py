@@ -17,9 +17,9 @@ from pathlib import Path
 
 import duckdb
 
-from services.processors.base import StepInput
-from services.processors.duck import literal, run_with_progress
-from services.storage.writeback import Writeback
+from services.adapters.storage.writeback import Writeback
+from services.processing.processors.base import StepInput
+from services.processing.processors.duck import literal, run_with_progress
 
 CHUNK_BYTES = 1024 * 1024
 PIPE_BYTES = 1024 * 1024

@@ -2,8 +2,8 @@
 
 from collections.abc import Callable, Sequence
 
-from schemas.records import ColumnInfo
-from services.processors.base import ParamsError
+from schemas.domain.records import ColumnInfo
+from services.processing.processors.base import ParamsError
 
 NUMERIC_TYPES = frozenset({"integer", "float", "decimal"})
 TEMPORAL_TYPES = frozenset({"date", "timestamp", "time"})

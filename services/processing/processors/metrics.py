@@ -15,9 +15,9 @@ import duckdb
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.records import ColumnInfo
-from services.processors.base import ProgressCallback, StepInput, StepOutput
-from services.processors.columns import (
+from schemas.domain.records import ColumnInfo
+from services.processing.processors.base import ProgressCallback, StepInput, StepOutput
+from services.processing.processors.columns import (
     FLOAT_DUCK_TYPES,
     is_numeric,
     is_temporal,
@@ -25,7 +25,7 @@ from services.processors.columns import (
     unique_names,
     value_expr,
 )
-from services.processors.duck import (
+from services.processing.processors.duck import (
     connect,
     json_safe,
     map_with_progress,
@@ -34,7 +34,7 @@ from services.processors.duck import (
     parquet_types,
     run_with_progress,
 )
-from services.processors.numeric import (
+from services.processing.processors.numeric import (
     QUANTILES,
     ColumnProfile,
     SortedStats,
@@ -42,7 +42,7 @@ from services.processors.numeric import (
     profile_values,
     sorted_stats,
 )
-from services.processors.profiles import (
+from services.processing.processors.profiles import (
     SMALL_INTEGERS,
     SMALL_VALUES,
     fetch_task,

@@ -27,10 +27,16 @@ import duckdb
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_core.core_schema import ValidationInfo
 
-from schemas.records import ColumnInfo
-from services.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
-from services.processors.columns import is_numeric, quote, select_columns, unique_names, value_expr
-from services.processors.duck import (
+from schemas.domain.records import ColumnInfo
+from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
+from services.processing.processors.columns import (
+    is_numeric,
+    quote,
+    select_columns,
+    unique_names,
+    value_expr,
+)
+from services.processing.processors.duck import (
     aggregate_columns,
     connect,
     json_safe,
@@ -39,10 +45,10 @@ from services.processors.duck import (
     parquet_types,
     run_with_progress,
 )
-from services.processors.fill import fill_expressions, fill_targets
-from services.processors.numeric import ColumnProfile
-from services.processors.output import copy_to_file
-from services.processors.profiles import numeric_profiles
+from services.processing.processors.fill import fill_expressions, fill_targets
+from services.processing.processors.numeric import ColumnProfile
+from services.processing.processors.output import copy_to_file
+from services.processing.processors.profiles import numeric_profiles
 
 FORMATS = {
     "csv": ("text/csv", "FORMAT csv, HEADER true"),

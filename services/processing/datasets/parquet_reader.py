@@ -11,8 +11,8 @@ from typing import Any
 
 import duckdb
 
-from schemas.records import ColumnInfo
-from services.datasets.ingest import (
+from schemas.domain.records import ColumnInfo
+from services.processing.datasets.ingest import (
     PREVIEW_ROWS,
     PREVIEW_TEXT_CHARS,
     DatasetUnusable,
