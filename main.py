@@ -22,12 +22,12 @@ from ports.wakeups import JobWakeups
 from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
 from schemas.settings import Settings
-from services.adapters.celery_queue import CeleryTaskQueue
 from services.adapters.storage.local import LocalObjectStorage
 from services.adapters.wakeups.polling import PollingJobWakeups
 from services.adapters.wakeups.postgres import PostgresJobWakeups
 from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
 from workers.celery_app import AssayCelery, make_celery
+from workers.celery_queue import CeleryTaskQueue
 from workers.reaper import start_reaper_thread, sweep_scratch
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def create_api() -> "FastAPI":
     prepare_storage(context)
     app = create_app(context, make_job_wakeups(settings))
     # The modules and app built so far live as long as the process: out of the collector's
-    # sight, a full collection no longer walks them (75-155 ms pauses under load before).
+    # sight, a full collection no longer walks them, which paused requests under load.
     gc.freeze()
     return app
 

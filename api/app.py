@@ -10,16 +10,14 @@ from api.metrics import install_metrics
 from api.routes import datasets, health, jobs, processors
 from ports.context import Context
 from ports.wakeups import JobWakeups
-from services.adapters.wakeups.polling import PollingJobWakeups
 
 
-def create_app(context: Context, wakeups: JobWakeups | None = None) -> FastAPI:
+def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
     """The HTTP API over the given ports.
 
-    `wakeups` tells job streams when to read again; without one they poll every 25 ms.
-    It is started with the app (and lazily by the first stream) and closed at shutdown.
+    `job_wakeups` tells job streams when to read again. It is started with the app (and
+    lazily by the first stream) and closed at shutdown.
     """
-    job_wakeups = wakeups if wakeups is not None else PollingJobWakeups()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

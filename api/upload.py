@@ -20,7 +20,7 @@ from fastapi import Request
 from streaming_form_data import StreamingFormDataParser
 from streaming_form_data.targets import BaseTarget, ValueTarget
 
-from services.adapters.storage.writeback import Writeback
+from services.writeback import Writeback
 from use_cases.datasets import ReceivedFile
 from use_cases.errors import InvalidInput, PayloadTooLarge
 

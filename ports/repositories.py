@@ -49,7 +49,7 @@ class DatasetRepository(Protocol):
         ...
 
     def update(self, dataset_id: UUID, **changes: Any) -> None:
-        """Set fields of one dataset."""
+        """Set fields of one dataset and its updated_at (ValueError for `status`: transition)."""
         ...
 
     def transition(
@@ -59,7 +59,10 @@ class DatasetRepository(Protocol):
         to_status: DatasetStatus,
         **changes: Any,
     ) -> bool:
-        """Compare-and-set the status; False when the dataset was not in from_statuses."""
+        """Compare-and-set the status; False when the dataset was not in from_statuses.
+
+        IllegalTransition (schemas/domain/lifecycle.py) for a move the state machine forbids.
+        """
         ...
 
     def list_stale(
@@ -158,7 +161,10 @@ class JobRepository(Protocol):
         attempt: int | None = None,
         **changes: Any,
     ) -> bool:
-        """Compare-and-set the status (and, when given, the attempt); False if it did not match."""
+        """Compare-and-set the status (and, when given, the attempt); False if it did not match.
+
+        IllegalTransition (schemas/domain/lifecycle.py) for a move the state machine forbids.
+        """
         ...
 
     def request_cancel(self, job_id: UUID) -> bool:
@@ -173,8 +179,8 @@ class JobRepository(Protocol):
         """Queued jobs not touched since the given time, whose dataset is ready."""
         ...
 
-    def touch(self, job_id: UUID) -> None:
-        """Set updated_at to now."""
+    def touch(self, job_id: UUID, *, message: str | None = None) -> bool:
+        """Set a queued job's updated_at to now (and message); False when it is not queued."""
         ...
 
     def delete(self, job_id: UUID) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 from db.models import DatasetRow, FailedRowRow, utcnow
+from schemas.domain.lifecycle import check_dataset_transition
 from schemas.domain.records import Dataset, DatasetStatus, FailedRow, Record
 
 FAILED_ROWS_BATCH = 1000
@@ -104,7 +105,9 @@ class SqlDatasetRepository:
         return [Dataset.model_validate(row) for row in self._db.execute(query).mappings()]
 
     def update(self, dataset_id: UUID, **changes: Any) -> None:
-        """Set fields of one dataset (and its updated_at)."""
+        """Set fields of one dataset (and its updated_at); a status only through `transition`."""
+        if "status" in changes:
+            raise ValueError("a dataset's status changes through transition (use_cases/lifecycle)")
         values = row_values(DATASETS, {"updated_at": utcnow(), **changes})
         self._db.execute(update(DATASETS).where(DATASETS.c.id == dataset_id).values(values))
 
@@ -115,7 +118,11 @@ class SqlDatasetRepository:
         to_status: DatasetStatus,
         **changes: Any,
     ) -> bool:
-        """Compare-and-set the status; False when the dataset was not in from_statuses."""
+        """Compare-and-set the status; False when the dataset was not in from_statuses.
+
+        IllegalTransition, before any SQL, for a move schemas/domain/lifecycle.py does not allow.
+        """
+        check_dataset_transition(from_statuses, to_status)
         values = row_values(DATASETS, {"updated_at": utcnow(), **changes, "status": to_status})
         statement = (
             update(DATASETS)

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from db.models import ArtifactRow, JobEventRow, JobRow, utcnow
 from ports.repositories import IdempotencyConflict
 from repositories.datasets import DATASETS, by_id, record_values, row_values
+from schemas.domain.lifecycle import check_job_transition
 from schemas.domain.records import (
     ACTIVE_JOB_STATUSES,
     Artifact,
@@ -221,7 +222,11 @@ class SqlJobRepository:
         attempt: int | None = None,
         **changes: Any,
     ) -> bool:
-        """Compare-and-set the status (and, when given, the attempt); False if it did not match."""
+        """Compare-and-set the status (and, when given, the attempt); False if it did not match.
+
+        IllegalTransition, before any SQL, for a move schemas/domain/lifecycle.py does not allow.
+        """
+        check_job_transition(from_statuses, to_status)
         values = row_values(JOBS, {"updated_at": utcnow(), **changes, "status": to_status})
         statement = update(JOBS).where(
             JOBS.c.id == job_id, JOBS.c.status.in_(_statuses(from_statuses))
@@ -269,9 +274,20 @@ class SqlJobRepository:
         )
         return self._all(query)
 
-    def touch(self, job_id: UUID) -> None:
-        """Set updated_at to now (the reaper's next re-publish waits another grace period)."""
-        self._db.execute(update(JOBS).where(JOBS.c.id == job_id).values(updated_at=utcnow()))
+    def touch(self, job_id: UUID, *, message: str | None = None) -> bool:
+        """Set a queued job's updated_at to now (and its message); False when it is not queued.
+
+        The reaper's next re-publish then waits another grace period. Not a status change.
+        """
+        changes: dict[str, Any] = {"updated_at": utcnow()}
+        if message is not None:
+            changes["message"] = message
+        statement = (
+            update(JOBS)
+            .where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.queued.value)
+            .values(changes)
+        )
+        return self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
 
     def delete(self, job_id: UUID) -> None:
         """Remove a job with its events and artifact records (not the stored files)."""

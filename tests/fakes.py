@@ -13,6 +13,7 @@ from uuid import UUID
 from ports.queue import QueueUnavailable
 from ports.repositories import IdempotencyConflict
 from ports.storage import ObjectNotFound
+from schemas.domain.lifecycle import check_dataset_transition, check_job_transition
 from schemas.domain.records import (
     ACTIVE_JOB_STATUSES,
     Artifact,
@@ -47,17 +48,16 @@ class FakeDatasets:
         return rows[:limit]
 
     def update(self, dataset_id: UUID, **changes: Any) -> None:
-        current = self.rows[dataset_id].model_dump()
-        # Validate like a database round trip would: JSON columns come back as records.
-        self.rows[dataset_id] = Dataset.model_validate(
-            current | changes | {"updated_at": datetime.now(UTC)}
-        )
+        if "status" in changes:
+            raise ValueError("a dataset's status changes through transition (use_cases/lifecycle)")
+        self._set(dataset_id, **changes)
 
     def transition(self, dataset_id, from_statuses: Sequence[DatasetStatus], to_status, **changes):
+        check_dataset_transition(from_statuses, to_status)
         current = self.rows.get(dataset_id)
         if current is None or current.status not in from_statuses:
             return False
-        self.update(dataset_id, status=to_status, **changes)
+        self._set(dataset_id, status=to_status, **changes)
         return True
 
     def list_stale(self, statuses, updated_before, limit: int = 100) -> list[Dataset]:
@@ -70,6 +70,13 @@ class FakeDatasets:
 
     def count_by_status(self) -> dict[str, int]:
         return dict(Counter(d.status.value for d in self.rows.values()))
+
+    def _set(self, dataset_id: UUID, **changes: Any) -> None:
+        current = self.rows[dataset_id].model_dump()
+        # Validate like a database round trip would: JSON columns come back as records.
+        self.rows[dataset_id] = Dataset.model_validate(
+            current | changes | {"updated_at": datetime.now(UTC)}
+        )
 
 
 class FakeFailedRows:
@@ -204,6 +211,7 @@ class FakeJobs:
         attempt: int | None = None,
         **changes: Any,
     ) -> bool:
+        check_job_transition(from_statuses, to_status)
         job = self.rows.get(job_id)
         if job is None or job.status not in from_statuses:
             return False
@@ -242,9 +250,13 @@ class FakeJobs:
         ]
         return sorted(unclaimed, key=lambda j: (j.updated_at, j.id))[:limit]
 
-    def touch(self, job_id: UUID) -> None:
-        if job_id in self.rows:
-            self._set(job_id, updated_at=datetime.now(UTC))
+    def touch(self, job_id: UUID, *, message: str | None = None) -> bool:
+        job = self.rows.get(job_id)
+        if job is None or job.status != JobStatus.queued:
+            return False
+        changes = {"message": message} if message is not None else {}
+        self._set(job_id, updated_at=datetime.now(UTC), **changes)
+        return True
 
     def delete(self, job_id: UUID) -> None:
         self.artifacts.rows = [a for a in self.artifacts.rows if a.job_id != job_id]

@@ -24,6 +24,7 @@ from schemas.domain.records import (
     FailedRow,
 )
 from use_cases.errors import Conflict, NotFound
+from use_cases.lifecycle import move_dataset
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,7 @@ def validate_dataset(
     DuckDB's while it converts the file (default: ingest's own).
     """
     with uow:
-        claimed = uow.datasets.transition(
-            dataset_id, [DatasetStatus.uploaded], DatasetStatus.validating
-        )
+        claimed = move_dataset(uow, dataset_id, DatasetStatus.uploaded, DatasetStatus.validating)
         uow.commit()
     if not claimed:
         return None
@@ -139,16 +138,15 @@ def validate_dataset(
     except Exception as exc:
         with uow:
             if final_attempt:
-                uow.datasets.transition(
+                move_dataset(
+                    uow,
                     dataset_id,
-                    [DatasetStatus.validating],
+                    DatasetStatus.validating,
                     DatasetStatus.failed,
                     error=f"validation could not complete: {type(exc).__name__}: {exc}",
                 )
             else:
-                uow.datasets.transition(
-                    dataset_id, [DatasetStatus.validating], DatasetStatus.uploaded
-                )
+                move_dataset(uow, dataset_id, DatasetStatus.validating, DatasetStatus.uploaded)
             uow.commit()
         raise
     finally:
@@ -208,8 +206,8 @@ def _validate_in(
         result = ingest(source, dataset.format, parquet_out, scratch, memory_limit=limit)
     except DatasetUnusable as exc:
         with uow:
-            uow.datasets.transition(
-                dataset.id, [DatasetStatus.validating], DatasetStatus.failed, error=str(exc)
+            move_dataset(
+                uow, dataset.id, DatasetStatus.validating, DatasetStatus.failed, error=str(exc)
             )
             uow.commit()
         return DatasetStatus.failed
@@ -236,9 +234,10 @@ def _validate_in(
                 )
                 uow.commit()
     with uow:
-        done = uow.datasets.transition(
+        done = move_dataset(
+            uow,
             dataset.id,
-            [DatasetStatus.validating],
+            DatasetStatus.validating,
             DatasetStatus.ready,
             parquet_key=parquet_key(dataset.id),
             row_count=result.row_count,
@@ -292,7 +291,7 @@ def recover_stuck_datasets(
             [DatasetStatus.validating], now - timedelta(seconds=validating_timeout_s)
         )
         for dataset in stuck:
-            uow.datasets.transition(dataset.id, [DatasetStatus.validating], DatasetStatus.uploaded)
+            move_dataset(uow, dataset.id, DatasetStatus.validating, DatasetStatus.uploaded)
         for dataset in stale_uploads:
             uow.datasets.update(dataset.id)  # touch: the next re-publish waits another grace period
         uow.commit()

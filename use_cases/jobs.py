@@ -11,44 +11,14 @@ from ports.queue import QueueUnavailable, TaskQueue
 from ports.repositories import IdempotencyConflict, UnitOfWork
 from ports.storage import ObjectStorage
 from schemas.domain.ids import new_id
-from schemas.domain.records import (
-    ColumnInfo,
-    DatasetStatus,
-    Job,
-    JobEvent,
-    JobStatus,
-    JobStep,
-)
+from schemas.domain.lifecycle import FINISHED_JOB_STATUSES
+from schemas.domain.records import ColumnInfo, DatasetStatus, Job, JobStatus, JobStep
 from use_cases.errors import Conflict, InvalidParams, NotFound
+from use_cases.lifecycle import create_job, event, move_job, request_cancel
 
 log = logging.getLogger(__name__)
 
-FINISHED = (JobStatus.completed, JobStatus.failed, JobStatus.cancelled)
-
-
-def event(job_id: UUID, type_: str, **payload: Any) -> JobEvent:
-    return JobEvent(job_id=job_id, type=type_, payload=payload, created_at=datetime.now(UTC))
-
-
-def move(
-    uow: UnitOfWork,
-    job_id: UUID,
-    from_status: JobStatus,
-    to_status: JobStatus,
-    *,
-    attempt: int | None = None,
-    event_type: str | None = None,
-    payload: dict[str, Any] | None = None,
-    **changes: Any,
-) -> bool:
-    """Compare-and-set a job's status; when it took, append the event that says so."""
-    if to_status in FINISHED:
-        changes.setdefault("finished_at", datetime.now(UTC))
-        changes.setdefault("message", to_status.value)
-    if not uow.jobs.transition(job_id, [from_status], to_status, attempt=attempt, **changes):
-        return False
-    uow.job_events.add(event(job_id, event_type or to_status.value, **(payload or {})))
-    return True
+FINISHED = FINISHED_JOB_STATUSES
 
 
 def check_steps(steps: list[JobStep], columns: list[ColumnInfo] | None) -> list[JobStep]:
@@ -130,14 +100,13 @@ def submit_job(
             updated_at=now,
         )
         try:
-            uow.jobs.add(job)
+            create_job(uow, job)
         except IdempotencyConflict:  # a concurrent request with the same key won the race
             uow.rollback()
             existing = uow.jobs.get_by_idempotency_key(owner_id, idempotency_key or "")
             if existing is None:
                 raise
             return _replay(existing, fingerprint, idempotency_key or ""), False
-        uow.job_events.add(event(job.id, "created", steps=len(checked), dataset_id=str(dataset_id)))
         uow.commit()
     if ready:
         publish_job(uow, queue, job.id)
@@ -198,7 +167,7 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
                     uow, job.id, {"step": step, "type": "InvalidParams", "message": exc.message}
                 )
                 continue
-            uow.jobs.transition(job.id, [JobStatus.queued], JobStatus.queued, message="queued")
+            uow.jobs.touch(job.id, message="queued")  # not a status change: it stays queued
             publishable.append(job.id)
         uow.commit()
     for job_id in publishable:
@@ -206,7 +175,7 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
 
 
 def _fail_queued(uow: UnitOfWork, job_id: UUID, error: dict[str, Any]) -> None:
-    move(uow, job_id, JobStatus.queued, JobStatus.failed, error=error, payload={"error": error})
+    move_job(uow, job_id, JobStatus.queued, JobStatus.failed, error=error, payload={"error": error})
 
 
 def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -> Job:
@@ -219,9 +188,8 @@ def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -
             raise Conflict(
                 f"job {job_id} is already {job.status.value}", {"status": job.status.value}
             )
-        if not uow.jobs.request_cancel(job_id):  # it finished a moment ago
+        if not request_cancel(uow, job_id):  # it finished a moment ago
             raise Conflict(f"job {job_id} has already finished", {"job_id": str(job_id)})
-        uow.job_events.add(event(job_id, "cancel_requested"))
         _cancel_queued(uow, job_id, reason="cancelled before it started")
         uow.commit()
         job = uow.jobs.get(job_id)
@@ -234,7 +202,7 @@ def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -
 
 
 def _cancel_queued(uow: UnitOfWork, job_id: UUID, *, reason: str) -> None:
-    move(
+    move_job(
         uow,
         job_id,
         JobStatus.queued,
@@ -289,7 +257,9 @@ def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int
     silent = f"worker {job.worker_id} stopped sending heartbeats"
     running, attempt = JobStatus.running, job.attempts
     if job.cancel_requested:
-        move(uow, job.id, running, JobStatus.cancelled, attempt=attempt, payload={"reason": silent})
+        move_job(
+            uow, job.id, running, JobStatus.cancelled, attempt=attempt, payload={"reason": silent}
+        )
         return []
     if attempt >= max_attempts:
         error = {
@@ -297,7 +267,7 @@ def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int
             "type": "WorkerLost",
             "message": f"{silent}; gave up after {attempt} attempt(s)",
         }
-        move(
+        move_job(
             uow,
             job.id,
             running,
@@ -307,7 +277,7 @@ def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int
             payload={"error": error},
         )
         return []
-    requeued = move(
+    requeued = move_job(
         uow,
         job.id,
         running,

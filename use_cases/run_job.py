@@ -1,14 +1,14 @@
-"""The job engine's worker side: claim, run steps with heartbeat and cancel checks, finish once."""
+"""The job engine's worker side: claim, run steps with heartbeat and cancel checks, finish once.
+
+Every status write goes through use_cases/lifecycle.py; the heartbeat is use_cases/job_monitor.py.
+"""
 
 import enum
 import hashlib
 import logging
 import shutil
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,8 +19,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage, StorageUnavailable
-from schemas.domain.records import Artifact, Dataset, DatasetStatus, Job, JobEvent, JobStatus
+from schemas.domain.records import Artifact, Dataset, DatasetStatus, Job, JobStatus
 from services.processing.processors.base import (
+    ComputeLimits,
     JobCancelled,
     ParamsError,
     ProcessorInputError,
@@ -28,7 +29,8 @@ from services.processing.processors.base import (
 )
 from services.processing.processors.numeric import ProfileCache
 from services.processing.processors.registry import get_processor, validate_step
-from use_cases.jobs import event, move
+from use_cases.job_monitor import JobLost, Monitor
+from use_cases.lifecycle import claim_job, complete_job, event, move_job
 
 log = logging.getLogger(__name__)
 
@@ -42,144 +44,26 @@ class Outcome(enum.StrEnum):
     lost = "lost"  # another party (the reaper, a cancel) took the job over mid-run
 
 
-class JobLost(Exception):
-    """The job is no longer running this attempt; stop without writing anything."""
+@dataclass(frozen=True)
+class EngineSettings:
+    """The job engine's own knobs (step tuning is ComputeLimits, passed through unread)."""
+
+    heartbeat_interval_s: float = 0.5
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
-class EngineLimits:
-    heartbeat_interval_s: float = 0.5
-    max_attempts: int = 3
-    memory_limit: str = "512MiB"  # DuckDB's, per step
-    batch_memory_bytes: int = 512 * 1024**2  # numpy column values held at once
-    threads: int | None = None
+class Attempt:
+    """What every step of one claimed attempt shares."""
 
-
-class Monitor:
-    """Heartbeat thread: writes liveness, progress and step events, notices cancel requests,
-    off the job's path."""
-
-    def __init__(self, uow: UnitOfWork, job_id: UUID, attempt: int, interval_s: float) -> None:
-        self._uow, self._job_id, self._attempt = uow, job_id, attempt
-        self._interval_s = interval_s
-        self.progress, self.message, self.step = 0.0, "started", 0
-        self.cancelled = threading.Event()
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._pending: list[JobEvent] = []
-        self._pending_lock = threading.Lock()
-        # One writer of the job's events at a time: ids are then in commit order, which a
-        # stream resuming after an id relies on.
-        self._writing = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
-        self._last_event_progress = -1.0
-        self._last_event_at = 0.0
-
-    def __enter__(self) -> "Monitor":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        try:  # what a failed or cancelled run recorded precedes its terminal event
-            with self._writing:
-                self._write(beat=False)
-        except Exception:
-            log.warning("could not record the events of %s", self._job_id, exc_info=True)
-
-    def report(self, progress: float, message: str, step: int) -> None:
-        """Called by processors; raises to stop the step when the job was cancelled or lost."""
-        self.progress, self.message, self.step = max(self.progress, progress), message, step
-        self.check()
-
-    def check(self) -> None:
-        if self.lost.is_set():
-            raise JobLost()
-        if self.cancelled.is_set():
-            raise JobCancelled()
-
-    def record(self, job_event: JobEvent) -> None:
-        """Queue a history event (a step started or completed) for the next beat, or for the
-        transaction that ends the job if that comes first."""
-        with self._pending_lock:
-            self._pending.append(job_event)
-
-    @contextmanager
-    def pending_events(self) -> Iterator[list[JobEvent]]:
-        """The events not written yet, for the caller's transaction (none is written meanwhile);
-        put back if the block raises."""
-        with self._writing:
-            pending = self._take_pending()
-            try:
-                yield pending
-            except BaseException:
-                self._put_back(pending)
-                raise
-
-    def _take_pending(self) -> list[JobEvent]:
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        return pending
-
-    def _put_back(self, events: list[JobEvent]) -> None:
-        with self._pending_lock:
-            self._pending[:0] = events
-
-    def _loop(self) -> None:
-        # One short UPDATE per period both proves liveness and reads the cancel flag.
-        while not self._stop.wait(self._interval_s):
-            try:
-                with self._writing:
-                    self._write(beat=True)
-            except Exception:  # a DB hiccup must not kill the heartbeat; the next beat retries
-                log.warning("heartbeat of %s failed", self._job_id, exc_info=True)
-
-    def _write(self, *, beat: bool) -> None:
-        """The pending events and, on a beat, liveness and progress, in one transaction."""
-        pending = self._take_pending()
-        if not pending and not beat:
-            return
-        try:
-            with self._uow:
-                self._uow.job_events.add_many(pending)
-                if beat and not self._beat():
-                    return
-                # History, liveness and progress: none needs to wait for the disk.
-                self._uow.commit(durable=False)
-        except BaseException:
-            self._put_back(pending)
-            raise
-
-    def _beat(self) -> bool:
-        """Heartbeat and progress in the open transaction; False when the job is lost."""
-        progress = round(self.progress, 4)
-        cancel = self._uow.jobs.heartbeat(
-            self._job_id,
-            self._attempt,
-            datetime.now(UTC),
-            progress=progress,
-            message=self.message,
-            current_step=self.step,
-        )
-        if cancel is None:
-            self.lost.set()
-            return False
-        if cancel:
-            self.cancelled.set()
-        now = time.monotonic()
-        if progress > self._last_event_progress + 0.005 and now - self._last_event_at >= 1.0:
-            self._uow.job_events.add(
-                event(
-                    self._job_id,
-                    "progress",
-                    progress=progress,
-                    message=self.message,
-                    step=self.step,
-                )
-            )
-            self._last_event_progress, self._last_event_at = progress, now
-        return True
+    job: Job  # as claimed: its attempts count is this attempt's number
+    dataset: Dataset
+    source: Path  # the local copy of the dataset's typed Parquet file
+    scratch: Path  # private to this attempt, removed at its end
+    monitor: Monitor
+    results: ObjectStorage
+    profiles: ProfileCache  # a column profiled by one step serves the later ones
+    compute: ComputeLimits
 
 
 # Storage blips are retried in place with backoff before the whole attempt is given up.
@@ -203,19 +87,19 @@ def run_job(
     *,
     worker_id: str,
     workdir: Path,
-    limits: EngineLimits,
+    engine: EngineSettings,
+    compute: ComputeLimits,
     is_transient: Callable[[BaseException], bool],
 ) -> Outcome:
     """Claim a queued job and run its steps; every terminal write is a compare-and-set."""
     uow = new_uow()
     with uow:
-        claimed = uow.jobs.claim(job_id, worker_id, datetime.now(UTC))
+        claimed = claim_job(uow, job_id, worker_id)
         if claimed is None:
             return Outcome.skipped
         dataset = uow.datasets.get(claimed.dataset_id) if claimed.dataset_id else None
         if dataset is None or dataset.status != DatasetStatus.ready:
-            return Outcome.skipped  # leaving the block rolls the claim back
-        uow.job_events.add(event(job_id, "started", attempt=claimed.attempts, worker_id=worker_id))
+            return Outcome.skipped  # leaving the block rolls the claim (and `started`) back
         uow.commit()
 
     attempt = claimed.attempts
@@ -226,29 +110,28 @@ def run_job(
             storage_retry(results.delete_prefix)(artifact_prefix(job_id, earlier))
         workdir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=workdir))
-        with Monitor(new_uow(), job_id, attempt, limits.heartbeat_interval_s) as monitor:
+        with Monitor(new_uow(), job_id, attempt, engine.heartbeat_interval_s) as monitor:
             source = scratch / "data.parquet"
             storage_retry(datasets.download_file)(dataset.parquet_key or "", source)
+            run = Attempt(
+                job=claimed,
+                dataset=dataset,
+                source=source,
+                scratch=scratch,
+                monitor=monitor,
+                results=results,
+                profiles=ProfileCache(),
+                compute=compute,
+            )
             artifacts: list[Artifact] = []
             summaries: list[dict[str, Any]] = []
-            profiles = ProfileCache()  # a column profiled by one step serves the later ones
             for step_index, step in enumerate(claimed.steps):
                 monitor.check()
-                summary, produced = _run_step(
-                    results,
-                    claimed,
-                    step_index,
-                    source,
-                    dataset,
-                    scratch,
-                    monitor,
-                    limits,
-                    profiles,
-                )
+                summary, produced = _run_step(run, step_index)
                 summaries.append({"processor": step.processor, "summary": summary})
                 artifacts += produced
             monitor.check()
-            return _complete(uow, results, claimed, summaries, artifacts, monitor)
+            return _complete(uow, run, summaries, artifacts)
     except JobCancelled:
         _discard(results, job_id, attempt)
         return _cancelled(uow, claimed)
@@ -267,7 +150,7 @@ def run_job(
     except Exception as exc:
         _discard(results, job_id, attempt)
         error = _error(claimed, step_index, exc)
-        if is_transient(exc) and attempt < limits.max_attempts:
+        if is_transient(exc) and attempt < engine.max_attempts:
             log.warning("job %s attempt %d hit a transient error: %s", job_id, attempt, exc)
             return _requeue(uow, claimed, error)
         log.exception("job %s failed", job_id)
@@ -296,7 +179,7 @@ def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
     if current is not None and current.cancel_requested:
         return _cancelled(uow, job)
     with uow:
-        move(
+        move_job(
             uow,
             job.id,
             JobStatus.running,
@@ -311,42 +194,31 @@ def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
     return Outcome.retry
 
 
-def _run_step(
-    results: ObjectStorage,
-    job: Job,
-    index: int,
-    source: Path,
-    dataset: Dataset,
-    scratch: Path,
-    monitor: Monitor,
-    limits: EngineLimits,
-    profiles: ProfileCache,
-) -> tuple[dict[str, Any], list[Artifact]]:
+def _run_step(run: Attempt, index: int) -> tuple[dict[str, Any], list[Artifact]]:
     """Run one step on the local copy and store what it wrote under the attempt's prefix."""
+    job, monitor = run.job, run.monitor
     step = job.steps[index]
     processor = get_processor(step.processor)
     assert processor is not None, "steps are validated at submit"
-    params = validate_step(step.processor, step.params, dataset.columns)
+    params = validate_step(step.processor, step.params, run.dataset.columns)
     monitor.record(event(job.id, "step_started", step=index, processor=step.processor))
     n = len(job.steps)
-    output_dir = scratch / f"step-{index}"
+    output_dir = run.scratch / f"step-{index}"
     output_dir.mkdir()
     same_before = sum(1 for s in job.steps[:index] if s.processor == step.processor)
     output = processor.run(
         StepInput(
-            parquet_path=source,
-            columns=dataset.columns or [],
-            dataset_format=dataset.format,
+            parquet_path=run.source,
+            columns=run.dataset.columns or [],
+            dataset_format=run.dataset.format,
             output_dir=output_dir,
             artifact_suffix=f"-{same_before + 1}" if same_before else "",
             report=lambda fraction, message: monitor.report(
                 (index + max(0.0, min(1.0, fraction))) / n, f"{step.processor}: {message}", index
             ),
-            memory_limit=limits.memory_limit,
-            batch_memory_bytes=limits.batch_memory_bytes,
-            threads=limits.threads,
-            spill_dir=scratch.parent,
-            profiles=profiles,
+            limits=run.compute,
+            spill_dir=run.scratch.parent,
+            profiles=run.profiles,
         ),
         params,
     )
@@ -354,7 +226,7 @@ def _run_step(
     for file in output.artifacts:
         monitor.check()
         key = artifact_prefix(job.id, job.attempts) + file.name
-        storage_retry(results.put_file)(key, file.path, content_type=file.content_type)
+        storage_retry(run.results.put_file)(key, file.path, content_type=file.content_type)
         produced.append(
             Artifact(
                 job_id=job.id,
@@ -379,34 +251,16 @@ def _run_step(
 
 
 def _complete(
-    uow: UnitOfWork,
-    results: ObjectStorage,
-    job: Job,
-    summaries: list[dict[str, Any]],
-    artifacts: list[Artifact],
-    monitor: Monitor,
+    uow: UnitOfWork, run: Attempt, summaries: list[dict[str, Any]], artifacts: list[Artifact]
 ) -> Outcome:
-    now = datetime.now(UTC)
+    job = run.job
     # The step events not written yet go in the same transaction, before `completed`.
-    with monitor.pending_events() as pending, uow:
-        done = uow.jobs.transition(
-            job.id,
-            [JobStatus.running],
-            JobStatus.completed,
-            attempt=job.attempts,
-            result={"steps": summaries},
-            progress=1.0,
-            message="completed",
-            finished_at=now,
-        )
-        if not done:  # cancelled or reaped meanwhile: this attempt's files are not the result
+    with run.monitor.pending_events() as pending, uow:
+        if not complete_job(uow, job, {"steps": summaries}, artifacts, pending):
+            # Cancelled or reaped meanwhile: this attempt's files are not the result.
             uow.rollback()
-            results.delete_prefix(artifact_prefix(job.id, job.attempts))
+            run.results.delete_prefix(artifact_prefix(job.id, job.attempts))
             return Outcome.lost
-        for artifact in artifacts:
-            uow.artifacts.add(artifact)
-        completed = event(job.id, "completed", artifacts=[a.name for a in artifacts])
-        uow.job_events.add_many([*pending, completed])
         uow.commit()
     return Outcome.completed
 
@@ -414,7 +268,7 @@ def _complete(
 def _end(uow: UnitOfWork, job: Job, status: JobStatus, *, message: str, **payload: Any) -> Outcome:
     with uow:
         changes = {"error": payload["error"]} if "error" in payload else {}
-        if not move(
+        if not move_job(
             uow,
             job.id,
             JobStatus.running,

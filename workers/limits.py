@@ -5,15 +5,27 @@ from typing import TYPE_CHECKING
 from schemas.settings import Settings
 
 if TYPE_CHECKING:
-    from use_cases.run_job import EngineLimits
+    from services.processing.processors.base import ComputeLimits
+    from use_cases.run_job import EngineSettings
 
 
-def engine_limits(settings: Settings) -> "EngineLimits":
-    from use_cases.run_job import EngineLimits
+def engine_settings(settings: Settings) -> "EngineSettings":
+    """The job engine's own settings: heartbeat period and attempts."""
+    from use_cases.run_job import EngineSettings
 
-    return EngineLimits(
+    return EngineSettings(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_attempts=settings.job_max_attempts,
+    )
+
+
+def compute_limits(settings: Settings) -> "ComputeLimits":
+    """What each step may use of the budget; the engine hands it to processors unread."""
+    # Imported here: the processors load DuckDB and numpy, which a worker's main process
+    # (it only consumes messages and runs the reaper) does not need.
+    from services.processing.processors.base import ComputeLimits
+
+    return ComputeLimits(
         # 3/8 for DuckDB, half for numpy columns: a step profiles columns (numpy holds them,
         # DuckDB only scans) or writes its output (DuckDB buffers), not both at once; an ordered
         # CSV COPY is as fast with 3/8 as with more (measurements: docs/decisions.md).

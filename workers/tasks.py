@@ -5,12 +5,12 @@ from uuid import UUID
 
 from celery import Task, shared_task
 
-from services.adapters.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from use_cases.datasets import validate_dataset
 from use_cases.jobs import release_waiting_jobs
 from workers.celery_app import context_of
+from workers.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from workers.errors import is_transient
-from workers.limits import engine_limits, ingest_memory_limit
+from workers.limits import compute_limits, engine_settings, ingest_memory_limit
 from workers.reaper import reap_once
 
 VALIDATION_RETRIES = 3
@@ -60,7 +60,8 @@ def run_job_task(self: Task, job_id: str) -> str:
         UUID(job_id),
         worker_id=self.request.hostname or "worker",
         workdir=Path(context.settings.tmp_dir),
-        limits=engine_limits(context.settings),
+        engine=engine_settings(context.settings),
+        compute=compute_limits(context.settings),
         is_transient=is_transient,
     )
     if outcome == Outcome.retry:  # back to queued after a transient error: publish again, later

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import DatasetsStorageDep, OwnerDep, QueueDep, SettingsDep, UowDep
+from api.pagination import fetch_size, page_of
 from api.upload import receive_upload
 from schemas.api import (
     DatasetLinks,
@@ -135,13 +136,9 @@ def list_datasets(
 ) -> DatasetPage:
     """Datasets, newest first; pass `next_cursor` back as `cursor` for the next page."""
     with uow:
-        items = uow.datasets.list(owner, status=status, before=cursor, limit=limit + 1)
-    has_more = len(items) > limit
-    items = items[:limit]
-    return DatasetPage(
-        items=[dataset_out(d) for d in items],
-        next_cursor=str(items[-1].id) if has_more else None,
-    )
+        fetched = uow.datasets.list(owner, status=status, before=cursor, limit=fetch_size(limit))
+    page = page_of(fetched, limit, lambda d: str(d.id))
+    return DatasetPage(items=[dataset_out(d) for d in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{dataset_id}", responses=ERRORS)
@@ -201,17 +198,16 @@ def list_failed_rows(
     """Rows that could not be parsed, with line number, raw text and reason."""
     dataset = _get_dataset(uow, dataset_id, owner)
     with uow:
-        rows = uow.failed_rows.list(dataset_id, after_line=cursor, limit=limit + 1)
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+        fetched = uow.failed_rows.list(dataset_id, after_line=cursor, limit=fetch_size(limit))
+    page = page_of(fetched, limit, lambda r: r.line_number)
     return FailedRowPage(
         dataset_id=dataset_id,
         total=dataset.failed_row_count,
         items=[
             FailedRowOut(**r.model_dump(include={"line_number", "raw_text", "reason"}))
-            for r in rows
+            for r in page.items
         ],
-        next_cursor=rows[-1].line_number if has_more else None,
+        next_cursor=page.next_cursor,
     )
 
 

@@ -17,6 +17,7 @@ from api.deps import (
     UowDep,
     WakeupsDep,
 )
+from api.pagination import fetch_size, page_of
 from ports.repositories import UnitOfWork
 from schemas.api import (
     ArtifactOut,
@@ -101,12 +102,11 @@ def list_jobs(
 ) -> JobPage:
     """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     with uow:
-        jobs = uow.jobs.list(
-            owner, status=status, dataset_id=dataset_id, before=cursor, limit=limit + 1
+        fetched = uow.jobs.list(
+            owner, status=status, dataset_id=dataset_id, before=cursor, limit=fetch_size(limit)
         )
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
-    return JobPage(items=[job_out(j) for j in jobs], next_cursor=str(jobs[-1].id) if more else None)
+    page = page_of(fetched, limit, lambda j: str(j.id))
+    return JobPage(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{job_id}", responses=ERRORS)
@@ -125,16 +125,15 @@ def list_job_events(
 ) -> JobEventPage:
     """The job's history: every transition and step, oldest first."""
     with uow:
-        events = uow.job_events.list_for_job(job.id, after_id=cursor, limit=limit + 1)
-    more = len(events) > limit
-    events = events[:limit]
+        fetched = uow.job_events.list_for_job(job.id, after_id=cursor, limit=fetch_size(limit))
+    page = page_of(fetched, limit, lambda e: e.id)
     return JobEventPage(
         job_id=job.id,
         items=[
             JobEventOut(**e.model_dump(include={"id", "type", "payload", "created_at"}))
-            for e in events
+            for e in page.items
         ],
-        next_cursor=events[-1].id if more and events else None,
+        next_cursor=page.next_cursor,
     )
 
 

@@ -314,10 +314,10 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 20
                 process.terminate()
         psutil.wait_procs(tree, timeout=timeout)
     finally:
-        for process in tree:
+        for survivor in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
-                if process.is_running():
-                    process.kill()
+                if survivor.is_running():
+                    survivor.kill()
         psutil.wait_procs(tree, timeout=5)
         for process in processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -816,11 +816,12 @@ def run(args: argparse.Namespace, data_dir: Path, scratch: Path) -> dict[str, An
         phases[step] = run_baseline_step(step, csv, output, rows, f"pandas: {step[7:]}")
         phases[step].detail["output_bytes"] = output.stat().st_size
         output.unlink()
-    job = phases["job"].detail
+    job_detail = phases["job"].detail
     order = ["floor-ingest", "ingest", "floor-job", "job"]
-    checks = [f"zscore flagged values: Assay {job['zscore_flagged']}"]
-    checks.append(f"iqr flagged values: Assay {job['iqr_flagged']}")
-    checks.append(f"normalized CSV bytes: Assay {job['artifact_bytes'].get('normalized.csv')}")
+    checks = [f"zscore flagged values: Assay {job_detail['zscore_flagged']}"]
+    checks.append(f"iqr flagged values: Assay {job_detail['iqr_flagged']}")
+    normalized_bytes = job_detail["artifact_bytes"].get("normalized.csv")
+    checks.append(f"normalized CSV bytes: Assay {normalized_bytes}")
     checks.append(f"floor CSV bytes: {phases['floor-job'].detail['bytes']}")
     shown = [phases[key] for key in order]
     if not args.no_pandas:

@@ -74,7 +74,7 @@ def upload(client: httpx.Client, csv: Path) -> str:
     while time.monotonic() < deadline:
         dataset = client.get(f"/api/v1/datasets/{dataset_id}").json()
         if dataset["status"] == "ready":
-            return dataset_id
+            return str(dataset_id)
         if dataset["status"] == "failed":
             raise RuntimeError(f"dataset failed: {dataset}")
         time.sleep(0.02)

@@ -322,7 +322,7 @@ class JobRepositoryContract:
         with job_uow:
             running, completed = [JobStatus.running], JobStatus.completed
             assert job_uow.jobs.transition(job.id, running, completed, attempt=2) is False
-            assert job_uow.jobs.transition(job.id, [JobStatus.queued], completed) is False
+            assert job_uow.jobs.transition(job.id, [JobStatus.queued], JobStatus.failed) is False
             assert job_uow.jobs.transition(new_id(), running, completed) is False
             done = job_uow.jobs.transition(
                 job.id,
@@ -445,7 +445,9 @@ class JobRepositoryContract:
         assert [j.id for j in first] == [older.id]
 
         with job_uow:
-            job_uow.datasets.update(validating.id, status=DatasetStatus.ready)
+            job_uow.datasets.transition(
+                validating.id, [DatasetStatus.validating], DatasetStatus.ready
+            )
             job_uow.commit()
         with job_uow:
             assert len(job_uow.jobs.list_unclaimed_queued(cutoff)) == 3
@@ -455,14 +457,28 @@ class JobRepositoryContract:
         cutoff = now() - timedelta(minutes=5)
         with job_uow:
             assert [j.id for j in job_uow.jobs.list_unclaimed_queued(cutoff)] == [job.id]
-            job_uow.jobs.touch(job.id)
-            job_uow.jobs.touch(new_id())  # nothing to touch
+            assert job_uow.jobs.touch(job.id) is True
+            assert job_uow.jobs.touch(new_id()) is False  # nothing to touch
             job_uow.commit()
         with job_uow:
             assert job_uow.jobs.list_unclaimed_queued(cutoff) == []
         stored = get_job(job_uow, job.id)
         assert stored.updated_at > cutoff
         assert stored.model_copy(update={"updated_at": job.updated_at}) == job
+
+    def test_touch_sets_the_message_of_a_queued_job_only(self, job_uow: UnitOfWork) -> None:
+        dataset = add_dataset(job_uow)
+        updated = now() - timedelta(hours=1)
+        waiting = add_job(job_uow, dataset.id, message="waiting", updated_at=updated)
+        running = add_job(job_uow, dataset.id, status=JobStatus.running, updated_at=updated)
+        with job_uow:
+            assert job_uow.jobs.touch(waiting.id, message="queued") is True
+            assert job_uow.jobs.touch(running.id, message="queued") is False
+            job_uow.commit()
+        stored = get_job(job_uow, waiting.id)
+        assert (stored.status, stored.message) == (JobStatus.queued, "queued")
+        assert stored.updated_at > updated
+        assert get_job(job_uow, running.id) == running
 
     # --- delete, events, artifacts ------------------------------------------------------------
 

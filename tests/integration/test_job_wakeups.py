@@ -58,7 +58,8 @@ def add_event(new_uow: Callable[[], UnitOfWork], job_id: UUID, type_: str, commi
             JobEvent(job_id=job_id, type=type_, payload={}, created_at=datetime.now(UTC))
         )
         if type_ == "completed":
-            uow.jobs.transition(job_id, [JobStatus.queued], JobStatus.completed)
+            uow.jobs.transition(job_id, [JobStatus.queued], JobStatus.running)
+            uow.jobs.transition(job_id, [JobStatus.running], JobStatus.completed)
         if commit:
             uow.commit()
 

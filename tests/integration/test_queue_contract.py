@@ -9,10 +9,10 @@ from uuid import uuid4
 import pytest
 from kombu import Connection
 
+from ports.context import Context
 from ports.queue import QueueUnavailable
 from schemas.domain.ids import new_id
 from schemas.settings import Settings
-from services.adapters.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK, CeleryTaskQueue
 from tests.services import (
     RABBITMQ_HOST,
     RABBITMQ_PORT,
@@ -21,9 +21,10 @@ from tests.services import (
     require_service,
 )
 from workers.celery_app import AssayCelery, broker_options, make_celery
+from workers.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK, CeleryTaskQueue
 
 
-def _unused(_: object = None) -> None:
+def _unused() -> Context:
     raise AssertionError("the queue contract never builds a worker context")
 
 
@@ -103,7 +104,8 @@ def test_check_passes_on_a_live_broker(celery_app: AssayCelery):
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @pytest.mark.parametrize("scheme", ["redis", "amqp"])
@@ -130,9 +132,12 @@ def test_filesystem_messages_are_never_visible_half_written(
     queue_folder = tmp_path / "broker" / "queue"
     seen_while_writing: list[list[str]] = []
 
-    def spying_dumps(payload: object, _real=kombu.transport.filesystem.dumps) -> str:
+    real_dumps = kombu.transport.filesystem.dumps
+
+    def spying_dumps(payload: object) -> str:
         seen_while_writing.append(sorted(p.name for p in queue_folder.iterdir()))
-        return _real(payload)
+        dumped: str = real_dumps(payload)
+        return dumped
 
     monkeypatch.setattr(kombu.transport.filesystem, "dumps", spying_dumps)
     monkeypatch.setattr(workers.fs_transport, "dumps", spying_dumps)

@@ -128,12 +128,14 @@ def test_dataset_update_sets_fields_and_updated_at(uow: UnitOfWork) -> None:
     dataset = add_dataset(uow, updated_at=long_ago)
     columns = [ColumnInfo(name="age", type="int64", null_count=0)]
     with uow:
-        uow.datasets.update(dataset.id, row_count=7, columns=columns, status=DatasetStatus.ready)
+        uow.datasets.update(dataset.id, row_count=7, columns=columns)
+        with pytest.raises(ValueError, match="transition"):  # a status has its own path
+            uow.datasets.update(dataset.id, status=DatasetStatus.ready)
         uow.commit()
     with uow:
         stored = uow.datasets.get(dataset.id)
     assert stored is not None
-    assert (stored.row_count, stored.columns, stored.status) == (7, columns, DatasetStatus.ready)
+    assert (stored.row_count, stored.columns, stored.status) == (7, columns, DatasetStatus.uploaded)
     assert stored.updated_at > long_ago
     assert stored.created_at == dataset.created_at
 
@@ -147,7 +149,7 @@ def test_dataset_transition_is_compare_and_set(uow: UnitOfWork) -> None:
         assert uow.datasets.transition(new_id(), uploaded, validating) is False
         failed = uow.datasets.transition(
             dataset.id,
-            [DatasetStatus.uploaded, DatasetStatus.validating],
+            [DatasetStatus.validating],
             DatasetStatus.failed,
             error="not a CSV",
         )

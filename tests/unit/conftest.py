@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from ports.context import Context
 from schemas.settings import Settings
+from services.adapters.wakeups.polling import PollingJobWakeups
 from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
 
 
@@ -26,5 +27,7 @@ def fake_context(tmp_path: Path) -> Context:
 
 @pytest.fixture
 def client(fake_context: Context) -> Iterator[TestClient]:
-    with TestClient(create_app(fake_context), raise_server_exceptions=False) as test_client:
+    with TestClient(
+        create_app(fake_context, PollingJobWakeups()), raise_server_exceptions=False
+    ) as test_client:
         yield test_client

@@ -11,6 +11,7 @@ from api.app import create_app
 from ports.context import Context
 from schemas.domain.ids import new_id
 from schemas.domain.records import Job, JobStatus
+from services.adapters.wakeups.polling import PollingJobWakeups
 
 CSV = b"a,b\n1,2\n3,4\n"
 
@@ -110,7 +111,7 @@ def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: Context):
     small = replace(
         fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 1000})
     )
-    with TestClient(create_app(small)) as client:
+    with TestClient(create_app(small, PollingJobWakeups())) as client:
         error = assert_error(upload(client, b"x" * 5000), 413, "payload_too_large")
     assert error["details"]["max_upload_bytes"] == 1000
     assert small.datasets_storage.objects == {}
@@ -135,7 +136,7 @@ def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_cont
             yield b"x" * (64 * 1024)
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    with TestClient(create_app(small)) as client:
+    with TestClient(create_app(small, PollingJobWakeups())) as client:
         response = client.post(
             "/api/v1/datasets",
             content=pieces(),
@@ -150,7 +151,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(fake_context: 
     small = replace(
         fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 10})
     )
-    with TestClient(create_app(small)) as client:
+    with TestClient(create_app(small, PollingJobWakeups())) as client:
         assert_error(upload(client, b"x" * 200_000), 413, "payload_too_large")
 
 

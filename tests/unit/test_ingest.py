@@ -315,3 +315,10 @@ def test_one_million_row_csv_speed(run: Ingest, tmp_path: Path) -> None:
     assert [c.type for c in result.columns] == [
         "integer", "float", "integer", "string", "date", "boolean",
     ]  # fmt: skip
+
+
+def test_dedupe_column_names_fills_empty_names_and_renames_repeats_ignoring_case() -> None:
+    from services.processing.datasets.common import dedupe_column_names
+
+    names = ["a", "A", " ", "a", "a_1", "b"]
+    assert dedupe_column_names(names) == ["a", "A_1", "column2", "a_2", "a_1_1", "b"]

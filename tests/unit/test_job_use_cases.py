@@ -16,10 +16,11 @@ from schemas.domain.records import (
     JobStatus,
     JobStep,
 )
+from services.processing.processors.base import ComputeLimits
 from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
 from use_cases.errors import Conflict, InvalidParams, NotFound
 from use_cases.jobs import cancel_job, recover_jobs, release_waiting_jobs, submit_job
-from use_cases.run_job import EngineLimits, Outcome, run_job
+from use_cases.run_job import EngineSettings, Outcome, run_job
 
 COLUMNS = [
     ColumnInfo(name="x", type="float", null_count=0),
@@ -69,7 +70,8 @@ def run(uow, datasets, results, job_id, tmp_path, **kwargs):
         job_id,
         worker_id="w1",
         workdir=tmp_path / "work",
-        limits=EngineLimits(heartbeat_interval_s=0.05),
+        engine=EngineSettings(heartbeat_interval_s=0.05),
+        compute=ComputeLimits(),
         is_transient=kwargs.get("is_transient", lambda exc: isinstance(exc, ConnectionError)),
     )
 
@@ -162,17 +164,23 @@ def test_a_job_waits_for_its_dataset_then_runs_or_fails(world):
         steps=[JobStep(processor="metrics", params={"columns": ["nope"]})],
     )
     assert queue.jobs == []  # nothing to run yet
-    uow.datasets.update(
-        pending.id, status=DatasetStatus.ready, columns=[c.model_dump() for c in COLUMNS]
+    uow.datasets.transition(
+        pending.id,
+        [DatasetStatus.validating],
+        DatasetStatus.ready,
+        columns=[c.model_dump() for c in COLUMNS],
     )
     release_waiting_jobs(uow, queue, pending.id)
     assert queue.jobs == [ok.id]
+    assert (uow.jobs.get(ok.id).status, uow.jobs.get(ok.id).message) == (JobStatus.queued, "queued")
     assert uow.jobs.get(bad_column.id).status == JobStatus.failed
     assert "nope" in uow.jobs.get(bad_column.id).error["message"]
 
     doomed = add_dataset(uow, datasets, parquet, status=DatasetStatus.validating)
     waiting, _ = submit_job(uow, queue, owner_id="default", dataset_id=doomed.id, steps=METRICS)
-    uow.datasets.update(doomed.id, status=DatasetStatus.failed, error="file is empty")
+    uow.datasets.transition(
+        doomed.id, [DatasetStatus.validating], DatasetStatus.failed, error="file is empty"
+    )
     release_waiting_jobs(uow, queue, doomed.id)
     assert uow.jobs.get(waiting.id).status == JobStatus.failed
     assert "file is empty" in uow.jobs.get(waiting.id).error["message"]

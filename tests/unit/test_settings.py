@@ -24,17 +24,17 @@ def test_nothing_set_means_sqlite_and_the_filesystem_broker_in_the_data_folder(t
 
 def test_the_worker_memory_budget_is_split_between_duckdb_and_numpy_columns():
     from services.processing.processors.duck import parse_size
-    from workers.limits import engine_limits
+    from workers.limits import compute_limits
 
-    limits = engine_limits(Settings(_env_file=None, worker_memory_budget_mb=1024))
+    limits = compute_limits(Settings(_env_file=None, worker_memory_budget_mb=1024))
     assert (limits.memory_limit, limits.batch_memory_bytes) == ("384MiB", 512 * 1024**2)
-    smaller = engine_limits(Settings(_env_file=None, worker_memory_budget_mb=256))
+    smaller = compute_limits(Settings(_env_file=None, worker_memory_budget_mb=256))
     assert parse_size(smaller.memory_limit) + smaller.batch_memory_bytes <= 256 * 1024**2
 
 
 def test_a_worker_gives_ingest_half_its_memory_budget_and_steps_three_eighths():
-    from workers.limits import engine_limits, ingest_memory_limit
+    from workers.limits import compute_limits, ingest_memory_limit
 
     settings = Settings(worker_memory_budget_mb=512)
     assert ingest_memory_limit(settings) == "256MiB"
-    assert engine_limits(settings).memory_limit == "192MiB"
+    assert compute_limits(settings).memory_limit == "192MiB"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from services.adapters.storage import writeback
-from services.adapters.storage.writeback import Writeback, start_writeback
+from services import writeback
+from services.writeback import Writeback, start_writeback
 
 
 def test_write_back_starts_every_step_over_contiguous_ranges(

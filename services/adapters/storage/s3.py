@@ -188,9 +188,10 @@ class S3ObjectStorage:
         if filename:
             params["ResponseContentDisposition"] = _attachment(filename)
         with self._errors(key):
-            return self.presign_client.generate_presigned_url(
+            url: str = self.presign_client.generate_presigned_url(
                 "get_object", Params=params, ExpiresIn=expires_s
             )
+        return url
 
     def _read_body(self, body: Any, key: str, chunk_size: int) -> Iterator[bytes]:
         try:

@@ -20,9 +20,9 @@ tests/unit/test_ingest_csv.py:
   forced. When that sniff fails while the unforced one works, the sample has a broken
   quote: DatasetUnusable names its line. Broken quotes after the sample become failed
   rows (DuckDB reads up to the next quote, so the failed row may span several lines).
-- Types come from the whole file when it is small (sample_size=-1 doubles the time of a
-  big file: 570 MB took 4.7 s with 20480 rows and 8.0 s with the whole file); in larger
-  files a value that does not fit the sampled type makes its row a failed row.
+- Types come from the whole file when it is small (sample_size=-1 on a big file takes much
+  longer than a sample); in larger files a value that does not fit the sampled type makes
+  its row a failed row.
 - The BOM is stripped; duplicate header names get _1, _2 suffixes, empty ones columnN.
 - With blank lines before the header DuckDB takes the names from the header but reads
   it again as a data row (a CAST failure), so skip= is set to the number of blank lines.
@@ -37,7 +37,7 @@ from typing import BinaryIO
 
 import duckdb
 
-from services.processing.datasets.ingest import (
+from services.processing.datasets.common import (
     CHUNK_BYTES,
     MAX_ROW_BYTES,
     RAW_TEXT_LIMIT,
@@ -45,10 +45,10 @@ from services.processing.datasets.ingest import (
     FailedRowsWriter,
     TextScan,
     copy_to_parquet,
+    dedupe_column_names,
     describe,
     first_line,
     lit,
-    unique_names,
 )
 from services.processing.datasets.parquet_reader import friendly_type
 
@@ -56,14 +56,14 @@ SAMPLE_ROWS = 20480
 MAX_HEADER_BYTES = 1024 * 1024
 DUCKDB_TEXT_CAP = 10_000  # reject_errors.csv_line holds at most this many bytes
 FULL_SNIFF_BYTES = 32 * 1024 * 1024
-MAX_COLUMNS = 10_000  # DuckDB's sniffer slows down about linearly: 10k columns take ~4 s
+MAX_COLUMNS = 10_000  # DuckDB's sniffer takes time in proportion to the columns
 QUOTE_REASON = "unterminated or misplaced quote (a quoted field must end with a quote"
 QUOTE_REASON += " followed by a delimiter or the end of the line)"
 
 _BASE = "header=true, comment='', store_rejects=true"
-# DuckDB sizes its read buffers from max_line_size: 16 MiB doubles peak memory (377 MB ->
-# 812 MB on a 570 MB file), so it is raised only for files with a line over 1 MiB, and
-# with a smaller buffer (479 MB).
+# DuckDB sizes its read buffers from max_line_size, so raising it to 16 MiB multiplies its
+# memory: it is raised only for files with a line over CHUNK_BYTES, and with a buffer smaller
+# than DuckDB would choose.
 _LONG_LINES = f"max_line_size={MAX_ROW_BYTES}, buffer_size={2 * MAX_ROW_BYTES}"
 _REJECTS = "rejects_table='ingest_errors', rejects_scan='ingest_scans'"
 _FIELDS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
@@ -92,12 +92,12 @@ def convert(
             f"could not read the file as CSV: {first_line(exc, source)}"
         ) from None
     original = [name for name, _ in columns]
-    renamed = dict(zip(original, unique_names(original), strict=True))
+    renamed = dict(zip(original, dedupe_column_names(original), strict=True))
     _collect_rejects(con, source, scan.newline, renamed, failed)
 
 
 def _check_header(source: Path, scan: TextScan) -> None:
-    """Refuse headers the sniffer would choke on (it takes minutes on 500k columns)."""
+    """Refuse headers the sniffer would choke on (its time grows with the column count)."""
     with source.open("rb") as f:
         f.seek(scan.first_offset)
         header = f.read(MAX_HEADER_BYTES + 1)

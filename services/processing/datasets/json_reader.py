@@ -9,14 +9,14 @@
   file that DuckDB reads. Blank lines are skipped. Line numbers are physical, 1-based.
 - Types come from every object (sample_size=-1): with a sample, DuckDB silently drops
   keys first seen after it and fails the whole read on a later value of another type.
-  Measured on 2M lines (217 MB): 2.0 s sampled, 2.8 s whole file; the orjson pass, only
-  run for files with bad lines, takes another ~1.9 us per line (3.9 s).
+  Reading every object costs somewhat more than a sample; the orjson pass costs more than
+  DuckDB's read, which is why it runs only for files with bad lines.
 - DuckDB renames keys that differ only in case ("A" -> "A_1"). It cannot make a column
   of an empty key: such a line is a failed row (in an array: unusable). A key repeated
   inside one object fails DuckDB's whole read: unusable, naming the line. DuckDB counts
   records, not lines, in its messages; they are mapped back to physical lines here.
 - Lines over 16 MiB are failed rows in the line-by-line pass (never held whole); DuckDB's
-  direct read was seen to accept a 20 MB line despite maximum_object_size.
+  direct read was seen to accept a longer line despite maximum_object_size.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import duckdb
 import orjson
 
 from schemas.domain.records import DatasetFormat
-from services.processing.datasets.ingest import (
+from services.processing.datasets.common import (
     BOM,
     CHUNK_BYTES,
     MAX_ROW_BYTES,
@@ -44,7 +44,7 @@ from services.processing.datasets.ingest import (
     lit,
 )
 
-ORJSON_CHECK_BYTES = 32 * 1024 * 1024  # parsing builds Python objects: ~8x the file
+ORJSON_CHECK_BYTES = 32 * 1024 * 1024  # parsing builds Python objects, many times the file
 _OPTIONS = (
     "records='true', sample_size=-1, map_inference_threshold=-1, "
     f"maximum_object_size={MAX_ROW_BYTES}"

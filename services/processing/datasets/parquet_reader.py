@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import re
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
 from schemas.domain.records import ColumnInfo
-from services.processing.datasets.ingest import (
+from services.processing.datasets.common import (
     PREVIEW_ROWS,
     PREVIEW_TEXT_CHARS,
     DatasetUnusable,
@@ -23,6 +19,7 @@ from services.processing.datasets.ingest import (
     ident,
     lit,
 )
+from services.processing.json_values import json_safe
 
 MAGIC = b"PAR1"
 
@@ -153,24 +150,3 @@ def _footer_counts(
         elif by_path.get(name, (0, 0, None))[:2] == (row_groups, row_groups):
             nulls[name] = int(by_path[name][2])
     return int(row_count), nulls
-
-
-def json_safe(value: Any) -> Any:
-    """A value orjson/json can serialise: ISO strings for times, str for decimals, None for NaN."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value) if value.is_finite() else None
-    if isinstance(value, timedelta):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return str(value)

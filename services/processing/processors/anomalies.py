@@ -32,18 +32,18 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
+from services.processing.json_values import json_safe
 from services.processing.processors.arrays import to_arrow
 from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processing.processors.columns import (
     is_numeric,
+    reject_duplicate_columns,
     select_columns,
-    unique_names,
     value_expr,
 )
 from services.processing.processors.duck import (
     aggregate_columns,
     connect,
-    json_safe,
     literal,
     parquet_source,
     parquet_types,
@@ -73,7 +73,7 @@ class AnomaliesParams(BaseModel):
         allow_inf_nan=False,
         description="Default 3.0 (zscore), 3.5 (modified_zscore), 1.5 (iqr: the k of the fences).",
     )
-    _unique = field_validator("columns")(unique_names)
+    _unique = field_validator("columns")(reject_duplicate_columns)
 
 
 def check_columns(params: AnomaliesParams, columns: list[ColumnInfo]) -> None:

@@ -1,7 +1,7 @@
 """Primitive columns between Arrow and numpy, through their buffers.
 
 pyarrow's own conversions (Array.to_numpy with nulls, pa.array and pa.table from numpy)
-import pandas on first use: about 2 s and 50 MiB in a worker process that never needs it.
+import pandas on first use: slow and large, in a worker process that never needs it.
 """
 
 import numpy as np

@@ -57,6 +57,15 @@ ProgressCallback = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
+class ComputeLimits:
+    """Engine tuning for a step, from the worker's memory budget; the job engine passes it on."""
+
+    memory_limit: str = "512MiB"  # DuckDB memory_limit (it spills to disk beyond it)
+    batch_memory_bytes: int = 512 * 1024**2  # column values held in numpy at once
+    threads: int | None = None  # DuckDB's and the profiling pool's (default: every core)
+
+
+@dataclass(frozen=True)
 class StepInput:
     parquet_path: Path  # local file, the typed copy
     columns: list[ColumnInfo]  # the dataset schema
@@ -64,9 +73,7 @@ class StepInput:
     output_dir: Path  # artifact files go here (exists, empty, private to this step)
     artifact_suffix: str  # "" for the first step of a processor in a job, then "-2", "-3"...
     report: ProgressCallback  # (0..1, message); raises JobCancelled when the job is cancelled
-    memory_limit: str = "512MiB"  # DuckDB memory_limit (it spills to disk beyond it)
-    batch_memory_bytes: int = 512 * 1024**2  # column values held in numpy at once
-    threads: int | None = None
+    limits: ComputeLimits = ComputeLimits()
     spill_dir: Path | None = None  # where DuckDB spills beyond memory_limit (default: /tmp)
     # Column statistics shared by the steps of a job (they all read the same parquet_path).
     profiles: ProfileCache = field(default_factory=ProfileCache)

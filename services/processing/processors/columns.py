@@ -59,8 +59,8 @@ def select_columns(
     return selected
 
 
-def unique_names(names: list[str] | None) -> list[str] | None:
-    """Pydantic validator body: reject a column listed twice."""
+def reject_duplicate_columns(names: list[str] | None) -> list[str] | None:
+    """Pydantic validator body: the names unchanged, or ValueError for a column listed twice."""
     if names is not None:
         seen: set[str] = set()
         for name in names:

@@ -1,7 +1,6 @@
-"""DuckDB plumbing shared by the processors: connection, progress/cancel, literals, JSON values."""
+"""DuckDB plumbing shared by the processors: connection, progress/cancel, literals."""
 
 import functools
-import math
 import os
 import re
 import tempfile
@@ -9,8 +8,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -39,12 +36,12 @@ _SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
 def connect(step: StepInput) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection (cursor) of this process's DuckDB database for the step's limits.
 
-    Opening an in-memory database costs ~25 ms, a cursor nothing: steps share one database
+    Opening an in-memory database is slow, a cursor is not: steps share one database
     per process and settings, each with its own connection (temp tables and interrupt are
     per connection).
     """
     spill = step.spill_dir or Path(tempfile.gettempdir())
-    database = _database(os.getpid(), step.memory_limit, step.threads, str(spill))
+    database = _database(os.getpid(), step.limits.memory_limit, step.limits.threads, str(spill))
     con = database.cursor()
     try:
         # The progress bar must be enabled for query_progress(); never printed.
@@ -67,7 +64,7 @@ def _database(
         "memory_limit": memory_limit,
         "temp_directory": str(Path(spill_dir) / f"duckdb-{pid}"),
         # jemalloc keeps freed pages until a later allocation purges them: without its
-        # background threads an idle worker holds ~150 MB a 5M-row job left behind.
+        # background threads an idle worker holds what a large job left behind.
         "allocator_background_threads": True,
     }
     if threads:
@@ -191,7 +188,7 @@ def _reraise(exc: BaseException) -> NoReturn:
 
 def parquet_types(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
     """Column name -> DuckDB type of the Parquet file (from its metadata only)."""
-    # A relation binds without running: the types cost half a DESCRIBE query.
+    # A relation binds without running: the types cost less than a DESCRIBE query.
     relation = con.sql(f"SELECT * FROM {parquet_source(path)}")
     return {name: str(type_) for name, type_ in zip(relation.columns, relation.types, strict=True)}
 
@@ -227,27 +224,6 @@ def parse_size(text: str) -> int:
     return int(number * base**power)
 
 
-def json_safe(value: Any) -> Any:
-    """A JSON-serialisable copy of a value from DuckDB or numpy (NaN and inf become None)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Decimal):
-        return json_safe(float(value))
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalar
-        return json_safe(value.item())
-    return str(value)
-
-
 def aggregate_columns(
     con: duckdb.DuckDBPyConnection,
     src: str,
@@ -265,7 +241,7 @@ def aggregate_columns(
     size = len(exprs)
     if any("quantile" in template for template in aggregates.values()):
         # An exact quantile keeps every value (8 bytes, plus slack) in memory.
-        size = max(1, parse_size(step.memory_limit) // 2 // (16 * max(rows, 1)))
+        size = max(1, parse_size(step.limits.memory_limit) // 2 // (16 * max(rows, 1)))
     groups = [list(range(i, min(i + size, len(exprs)))) for i in range(0, len(exprs), size)]
     keys = list(aggregates)
     out: list[dict[str, Any]] = []

@@ -1,19 +1,23 @@
-"""The fill_nulls stage of normalize: which columns, which value, and the SQL that fills."""
+"""The fill_nulls stage of normalize: its params, the columns, the value, the SQL that fills."""
 
 from collections.abc import Callable
 from datetime import date, datetime, time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import duckdb
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core.core_schema import ValidationInfo
 
 from schemas.domain.records import ColumnInfo
 from services.processing.processors.base import ParamsError, ProcessorInputError, StepInput
-from services.processing.processors.columns import is_numeric, select_columns, value_expr
+from services.processing.processors.columns import (
+    is_numeric,
+    reject_duplicate_columns,
+    select_columns,
+    value_expr,
+)
 from services.processing.processors.duck import aggregate_columns, literal, run_with_progress
 from services.processing.processors.numeric import ColumnProfile
-
-if TYPE_CHECKING:
-    from services.processing.processors.normalize import FillNulls
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "date": date.fromisoformat,
@@ -21,6 +25,28 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "time": time.fromisoformat,
 }
 SCALAR_TYPES = {"integer", "float", "decimal", "boolean", "string", "date", "timestamp", "time"}
+
+
+class FillNulls(BaseModel):
+    """Fill nulls with the column mean, median, mode or a constant."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: Literal["mean", "median", "mode", "constant"]
+    value: str | int | float | bool | None = Field(
+        default=None, validate_default=True, description="The fill value (strategy constant)."
+    )
+    columns: list[str] | None = Field(default=None, min_length=1)
+    _unique = field_validator("columns")(reject_duplicate_columns)
+
+    @field_validator("value")
+    @classmethod
+    def _value_for_constant(cls, value: Any, info: ValidationInfo) -> Any:
+        strategy = info.data.get("strategy")
+        if strategy == "constant" and value is None:
+            raise ValueError("a value is required when strategy is 'constant'")
+        if strategy not in (None, "constant") and value is not None:
+            raise ValueError("a value is only used when strategy is 'constant'")
+        return value
 
 
 def fits(value: Any, column: ColumnInfo) -> bool:
@@ -43,7 +69,7 @@ def fits(value: Any, column: ColumnInfo) -> bool:
     return kind not in SCALAR_TYPES  # other DuckDB types: DuckDB casts it (or fails) at run time
 
 
-def fill_targets(fill: "FillNulls", columns: list[ColumnInfo]) -> list[ColumnInfo]:
+def fill_targets(fill: FillNulls, columns: list[ColumnInfo]) -> list[ColumnInfo]:
     """The columns to fill, raising ParamsError for a missing or unsuitable one."""
     field = "fill_nulls.columns"
     if fill.strategy in ("mean", "median"):
@@ -80,7 +106,7 @@ def fill_expressions(
     con: duckdb.DuckDBPyConnection,
     step: StepInput,
     relation: str,
-    fill: "FillNulls",
+    fill: FillNulls,
     types: dict[str, str],
     rows: int,
     profiles: dict[str, ColumnProfile],

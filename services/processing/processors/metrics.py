@@ -6,6 +6,10 @@ quantile(interpolation="linear"), `histogram` = numpy.histogram(values, bins=10)
 `top_values` = value_counts() (ties by value ascending). `duplicate_rows` =
 df[columns].duplicated().sum(): rows equal to an earlier row over the selected columns
 (all dataset columns when `columns` is not given), nulls comparing equal.
+
+Values of the column are shown as the dataset preview shows them (json_values.json_safe):
+a decimal column's `min` and `max` are its stored values, exact strings, while the figures
+computed from it (mean, std, quartiles, histogram) are floats.
 """
 
 from collections.abc import Callable
@@ -16,18 +20,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
+from services.processing.json_values import json_safe
 from services.processing.processors.base import ProgressCallback, StepInput, StepOutput
 from services.processing.processors.columns import (
     FLOAT_DUCK_TYPES,
     is_numeric,
     is_temporal,
+    reject_duplicate_columns,
     select_columns,
-    unique_names,
     value_expr,
 )
 from services.processing.processors.duck import (
     connect,
-    json_safe,
     map_with_progress,
     parquet_rows,
     parquet_source,
@@ -66,7 +70,7 @@ class MetricsParams(BaseModel):
     columns: list[str] | None = Field(
         default=None, min_length=1, description="Columns to profile (default: all)."
     )
-    _unique = field_validator("columns")(unique_names)
+    _unique = field_validator("columns")(reject_duplicate_columns)
 
 
 def check_columns(params: MetricsParams, columns: list[ColumnInfo]) -> None:
@@ -186,7 +190,9 @@ def _small_dataset(
     unfetched = [c for c in selected if c not in fetched]
     # Columns whose figures numpy cannot give as DuckDB does: their own queries.
     in_sql = unfetched + [
-        c for c in fetched if is_temporal(c) and types[c.name] not in NATIVE_TEMPORAL
+        c
+        for c in fetched
+        if (is_temporal(c) and types[c.name] not in NATIVE_TEMPORAL) or _exact_ends(c)
     ]
     if in_sql:
         aggregates |= _aggregates(con, src, in_sql, exprs, step.report, start=0.1, end=0.2)[1]
@@ -198,6 +204,11 @@ def _small_dataset(
     else:
         duplicates = count_duplicate_rows(arrays)
     return aggregates, {c.name: profiles[c.name] for c in selected}, duplicates
+
+
+def _exact_ends(column: ColumnInfo) -> bool:
+    # A decimal's profile holds doubles: its min and max are read from DuckDB as stored.
+    return column.type == "decimal"
 
 
 def _fetched_exactly(duck_type: str) -> bool:
@@ -222,12 +233,15 @@ def _aggregates(
     start: float = 0.0,
     end: float = 0.1,
 ) -> tuple[int, dict[str, list[Any]]]:
-    """One scan of the other columns: row count; non-null count, and min/max of temporal ones."""
+    """One scan: row count; non-null count of the non-numeric columns; min/max of temporal
+    and decimal ones (the other numeric columns are profiled from their values)."""
     parts: dict[str, list[str]] = {}
     for c in selected:
-        if is_numeric(c):
-            continue  # profiled from its values
         e = exprs[c.name]
+        if is_numeric(c):
+            if _exact_ends(c):
+                parts[c.name] = [f"min({e})", f"max({e})"]
+            continue
         parts[c.name] = [f"count({e})"]
         if is_temporal(c):
             parts[c.name] += [f"min({e})", f"max({e})"]
@@ -333,6 +347,8 @@ def _column_summary(
     if isinstance(profile, ColumnProfile):
         stats = profile.stats
         out.update(distinct_count=stats.distinct, min=stats.minimum, max=stats.maximum)
+        if _exact_ends(column):
+            out.update(min=aggregate[0], max=aggregate[1])
         out.update(mean=profile.mean, std=profile.std(ddof=1))
         for q, value in zip(QUANTILES, stats.quantiles, strict=True):
             out[f"p{round(q * 100)}"] = value

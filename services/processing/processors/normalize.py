@@ -25,27 +25,26 @@ from typing import Annotated, Any, Literal
 
 import duckdb
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from pydantic_core.core_schema import ValidationInfo
 
 from schemas.domain.records import ColumnInfo
+from services.processing.json_values import json_safe
 from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processing.processors.columns import (
     is_numeric,
     quote,
+    reject_duplicate_columns,
     select_columns,
-    unique_names,
     value_expr,
 )
 from services.processing.processors.duck import (
     aggregate_columns,
     connect,
-    json_safe,
     literal,
     parquet_source,
     parquet_types,
     run_with_progress,
 )
-from services.processing.processors.fill import fill_expressions, fill_targets
+from services.processing.processors.fill import FillNulls, fill_expressions, fill_targets
 from services.processing.processors.numeric import ColumnProfile
 from services.processing.processors.output import copy_to_file
 from services.processing.processors.profiles import numeric_profiles
@@ -65,29 +64,7 @@ class DropDuplicates(BaseModel):
     subset: list[str] | None = Field(
         default=None, min_length=1, description="Columns that define a duplicate (default: all)."
     )
-    _unique = field_validator("subset")(unique_names)
-
-
-class FillNulls(BaseModel):
-    """Fill nulls with the column mean, median, mode or a constant."""
-
-    model_config = ConfigDict(extra="forbid")
-    strategy: Literal["mean", "median", "mode", "constant"]
-    value: str | int | float | bool | None = Field(
-        default=None, validate_default=True, description="The fill value (strategy constant)."
-    )
-    columns: list[str] | None = Field(default=None, min_length=1)
-    _unique = field_validator("columns")(unique_names)
-
-    @field_validator("value")
-    @classmethod
-    def _value_for_constant(cls, value: Any, info: ValidationInfo) -> Any:
-        strategy = info.data.get("strategy")
-        if strategy == "constant" and value is None:
-            raise ValueError("a value is required when strategy is 'constant'")
-        if strategy not in (None, "constant") and value is not None:
-            raise ValueError("a value is only used when strategy is 'constant'")
-        return value
+    _unique = field_validator("subset")(reject_duplicate_columns)
 
 
 class Scale(BaseModel):
@@ -96,7 +73,7 @@ class Scale(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Literal["minmax", "zscore", "robust"]
     columns: list[str] | None = Field(default=None, min_length=1)
-    _unique = field_validator("columns")(unique_names)
+    _unique = field_validator("columns")(reject_duplicate_columns)
 
 
 def _duplicates_option(value: Any) -> Any:

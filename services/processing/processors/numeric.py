@@ -1,7 +1,7 @@
 """Statistics of one column's non-null values, with numpy's and pandas' exact semantics.
 
 Sorting once gives the exact distinct count, quantiles and histogram together and is
-about twice as fast as DuckDB's hash-based count(DISTINCT) on high-cardinality columns.
+faster than DuckDB's hash-based count(DISTINCT) on high-cardinality columns.
 The mean and variance are taken before the sort, in file order and in two passes, as
 pandas does; DuckDB's streaming avg/stddev aggregates cost more than fetch, sum and sort.
 """

@@ -69,7 +69,7 @@ def fetch_task(
     expr = name if duck_type == cast else f"CAST({name} AS {cast})"
     # Extremes serve anomalies only where the fetched value prints as the stored one.
     keeps_extremes = duck_type in SMALL_INTEGERS or duck_type == "DOUBLE"
-    # Every row is fetched, in Arrow batches (twice as fast as fetchnumpy), so a value's
+    # Every row is fetched, in Arrow batches (faster than fetchnumpy), so a value's
     # position is its row number.
     sql = f"SELECT {expr} FROM {parquet_source(parquet)}"
 
@@ -86,8 +86,8 @@ def fetch_task(
 
 def profile_workers(step: StepInput, rows: int) -> int:
     """How many columns can be profiled at once within the step's memory budget."""
-    budget = step.batch_memory_bytes // (BYTES_PER_VALUE * max(rows, 1))
-    return max(1, min(step.threads or os.cpu_count() or 1, budget))
+    budget = step.limits.batch_memory_bytes // (BYTES_PER_VALUE * max(rows, 1))
+    return max(1, min(step.limits.threads or os.cpu_count() or 1, budget))
 
 
 def numeric_profiles(

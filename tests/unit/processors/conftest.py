@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.domain.records import ColumnInfo, DatasetFormat
-from services.processing.processors.base import JobCancelled, StepInput
+from services.processing.processors.base import ComputeLimits, JobCancelled, StepInput
 
 ROWS = 3000
 FRIENDLY = {
@@ -122,7 +122,7 @@ def make_step(tmp_path: Path, dataset: tuple[Path, list[ColumnInfo]]) -> StepFac
             "output_dir": output_dir,
             "artifact_suffix": "",
             "report": lambda fraction, message: None,
-            "threads": 2,
+            "limits": ComputeLimits(threads=2),
         }
         fields.update(overrides)
         return StepInput(**fields)  # type: ignore[arg-type]

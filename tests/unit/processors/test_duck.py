@@ -1,10 +1,8 @@
-"""DuckDB plumbing: progress, cancel (interrupt), errors, literals, sizes, JSON values."""
+"""DuckDB plumbing: progress, cancel (interrupt), errors, literals, sizes."""
 
 import math
 import os
 import time
-from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -13,10 +11,9 @@ import pyarrow as pa
 import pytest
 
 from services.processing.processors import anomalies, metrics, normalize
-from services.processing.processors.base import JobCancelled, ProcessorInputError
+from services.processing.processors.base import ComputeLimits, JobCancelled, ProcessorInputError
 from services.processing.processors.duck import (
     connect,
-    json_safe,
     literal,
     map_with_progress,
     parse_size,
@@ -102,7 +99,8 @@ def test_data_errors_become_processor_input_errors(make_step: StepFactory) -> No
 def test_steps_share_a_database_not_their_tables_and_spill_to_spill_dir(
     make_step: StepFactory, tmp_path: Path
 ) -> None:
-    step = make_step(memory_limit="32MB", spill_dir=tmp_path / "spill")
+    limits = ComputeLimits(memory_limit="32MB", threads=2)
+    step = make_step(limits=limits, spill_dir=tmp_path / "spill")
     with connect(step) as con:
         con.execute("CREATE TEMP TABLE t AS SELECT md5(range::VARCHAR) AS b FROM range(1000000)")
         assert con.execute("SELECT count(DISTINCT b) FROM t").fetchone() == (1000000,)
@@ -142,29 +140,6 @@ def test_literal_nan_and_null() -> None:
 )
 def test_parse_size(text: str, size: int) -> None:
     assert parse_size(text) == size
-
-
-def test_json_safe() -> None:
-    value = {
-        "nan": math.nan,
-        "inf": math.inf,
-        "dec": Decimal("1.5"),
-        "when": datetime(2024, 1, 2, 3, 4, 5),
-        "day": date(2024, 1, 2),
-        "np": np.float64(2.5),
-        "int": np.int64(3),
-        "list": (1, None, math.nan),
-    }
-    assert json_safe(value) == {
-        "nan": None,
-        "inf": None,
-        "dec": 1.5,
-        "when": "2024-01-02T03:04:05",
-        "day": "2024-01-02",
-        "np": 2.5,
-        "int": 3,
-        "list": [1, None, None],
-    }
 
 
 @pytest.fixture(scope="module")

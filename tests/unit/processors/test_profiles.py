@@ -8,7 +8,7 @@ import pytest
 
 from schemas.domain.records import ColumnInfo, DatasetFormat
 from services.processing.processors import profiles as profiles_module
-from services.processing.processors.base import StepInput
+from services.processing.processors.base import ComputeLimits, StepInput
 from services.processing.processors.duck import connect, parquet_source, parquet_types
 from services.processing.processors.numeric import ProfileCache, find_extremes, profile_values
 from services.processing.processors.profiles import profile_workers
@@ -36,10 +36,11 @@ def test_large_integers_do_not_overflow_the_sum() -> None:
 
 
 def test_a_bigger_dataset_profiles_fewer_columns_at_once(make_step: StepFactory) -> None:
-    step = make_step(batch_memory_bytes=512 * MIB, threads=2)
+    step = make_step(limits=ComputeLimits(batch_memory_bytes=512 * MIB, threads=2))
     assert profile_workers(step, 5_000_000) == 2
     assert profile_workers(step, 20_000_000) == 1
-    assert profile_workers(make_step(batch_memory_bytes=1, threads=2), 10) == 1
+    tiny = make_step(limits=ComputeLimits(batch_memory_bytes=1, threads=2))
+    assert profile_workers(tiny, 10) == 1
 
 
 def test_cache_drops_long_lists_of_repeated_values() -> None:
@@ -107,7 +108,7 @@ def test_columns_of_every_width_profile_like_numpy(
         output_dir=tmp_path,
         artifact_suffix="",
         report=lambda fraction, message: None,
-        threads=2,
+        limits=ComputeLimits(threads=2),
     )
     with connect(step) as con:
         types = parquet_types(con, path)
