@@ -18,7 +18,8 @@ from schemas.settings import Settings
 
 
 async def get_context(request: Request) -> Context:
-    return request.app.state.context
+    context: Context = request.app.state.context
+    return context
 
 
 async def get_uow(context: Annotated[Context, Depends(get_context)]) -> UnitOfWork:
@@ -52,7 +53,8 @@ async def _results_storage(context: ContextDep) -> ObjectStorage:
 
 
 async def _wakeups(request: Request) -> JobWakeups:
-    return request.app.state.job_wakeups
+    wakeups: JobWakeups = request.app.state.job_wakeups
+    return wakeups
 
 
 DatasetsStorageDep = Annotated[ObjectStorage, Depends(_datasets_storage)]

@@ -1,8 +1,10 @@
 """Repository and unit-of-work ports over the relational store."""
 
-# Lazy annotations: the `list` methods would otherwise shadow the builtin in later signatures.
+# Within a class that defines a `list` method the name means that method, hence
+# `builtins.list` in the annotations of such classes.
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -44,7 +46,7 @@ class DatasetRepository(Protocol):
         status: DatasetStatus | None = None,
         before: UUID | None = None,
         limit: int = 50,
-    ) -> list[Dataset]:
+    ) -> builtins.list[Dataset]:
         """Newest first; `before` is the id of the last dataset of the previous page."""
         ...
 
@@ -67,7 +69,7 @@ class DatasetRepository(Protocol):
 
     def list_stale(
         self, statuses: Sequence[DatasetStatus], updated_before: Any, limit: int = 100
-    ) -> list[Dataset]:
+    ) -> builtins.list[Dataset]:
         """Datasets stuck in one of the statuses since before the given time."""
         ...
 
@@ -85,7 +87,9 @@ class FailedRowRepository(Protocol):
         """Insert failed rows; returns how many were written."""
         ...
 
-    def list(self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100) -> list[FailedRow]:
+    def list(
+        self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
+    ) -> builtins.list[FailedRow]:
         """Failed rows ordered by line number, starting after `after_line`."""
         ...
 
@@ -115,7 +119,7 @@ class JobRepository(Protocol):
         dataset_id: UUID | None = None,
         before: UUID | None = None,
         limit: int = 50,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Newest first; `before` is the id of the last job of the previous page."""
         ...
 
@@ -123,7 +127,7 @@ class JobRepository(Protocol):
         """How many queued or running jobs read this dataset."""
         ...
 
-    def list_queued_for_dataset(self, dataset_id: UUID) -> list[Job]:
+    def list_queued_for_dataset(self, dataset_id: UUID) -> builtins.list[Job]:
         """Queued jobs waiting on one dataset, oldest first."""
         ...
 
@@ -171,11 +175,15 @@ class JobRepository(Protocol):
         """Set cancel_requested on a queued or running job; False when it is already finished."""
         ...
 
-    def list_stale_running(self, heartbeat_before: datetime, limit: int = 100) -> list[Job]:
+    def list_stale_running(
+        self, heartbeat_before: datetime, limit: int = 100
+    ) -> builtins.list[Job]:
         """Running jobs whose last heartbeat is older than the given time."""
         ...
 
-    def list_unclaimed_queued(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+    def list_unclaimed_queued(
+        self, updated_before: datetime, limit: int = 100
+    ) -> builtins.list[Job]:
         """Queued jobs not touched since the given time, whose dataset is ready."""
         ...
 
@@ -223,11 +231,22 @@ class ArtifactRepository(Protocol):
 class UnitOfWork(Protocol):
     """One transaction over every repository; leaving the block without commit rolls back."""
 
-    datasets: DatasetRepository
-    failed_rows: FailedRowRepository
-    jobs: JobRepository
-    job_events: JobEventRepository
-    artifacts: ArtifactRepository
+    # Read-only properties rather than attributes, which a Protocol would hold invariant: an
+    # implementation may then declare its own repository classes (SqlDatasetRepository, ...).
+    @property
+    def datasets(self) -> DatasetRepository: ...
+
+    @property
+    def failed_rows(self) -> FailedRowRepository: ...
+
+    @property
+    def jobs(self) -> JobRepository: ...
+
+    @property
+    def job_events(self) -> JobEventRepository: ...
+
+    @property
+    def artifacts(self) -> ArtifactRepository: ...
 
     def __enter__(self) -> Self: ...
 

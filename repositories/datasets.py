@@ -1,8 +1,10 @@
 """SQL repositories for datasets and their failed rows."""
 
-# Lazy annotations: the `list` methods would otherwise shadow the builtin in later signatures.
+# Within a class that defines a `list` method the name means that method, hence
+# `builtins.list` in the annotations of such classes.
 from __future__ import annotations
 
+import builtins
 import enum
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -24,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 
-from db.models import DatasetRow, FailedRowRow, utcnow
+from db.models import Base, DatasetRow, FailedRowRow, utcnow
 from schemas.domain.lifecycle import check_dataset_transition
 from schemas.domain.records import Dataset, DatasetStatus, FailedRow, Record
 
@@ -51,8 +53,13 @@ def record_values(table: Table, record: Record) -> dict[str, Any]:
     return row_values(table, fields)
 
 
-DATASETS: Table = DatasetRow.__table__  # type: ignore[assignment]
-FAILED_ROWS: Table = FailedRowRow.__table__  # type: ignore[assignment]
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's table, typed as a Table (`Model.__table__` is declared a FromClause)."""
+    return model.metadata.tables[model.__tablename__]
+
+
+DATASETS = table_of(DatasetRow)
+FAILED_ROWS = table_of(FailedRowRow)
 
 
 def by_id(table: Table) -> tuple[Select[Any], Select[Any]]:
@@ -94,7 +101,7 @@ class SqlDatasetRepository:
         status: DatasetStatus | None = None,
         before: UUID | None = None,
         limit: int = 50,
-    ) -> list[Dataset]:
+    ) -> builtins.list[Dataset]:
         """Newest first (ids are UUIDv7); `before` is the last id of the previous page."""
         query = select(DATASETS).where(DATASETS.c.owner_id == owner_id)
         if status is not None:
@@ -132,11 +139,11 @@ class SqlDatasetRepository:
             )
             .values(values)
         )
-        return self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+        return self._db.execute(statement).rowcount == 1
 
     def list_stale(
         self, statuses: Sequence[DatasetStatus], updated_before: datetime, limit: int = 100
-    ) -> list[Dataset]:
+    ) -> builtins.list[Dataset]:
         """Datasets stuck in one of the statuses since before the given time, oldest first."""
         query = (
             select(DATASETS)
@@ -177,7 +184,9 @@ class SqlFailedRowRepository:
             written += len(values)
         return written
 
-    def list(self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100) -> list[FailedRow]:
+    def list(
+        self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
+    ) -> builtins.list[FailedRow]:
         """Failed rows ordered by line number, starting after `after_line`."""
         query = (
             select(FAILED_ROWS)

@@ -1,9 +1,11 @@
 """SQL repositories for jobs, their events and their artifacts."""
 
-# Lazy annotations: the `list` methods would otherwise shadow the builtin in later signatures.
+# Within a class that defines a `list` method the name means that method, hence
+# `builtins.list` in the annotations of such classes.
 from __future__ import annotations
 
-from collections.abc import Sequence
+import builtins
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -24,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from db.models import ArtifactRow, JobEventRow, JobRow, utcnow
 from ports.repositories import IdempotencyConflict
-from repositories.datasets import DATASETS, by_id, record_values, row_values
+from repositories.datasets import DATASETS, by_id, record_values, row_values, table_of
 from schemas.domain.lifecycle import check_job_transition
 from schemas.domain.records import (
     ACTIVE_JOB_STATUSES,
@@ -35,15 +37,18 @@ from schemas.domain.records import (
     JobStatus,
 )
 
-JOBS: Table = JobRow.__table__  # type: ignore[assignment]
-JOB_EVENTS: Table = JobEventRow.__table__  # type: ignore[assignment]
-ARTIFACTS: Table = ArtifactRow.__table__  # type: ignore[assignment]
+JOBS = table_of(JobRow)
+JOB_EVENTS = table_of(JobEventRow)
+ARTIFACTS = table_of(ArtifactRow)
 
 # PostgreSQL NOTIFY channel announcing new job events; the payload is the job id.
 JOB_EVENTS_CHANNEL = "assay_job_events"
 
 # INSERT ... ON CONFLICT, per dialect (SQLAlchemy has no backend-neutral form).
-_UPSERT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_UPSERT_INSERTS: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
 
 # Built once, values bound at execution (see by_id): the request path's statements.
 _JOB, _OWNED_JOB = by_id(JOBS)
@@ -115,7 +120,7 @@ class SqlJobRepository:
         dataset_id: UUID | None = None,
         before: UUID | None = None,
         limit: int = 50,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         """Newest first (ids are UUIDv7); `before` is the last id of the previous page."""
         query = select(JOBS).where(JOBS.c.owner_id == owner_id)
         if status is not None:
@@ -143,7 +148,7 @@ class SqlJobRepository:
         )
         return self._db.execute(query).scalar_one()
 
-    def list_queued_for_dataset(self, dataset_id: UUID) -> list[Job]:
+    def list_queued_for_dataset(self, dataset_id: UUID) -> builtins.list[Job]:
         """Queued jobs waiting on one dataset, oldest first."""
         query = (
             select(JOBS)
@@ -234,7 +239,7 @@ class SqlJobRepository:
         if attempt is not None:
             statement = statement.where(JOBS.c.attempts == attempt)
         result = self._db.execute(statement.values(values))
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        return result.rowcount == 1
 
     def request_cancel(self, job_id: UUID) -> bool:
         """Set cancel_requested on a queued or running job; False when it is already finished."""
@@ -243,9 +248,11 @@ class SqlJobRepository:
             .where(JOBS.c.id == job_id, JOBS.c.status.in_(_statuses(ACTIVE_JOB_STATUSES)))
             .values(cancel_requested=True, updated_at=utcnow())
         )
-        return self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+        return self._db.execute(statement).rowcount == 1
 
-    def list_stale_running(self, heartbeat_before: datetime, limit: int = 100) -> list[Job]:
+    def list_stale_running(
+        self, heartbeat_before: datetime, limit: int = 100
+    ) -> builtins.list[Job]:
         """Running jobs whose last heartbeat is older than the given time, oldest first.
 
         A running job without a heartbeat (never written by `claim`) counts from updated_at.
@@ -259,7 +266,9 @@ class SqlJobRepository:
         )
         return self._all(query)
 
-    def list_unclaimed_queued(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+    def list_unclaimed_queued(
+        self, updated_before: datetime, limit: int = 100
+    ) -> builtins.list[Job]:
         """Queued jobs not touched since the given time whose dataset is ready, oldest first."""
         ready = select(DATASETS.c.id).where(DATASETS.c.status == DatasetStatus.ready.value)
         query = (
@@ -287,7 +296,7 @@ class SqlJobRepository:
             .where(JOBS.c.id == job_id, JOBS.c.status == JobStatus.queued.value)
             .values(changes)
         )
-        return self._db.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+        return self._db.execute(statement).rowcount == 1
 
     def delete(self, job_id: UUID) -> None:
         """Remove a job with its events and artifact records (not the stored files)."""
@@ -301,7 +310,7 @@ class SqlJobRepository:
         row = self._db.execute(query, params).mappings().one_or_none()
         return Job.model_validate(row) if row is not None else None
 
-    def _all(self, query: Any) -> list[Job]:
+    def _all(self, query: Any) -> builtins.list[Job]:
         return [Job.model_validate(row) for row in self._db.execute(query).mappings()]
 
 
@@ -323,8 +332,9 @@ class SqlJobEventRepository:
         if self._db.dialect.name == "postgresql":
             event_id = self._db.execute(_INSERT_EVENT_NOTIFYING, values).one()[0]
         else:
-            result = self._db.execute(_INSERT_EVENT, values)
-            event_id = result.inserted_primary_key[0]  # type: ignore[attr-defined]
+            primary_key = self._db.execute(_INSERT_EVENT, values).inserted_primary_key
+            assert primary_key is not None  # None only for a statement that inserted no row
+            event_id = primary_key[0]
         return event.model_copy(update={"id": event_id})
 
     def add_many(self, events: list[JobEvent]) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import builtins
 import io
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 from uuid import UUID
 
+from ports.context import Context
 from ports.queue import QueueUnavailable
 from ports.repositories import IdempotencyConflict
 from ports.storage import ObjectNotFound
@@ -39,7 +42,9 @@ class FakeDatasets:
             return None
         return dataset
 
-    def list(self, owner_id: str, *, status=None, before=None, limit: int = 50) -> list[Dataset]:
+    def list(
+        self, owner_id: str, *, status=None, before=None, limit: int = 50
+    ) -> builtins.list[Dataset]:
         rows = sorted(self.rows.values(), key=lambda d: d.id, reverse=True)
         rows = [
             d for d in rows if d.owner_id == owner_id and (status is None or d.status == status)
@@ -60,7 +65,7 @@ class FakeDatasets:
         self._set(dataset_id, status=to_status, **changes)
         return True
 
-    def list_stale(self, statuses, updated_before, limit: int = 100) -> list[Dataset]:
+    def list_stale(self, statuses, updated_before, limit: int = 100) -> builtins.list[Dataset]:
         return [
             d for d in self.rows.values() if d.status in statuses and d.updated_at < updated_before
         ][:limit]
@@ -88,7 +93,9 @@ class FakeFailedRows:
         self.rows.extend(new)
         return len(new)
 
-    def list(self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100) -> list[FailedRow]:
+    def list(
+        self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
+    ) -> builtins.list[FailedRow]:
         mine = [r for r in self.rows if r.dataset_id == dataset_id and r.line_number > after_line]
         return sorted(mine, key=lambda r: r.line_number)[:limit]
 
@@ -143,7 +150,7 @@ class FakeJobs:
         dataset_id: UUID | None = None,
         before: UUID | None = None,
         limit: int = 50,
-    ) -> list[Job]:
+    ) -> builtins.list[Job]:
         rows = [
             j
             for j in sorted(self.rows.values(), key=lambda j: j.id, reverse=True)
@@ -161,7 +168,7 @@ class FakeJobs:
             if j.dataset_id == dataset_id and j.status in ACTIVE_JOB_STATUSES
         )
 
-    def list_queued_for_dataset(self, dataset_id: UUID) -> list[Job]:
+    def list_queued_for_dataset(self, dataset_id: UUID) -> builtins.list[Job]:
         return sorted(
             (
                 j
@@ -227,7 +234,9 @@ class FakeJobs:
         self._set(job_id, cancel_requested=True, updated_at=datetime.now(UTC))
         return True
 
-    def list_stale_running(self, heartbeat_before: datetime, limit: int = 100) -> list[Job]:
+    def list_stale_running(
+        self, heartbeat_before: datetime, limit: int = 100
+    ) -> builtins.list[Job]:
         def last_seen(job: Job) -> datetime:
             return job.heartbeat_at or job.updated_at
 
@@ -238,7 +247,9 @@ class FakeJobs:
         ]
         return sorted(stale, key=lambda j: (last_seen(j), j.id))[:limit]
 
-    def list_unclaimed_queued(self, updated_before: datetime, limit: int = 100) -> list[Job]:
+    def list_unclaimed_queued(
+        self, updated_before: datetime, limit: int = 100
+    ) -> builtins.list[Job]:
         def dataset_ready(job: Job) -> bool:
             dataset = self.datasets.get(job.dataset_id) if job.dataset_id is not None else None
             return dataset is not None and dataset.status == DatasetStatus.ready
@@ -407,3 +418,13 @@ class FakeQueue:
     def check(self) -> None:
         if self.down:
             raise QueueUnavailable("broker down")
+
+
+@dataclass(frozen=True)
+class FakeContext(Context):
+    """A Context over the fakes above, typed as such so that tests can inspect them."""
+
+    new_uow: Callable[[], FakeUnitOfWork]
+    datasets_storage: FakeStorage
+    results_storage: FakeStorage
+    queue: FakeQueue

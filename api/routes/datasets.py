@@ -2,7 +2,7 @@
 
 import json
 from pathlib import PurePath
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
@@ -42,7 +42,9 @@ CONTENT_TYPES = {
     DatasetFormat.ndjson: "application/x-ndjson",
     DatasetFormat.parquet: "application/vnd.apache.parquet",
 }
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)
+}
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:

@@ -1,7 +1,7 @@
 """Job routes: submit, list, detail, events, live stream, cancel, result, artifacts, delete."""
 
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -35,7 +35,9 @@ from use_cases.errors import Conflict, NotFound
 from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)
+}
 EVENTS_PER_READ = 500
 TERMINAL_EVENTS = {status.value for status in FINISHED}
 MAX_ID = 2**63 - 1

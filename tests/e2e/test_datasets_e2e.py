@@ -26,7 +26,7 @@ RAGGED_CSV = (
 def wait_for(client, dataset_id: str, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/datasets/{dataset_id}").json()
+        body: dict = client.get(f"/api/v1/datasets/{dataset_id}").json()
         if body["status"] in ("ready", "failed"):
             return body
         time.sleep(0.1)
@@ -36,7 +36,8 @@ def wait_for(client, dataset_id: str, timeout: float = 30) -> dict:
 def upload(client, content: bytes, filename: str) -> dict:
     response = client.post("/api/v1/datasets", files={"file": (filename, content)})
     assert response.status_code == 201, response.text
-    return response.json()
+    body: dict = response.json()
+    return body
 
 
 def test_walkthrough(stack: Stack):

@@ -33,7 +33,8 @@ def make_frame(rows: int = ROWS, seed: int = 7) -> pd.DataFrame:
 
 def read_sse(client, url: str, headers: dict | None = None, timeout: float = 120) -> list[dict]:
     """Every event of a job's stream until the server ends it."""
-    events, current = [], {}
+    events: list[dict] = []
+    current: dict = {}
     with client.stream("GET", url, headers=headers or {}, timeout=timeout) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")

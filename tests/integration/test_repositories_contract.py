@@ -263,8 +263,8 @@ def test_job_events_ids_increase_and_page_after_id(uow: UnitOfWork) -> None:
         ]
         uow.job_events.add(JobEvent(job_id=other.id, type="created", created_at=now()))
         uow.commit()
-    ids = [event.id for event in events]
-    assert all(isinstance(event_id, int) for event_id in ids)
+    ids = [event.id for event in events if isinstance(event.id, int)]
+    assert len(ids) == len(events)  # every event got an integer id
     assert ids == sorted(ids) and len(set(ids)) == 3
 
     with uow:

@@ -8,7 +8,7 @@ import time
 import urllib.request
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import pytest
 
@@ -17,6 +17,9 @@ from ports.storage import ObjectNotFound, ObjectStorage, StorageUnavailable
 from services.adapters.storage.local import LocalObjectStorage
 from services.adapters.storage.s3 import S3ObjectStorage
 from tests.fixtures.storage import make_s3_storage
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 MiB = 1024 * 1024
 # Above the 16 MiB multipart threshold, and not a multiple of any chunk size.
@@ -37,9 +40,10 @@ class OneWayStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        chunk = self._data.read(min(len(buffer), 64 * 1024))
-        buffer[: len(chunk)] = chunk
+    def readinto(self, buffer: "WriteableBuffer") -> int:
+        view = memoryview(buffer)  # io passes a memoryview already: the same bytes
+        chunk = self._data.read(min(len(view), 64 * 1024))
+        view[: len(chunk)] = chunk
         return len(chunk)
 
 
@@ -354,9 +358,9 @@ def test_local_download_of_an_object_replaced_meanwhile_copies_the_open_version(
     put_bytes(local_storage, "k.csv", b"version 1")
     real_link = os.link
 
-    def replace_then_link(src: object, dst: object, **kwargs: object) -> None:
+    def replace_then_link(src: str | Path, dst: str | Path, **kwargs: Any) -> None:
         local_storage.put_stream("k.csv", io.BytesIO(b"version 2"))
-        real_link(src, dst, **kwargs)  # type: ignore[arg-type]
+        real_link(src, dst, **kwargs)
 
     monkeypatch.setattr(os, "link", replace_then_link)
     target = tmp_path / "out.csv"

@@ -7,16 +7,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from ports.context import Context
 from schemas.settings import Settings
 from services.adapters.wakeups.polling import PollingJobWakeups
-from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
+from tests.fakes import FakeContext, FakeQueue, FakeStorage, FakeUnitOfWork
 
 
 @pytest.fixture
-def fake_context(tmp_path: Path) -> Context:
+def fake_context(tmp_path: Path) -> FakeContext:
     uow = FakeUnitOfWork()
-    return Context(
+    return FakeContext(
         settings=Settings(data_dir=tmp_path / "data", max_upload_bytes=10 * 1024 * 1024),
         new_uow=lambda: uow,
         datasets_storage=FakeStorage(),
@@ -26,7 +25,7 @@ def fake_context(tmp_path: Path) -> Context:
 
 
 @pytest.fixture
-def client(fake_context: Context) -> Iterator[TestClient]:
+def client(fake_context: FakeContext) -> Iterator[TestClient]:
     with TestClient(
         create_app(fake_context, PollingJobWakeups()), raise_server_exceptions=False
     ) as test_client:

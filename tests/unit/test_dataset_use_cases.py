@@ -42,10 +42,10 @@ def test_validation_keeps_good_rows_and_failed_rows(tmp_path: Path):
     status = validate_dataset(uow, storage, dataset.id, tmp_path / "work")
 
     assert status == DatasetStatus.ready
-    stored = uow.datasets.get(dataset.id)
+    stored = uow.datasets.rows[dataset.id]
     assert (stored.row_count, stored.failed_row_count) == (2, 1)
     assert [(r.line_number, r.raw_text) for r in uow.failed_rows.list(dataset.id)] == [(3, "3")]
-    assert storage.exists(stored.parquet_key)
+    assert stored.parquet_key is not None and storage.exists(stored.parquet_key)
     assert not list((tmp_path / "work").iterdir()), "scratch files left behind"
 
 
@@ -60,7 +60,8 @@ def test_unusable_file_fails_the_dataset_with_its_reason(tmp_path: Path):
     uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
     dataset = register(tmp_path, uow, storage, queue, b"")
     assert validate_dataset(uow, storage, dataset.id, tmp_path) == DatasetStatus.failed
-    assert "empty" in uow.datasets.get(dataset.id).error
+    error = uow.datasets.rows[dataset.id].error
+    assert error is not None and "empty" in error
 
 
 def test_transient_error_returns_the_dataset_to_uploaded_for_a_retry(tmp_path: Path):
@@ -69,12 +70,12 @@ def test_transient_error_returns_the_dataset_to_uploaded_for_a_retry(tmp_path: P
     dataset = register(tmp_path, uow, storage, queue, b"a\n1\n")
     with pytest.raises(ConnectionError):
         validate_dataset(uow, storage, dataset.id, tmp_path, final_attempt=False)
-    assert uow.datasets.get(dataset.id).status == DatasetStatus.uploaded
+    assert uow.datasets.rows[dataset.id].status == DatasetStatus.uploaded
     with pytest.raises(ConnectionError):
         validate_dataset(uow, storage, dataset.id, tmp_path, final_attempt=True)
-    failed = uow.datasets.get(dataset.id)
+    failed = uow.datasets.rows[dataset.id]
     assert failed.status == DatasetStatus.failed
-    assert "storage went away" in failed.error
+    assert failed.error is not None and "storage went away" in failed.error
 
 
 def test_reaper_republishes_unclaimed_uploads_and_resets_dead_validations(tmp_path: Path):
@@ -95,7 +96,7 @@ def test_reaper_republishes_unclaimed_uploads_and_resets_dead_validations(tmp_pa
 
     assert acted == 2
     assert set(queue.validations) == {lost.id, stuck.id}
-    assert uow.datasets.get(stuck.id).status == DatasetStatus.uploaded
+    assert uow.datasets.rows[stuck.id].status == DatasetStatus.uploaded
     # Touched: the next pass waits another grace period instead of publishing again.
     assert recover_stuck_datasets(uow, queue, grace_s=60, validating_timeout_s=3600) == 0
 
@@ -151,7 +152,9 @@ def test_validation_gives_duckdb_the_memory_limit_it_was_given(tmp_path: Path, m
 
     def spy(workdir: Path, memory_limit: str):
         con = real_connect(workdir, memory_limit)
-        limits.append(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+        setting = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        assert setting is not None
+        limits.append(setting[0])
         return con
 
     monkeypatch.setattr(ingest_module, "connect", spy)

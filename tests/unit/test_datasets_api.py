@@ -8,10 +8,10 @@ from uuid import UUID
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from ports.context import Context
 from schemas.domain.ids import new_id
 from schemas.domain.records import Job, JobStatus
 from services.adapters.wakeups.polling import PollingJobWakeups
+from tests.fakes import FakeContext
 
 CSV = b"a,b\n1,2\n3,4\n"
 
@@ -25,10 +25,13 @@ def assert_error(response, status: int, code: str) -> dict:
     body = response.json()
     assert body["error"]["code"] == code
     assert body["error"]["message"]
-    return body["error"]
+    error: dict = body["error"]
+    return error
 
 
-def test_upload_stores_bytes_and_publishes_validation(client: TestClient, fake_context: Context):
+def test_upload_stores_bytes_and_publishes_validation(
+    client: TestClient, fake_context: FakeContext
+):
     response = upload(client)
     assert response.status_code == 201, response.text
     body = response.json()
@@ -45,7 +48,7 @@ def test_upload_stores_bytes_and_publishes_validation(client: TestClient, fake_c
 
 
 def test_upload_of_many_batches_arrives_whole_and_in_order(
-    client: TestClient, fake_context: Context
+    client: TestClient, fake_context: FakeContext
 ):
     # Sent in 64 KiB pieces: the body is parsed on a thread in 1 MiB batches, several queued.
     data = b"".join(b"%08d,%s\n" % (i, b"v" * (i % 50)) for i in range(250_000))
@@ -92,7 +95,7 @@ def test_content_round_trips_byte_for_byte(client: TestClient):
     assert response.headers["content-type"].startswith("text/csv")
 
 
-def test_unsupported_extension_is_415(client: TestClient, fake_context: Context):
+def test_unsupported_extension_is_415(client: TestClient, fake_context: FakeContext):
     error = assert_error(upload(client, filename="sheet.xlsx"), 415, "unsupported_format")
     assert ".xlsx" in error["message"]
     assert fake_context.datasets_storage.objects == {}
@@ -107,7 +110,7 @@ def test_file_without_extension_is_415(client: TestClient):
     assert_error(upload(client, filename="data"), 415, "unsupported_format")
 
 
-def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: Context):
+def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: FakeContext):
     small = replace(
         fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 1000})
     )
@@ -118,7 +121,7 @@ def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: Context):
     assert not list(small.settings.tmp_dir.glob("upload-*"))
 
 
-def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_context: Context):
+def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_context: FakeContext):
     small = replace(
         fake_context,
         settings=fake_context.settings.model_copy(update={"max_upload_bytes": 3 * 1024 * 1024}),
@@ -147,7 +150,7 @@ def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_cont
     assert not list(small.settings.tmp_dir.glob("upload-*"))
 
 
-def test_declared_length_over_the_limit_is_refused_before_reading(fake_context: Context):
+def test_declared_length_over_the_limit_is_refused_before_reading(fake_context: FakeContext):
     small = replace(
         fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 10})
     )
@@ -176,7 +179,7 @@ def test_broken_multipart_is_400(client: TestClient):
     assert "error" in response.json()
 
 
-def test_broker_down_still_accepts_the_upload(client: TestClient, fake_context: Context):
+def test_broker_down_still_accepts_the_upload(client: TestClient, fake_context: FakeContext):
     fake_context.queue.down = True
     response = upload(client)
     assert response.status_code == 201
@@ -214,14 +217,14 @@ def test_preview_before_ready_is_409(client: TestClient):
     assert_error(client.get(f"/api/v1/datasets/{dataset['id']}/preview"), 409, "conflict")
 
 
-def test_delete_removes_record_and_objects(client: TestClient, fake_context: Context):
+def test_delete_removes_record_and_objects(client: TestClient, fake_context: FakeContext):
     dataset = upload(client).json()
     assert client.delete(f"/api/v1/datasets/{dataset['id']}").status_code == 204
     assert fake_context.datasets_storage.objects == {}
     assert_error(client.get(f"/api/v1/datasets/{dataset['id']}"), 404, "not_found")
 
 
-def test_delete_while_a_job_is_active_is_409(client: TestClient, fake_context: Context):
+def test_delete_while_a_job_is_active_is_409(client: TestClient, fake_context: FakeContext):
     dataset = upload(client).json()
     now = datetime.now(UTC)
     uow = fake_context.new_uow()
@@ -241,7 +244,7 @@ def test_delete_while_a_job_is_active_is_409(client: TestClient, fake_context: C
     assert fake_context.datasets_storage.objects != {}
 
 
-def test_health_and_ready(client: TestClient, fake_context: Context):
+def test_health_and_ready(client: TestClient, fake_context: FakeContext):
     assert client.get("/health").json()["status"] == "ok"
     assert client.get("/live").status_code == 200
     assert client.get("/ready").json()["checks"]["broker"] == "ok"
@@ -253,7 +256,7 @@ def test_health_and_ready(client: TestClient, fake_context: Context):
 
 
 def test_an_upload_cut_off_mid_file_is_400_and_not_stored(
-    client: TestClient, fake_context: Context
+    client: TestClient, fake_context: FakeContext
 ):
     boundary = "cut"
     body = (

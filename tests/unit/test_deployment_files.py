@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.core
 import typer.main
 import yaml
 
@@ -49,7 +50,9 @@ def assay_services() -> dict[str, dict[str, Any]]:
 def parse_assay_command(argv: list[str]) -> None:
     """Parse argv as the `assay` CLI would, without running it: unknown commands or options fail."""
     assert argv[0] == "assay", argv
-    commands: dict[str, Any] = typer.main.get_command(cli).commands  # type: ignore[attr-defined]
+    group = typer.main.get_command(cli)
+    assert isinstance(group, typer.core.TyperGroup)
+    commands = group.commands
     name, *args = argv[1:]
     assert name in commands, f"`assay {name}` is not a command"
     commands[name].make_context(name, list(args))

@@ -241,6 +241,7 @@ def test_failed_rows_file_and_batches(run: Ingest) -> None:
     result = run(b"\n".join(lines) + b"\n")
 
     assert result.failed_row_count == 833
+    assert result.failed_rows_path is not None
     schema = pq.read_schema(result.failed_rows_path)
     assert [(f.name, str(f.type)) for f in schema] == [
         ("line_number", "int64"),

@@ -96,9 +96,11 @@ def test_duckdb_reject_positions_quirk(tmp_path: Path) -> None:
     source.write_bytes(b'a,b\r\n1,"x\r\ny"\r\n2\r\n')  # bad row "2" is on physical line 4
     con = duckdb.connect()
     con.sql(f"SELECT * FROM read_csv('{source}', header=true, store_rejects=true)").fetchall()
-    line, position, csv_line = con.execute(
+    rejected = con.execute(
         "SELECT line, line_byte_position, csv_line FROM reject_errors"
     ).fetchone()
+    assert rejected is not None
+    line, position, csv_line = rejected
     assert line == 3  # records, not lines: the quoted line break is not counted
     assert csv_line == "\n2"  # starts at the "\n" of the previous CRLF
     assert source.read_bytes()[position - 1 : position + 1] == b"\n2"  # 1-based offset

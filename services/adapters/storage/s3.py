@@ -124,11 +124,10 @@ class S3ObjectStorage:
 
     def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
         """Upload from a binary stream, seekable or not, in bounded memory."""
-        if not _seekable(stream):
-            stream = _FullReads(stream)  # type: ignore[assignment]
+        source: BinaryIO | _FullReads = stream if _seekable(stream) else _FullReads(stream)
         with self._errors(key):
             self.client.upload_fileobj(
-                stream, self.bucket, key, ExtraArgs=_extra(content_type), Config=self._transfer
+                source, self.bucket, key, ExtraArgs=_extra(content_type), Config=self._transfer
             )
 
     def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:

@@ -126,7 +126,8 @@ def _kind(value: Any) -> str:
         return "boolean"
     if isinstance(value, int | float):
         return "number"
-    return {list: "array", str: "string", dict: "object"}.get(type(value), "null")
+    kinds: dict[type, str] = {list: "array", str: "string", dict: "object"}
+    return kinds.get(type(value), "null")
 
 
 def _split_lines(source: Path, clean: Path, failed: FailedRowsWriter) -> tuple[int, bool, array]:

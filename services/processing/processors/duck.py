@@ -114,7 +114,8 @@ def run_with_progress(
         raise
     if "error" in outcome:
         _reraise(outcome["error"])
-    return outcome["rows"]
+    rows: list[tuple[Any, ...]] = outcome["rows"]
+    return rows
 
 
 def map_with_progress(

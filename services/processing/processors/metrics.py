@@ -13,7 +13,7 @@ computed from it (mean, std, quartiles, histogram) are floats.
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import duckdb
 import numpy as np
@@ -326,7 +326,7 @@ def _duplicate_rows(
     return int(result[0][0])
 
 
-def _bindable(keys: np.ndarray | None) -> bool:
+def _bindable(keys: np.ndarray | None) -> TypeGuard[np.ndarray]:
     """Whether DuckDB can compare the column with these values passed as a list parameter."""
     if keys is None:
         return False

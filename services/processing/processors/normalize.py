@@ -128,7 +128,9 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
     src = parquet_source(step.parquet_path, row_numbers=True)
     with connect(step) as con:
         types = parquet_types(con, step.parquet_path)
-        rows_in = con.execute(f"SELECT count(*) FROM {src}").fetchone()[0]  # from metadata
+        counted = con.execute(f"SELECT count(*) FROM {src}").fetchone()  # from metadata
+        assert counted is not None  # an aggregate without GROUP BY returns one row
+        rows_in = counted[0]
         relation, rows_out = src, rows_in
         if params.drop_duplicates is not None:
             relation, rows_out = _drop_duplicates(con, step, src, params.drop_duplicates, types)
@@ -181,7 +183,9 @@ def _drop_duplicates(
         f" FROM {src} GROUP BY {keys}"
     )
     run_with_progress(con, sql, step.report, "finding duplicate rows", end=0.2)
-    rows_out = con.execute("SELECT count(*) FROM normalize_keep").fetchone()[0]
+    counted = con.execute("SELECT count(*) FROM normalize_keep").fetchone()
+    assert counted is not None  # an aggregate without GROUP BY returns one row
+    rows_out = counted[0]
     return (
         f"(SELECT * FROM {src} WHERE file_row_number IN (SELECT rn FROM normalize_keep))",
         rows_out,

@@ -64,13 +64,14 @@ class _PipeToFile(threading.Thread):
             self.error = exc
         with open(self.pipe_fd, "rb", buffering=0) as pipe:
             while chunk := pipe.read(CHUNK_BYTES):
-                if self.error is not None:
+                # Without an error both are open; naming them here narrows their types.
+                if self.error is not None or out is None or writeback is None:
                     continue  # a writer blocked on a full pipe must still reach its end
                 try:
                     self.digest.update(chunk)
-                    out.write(chunk)  # type: ignore[union-attr]
+                    out.write(chunk)
                     # A 1 MiB chunk passes the 8 KiB buffer straight to the kernel.
-                    writeback.wrote(len(chunk))  # type: ignore[union-attr]
+                    writeback.wrote(len(chunk))
                 except OSError as exc:
                     self.error = exc
         if out is not None:
@@ -117,7 +118,9 @@ def copy_to_file(
     try:
         return attempt()
     except duckdb.OutOfMemoryException:
-        threads = con.execute("SELECT current_setting('threads')").fetchone()[0]  # type: ignore[index]
+        setting = con.execute("SELECT current_setting('threads')").fetchone()
+        assert setting is not None  # a SELECT without FROM returns one row
+        threads = setting[0]
         step.report(start, f"{message} (on one thread, to fit the memory limit)")
         con.execute("SET threads = 1")  # the process's database: its steps run one at a time
         try:

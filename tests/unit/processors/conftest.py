@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -115,7 +116,7 @@ def make_step(tmp_path: Path, dataset: tuple[Path, list[ColumnInfo]]) -> StepFac
         output_dir = tmp_path / f"step{next(counter)}"
         output_dir.mkdir()
         path, columns = dataset
-        fields: dict[str, object] = {
+        fields: dict[str, Any] = {
             "parquet_path": path,
             "columns": columns,
             "dataset_format": DatasetFormat.csv,
@@ -125,7 +126,7 @@ def make_step(tmp_path: Path, dataset: tuple[Path, list[ColumnInfo]]) -> StepFac
             "limits": ComputeLimits(threads=2),
         }
         fields.update(overrides)
-        return StepInput(**fields)  # type: ignore[arg-type]
+        return StepInput(**fields)
 
     return factory
 

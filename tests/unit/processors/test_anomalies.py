@@ -56,7 +56,7 @@ def expected(df: pd.DataFrame, method: str, k: float) -> tuple[dict[str, Any], l
         )
         p["count"] = int(mask.sum())
         params[name] = p
-        for row in np.flatnonzero(mask.to_numpy()):
+        for row in np.flatnonzero(mask.to_numpy()).tolist():
             flagged.append((row + 1, position, name, float(s.iloc[row]), float(score.iloc[row])))
     flagged.sort(key=lambda item: (item[0], item[1]))
     return params, [(r, n, v, sc) for r, _, n, v, sc in flagged]
@@ -83,7 +83,7 @@ def test_equals_pandas(
     df = pd.read_parquet(dataset[0])
     k = threshold if threshold is not None else anomalies.DEFAULT_THRESHOLDS[method]
     want_params, want_rows = expected(df, method, k)
-    params = anomalies.AnomaliesParams(method=method, threshold=threshold)  # type: ignore[arg-type]
+    params = anomalies.AnomaliesParams(method=method, threshold=threshold)
     result = anomalies.run(make_step(), params)
 
     summary = result.summary
@@ -229,7 +229,7 @@ def test_flags_from_the_profiled_extremes_equal_a_full_scan(
     outcomes = _flag_sources(monkeypatch)
     k = anomalies.DEFAULT_THRESHOLDS[method]
     _, want_rows = expected(pd.read_parquet(dataset[0]), method, k)
-    result = anomalies.run(make_step(), anomalies.AnomaliesParams(method=method))  # type: ignore[arg-type]
+    result = anomalies.run(make_step(), anomalies.AnomaliesParams(method=method))
 
     got_rows = read_artifact(result.artifacts[0].path)
     assert [(r, c, v) for r, c, v, _ in got_rows] == [(r, c, v) for r, c, v, _ in want_rows]

@@ -4,6 +4,7 @@ import math
 import os
 import time
 from pathlib import Path
+from types import ModuleType
 
 import duckdb
 import numpy as np
@@ -11,7 +12,12 @@ import pyarrow as pa
 import pytest
 
 from services.processing.processors import anomalies, metrics, normalize
-from services.processing.processors.base import ComputeLimits, JobCancelled, ProcessorInputError
+from services.processing.processors.base import (
+    ComputeLimits,
+    JobCancelled,
+    ProcessorInputError,
+    ProgressCallback,
+)
 from services.processing.processors.duck import (
     connect,
     literal,
@@ -25,7 +31,7 @@ from tests.unit.processors.conftest import StepFactory, columns_of, write_parque
 LONG_QUERY = "SELECT count(DISTINCT (a * 7919) % 1000000007) FROM range(2000000000) t(a)"
 
 
-def cancel_after(seconds: float) -> tuple[list[float], object]:
+def cancel_after(seconds: float) -> tuple[list[float], ProgressCallback]:
     """A report callback that raises JobCancelled once `seconds` have passed."""
     cancelled_at: list[float] = []
     start = time.monotonic()
@@ -52,7 +58,7 @@ def test_run_with_progress_returns_rows_and_reports(make_step: StepFactory) -> N
 def test_interrupt_stops_a_long_query_quickly(make_step: StepFactory) -> None:
     cancelled_at, report = cancel_after(0.5)
     with connect(make_step()) as con, pytest.raises(JobCancelled):
-        run_with_progress(con, LONG_QUERY, report, "working")  # type: ignore[arg-type]
+        run_with_progress(con, LONG_QUERY, report, "working")
     assert time.monotonic() - cancelled_at[0] < 1.0
     with connect(make_step()) as con:  # a new connection works normally
         assert con.execute("SELECT 42").fetchall() == [(42,)]
@@ -72,7 +78,7 @@ def test_map_with_progress_interrupts_every_task(make_step: StepFactory) -> None
     cancelled_at, report = cancel_after(0.5)
     tasks = [lambda cursor: cursor.execute(LONG_QUERY).fetchall() for _ in range(3)]
     with connect(make_step()) as con, pytest.raises(JobCancelled):
-        map_with_progress(con, tasks, report, "working", workers=2)  # type: ignore[arg-type]
+        map_with_progress(con, tasks, report, "working", workers=2)
     assert time.monotonic() - cancelled_at[0] < 1.0
 
 
@@ -117,12 +123,13 @@ def test_steps_share_a_database_not_their_tables_and_spill_to_spill_dir(
     "value", [0.1, -2.5e-300, 123456789.12345679, 1e20, math.inf, -math.inf, 7, True, "it's"]
 )
 def test_literal_round_trips(value: object) -> None:
-    assert duckdb.connect().execute(f"SELECT {literal(value)}").fetchone()[0] == value  # type: ignore[index]
+    assert duckdb.connect().execute(f"SELECT {literal(value)}").fetchone() == (value,)
 
 
 def test_literal_nan_and_null() -> None:
     con = duckdb.connect()
-    assert math.isnan(con.execute(f"SELECT {literal(math.nan)}").fetchone()[0])  # type: ignore[index]
+    row = con.execute(f"SELECT {literal(math.nan)}").fetchone()
+    assert row is not None and math.isnan(row[0])
     assert con.execute(f"SELECT {literal(None)}").fetchone() == (None,)
 
 
@@ -160,15 +167,15 @@ def big_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     [
         (metrics, metrics.MetricsParams()),
         (anomalies, anomalies.AnomaliesParams(method="modified_zscore")),
-        (normalize, normalize.NormalizeParams(drop_duplicates=True, output_format="csv")),  # type: ignore[arg-type]
+        (normalize, normalize.NormalizeParams(drop_duplicates=True, output_format="csv")),
     ],
 )
 def test_processors_stop_within_a_second_on_big_data(
-    make_step: StepFactory, big_dataset: tuple[Path, list], processor: object, params: object
+    make_step: StepFactory, big_dataset: tuple[Path, list], processor: ModuleType, params: object
 ) -> None:
     path, columns = big_dataset
     cancelled_at, report = cancel_after(0.25)  # each processor is still busy then
     step = make_step(parquet_path=path, columns=columns, report=report)
     with pytest.raises(JobCancelled):
-        processor.run(step, params)  # type: ignore[attr-defined]
+        processor.run(step, params)
     assert time.monotonic() - cancelled_at[0] < 1.0

@@ -153,7 +153,8 @@ def test_profiles_from_an_earlier_step_give_the_same_figures(
     monkeypatch.setattr(numeric, "CACHED_DUP_KEYS", 0)
     profiles = numeric.ProfileCache()
     anomalies.run(make_step(profiles=profiles), anomalies.AnomaliesParams(method="iqr"))
-    assert all(profiles.get(name).stats.dup_keys is None for name in NUMERIC)  # type: ignore[union-attr]
+    kept = [profiles.get(name) for name in NUMERIC]
+    assert all(p is not None and p.stats.dup_keys is None for p in kept)
     assert metrics.run(make_step(profiles=profiles), metrics.MetricsParams()).summary == alone
 
 

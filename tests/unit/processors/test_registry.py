@@ -1,11 +1,12 @@
 """The registry: lookup, params validation with field paths, JSON schemas."""
 
 import pytest
-from pydantic import BaseModel
 
 from schemas.domain.records import ColumnInfo
 from services.processing.processors import registry
+from services.processing.processors.anomalies import AnomaliesParams
 from services.processing.processors.base import ParamsError, UnknownProcessor, artifact_name
+from services.processing.processors.normalize import NormalizeParams
 
 COLUMNS = [
     ColumnInfo(name="price", type="float", null_count=0),
@@ -29,10 +30,11 @@ def test_registry_lists_the_processors() -> None:
 
 def test_valid_params_return_the_model() -> None:
     model = registry.validate_step("anomalies", {"method": "iqr", "columns": ["qty"]}, COLUMNS)
-    assert isinstance(model, BaseModel) and model.columns == ["qty"]  # type: ignore[attr-defined]
+    assert isinstance(model, AnomaliesParams) and model.columns == ["qty"]
     model = registry.validate_step("normalize", {"drop_duplicates": True}, COLUMNS)
-    assert model.drop_duplicates is not None  # type: ignore[attr-defined]
-    assert registry.validate_step("normalize", {"drop_duplicates": False}, COLUMNS)
+    assert isinstance(model, NormalizeParams) and model.drop_duplicates is not None
+    model = registry.validate_step("normalize", {"drop_duplicates": False}, COLUMNS)
+    assert isinstance(model, NormalizeParams)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +106,8 @@ def test_all_pydantic_errors_are_listed() -> None:
 def test_unknown_processor() -> None:
     with pytest.raises(UnknownProcessor) as info:
         registry.validate_step("pca", {}, COLUMNS)
-    assert isinstance(info.value, ParamsError) and info.value.field == "processor"
+    assert isinstance(info.value, ParamsError)
+    assert info.value.field == "processor"
     assert "metrics" in info.value.message and info.value.name == "pca"
 
 
