@@ -3,6 +3,8 @@
 import contextlib
 import ctypes
 import gc
+import ipaddress
+import json
 import logging
 import os
 import signal
@@ -10,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
+from uuid import UUID
 
 import typer
 from rich.console import Console
@@ -17,15 +20,18 @@ from sqlalchemy.engine import make_url
 
 from db.engine import make_engine
 from ports.context import Context
+from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
 from ports.wakeups import JobWakeups
 from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
+from schemas.domain.records import KeyScope
 from schemas.settings import Settings
 from services.adapters.storage.local import LocalObjectStorage
 from services.adapters.wakeups.polling import PollingJobWakeups
 from services.adapters.wakeups.postgres import PostgresJobWakeups
 from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
+from use_cases.errors import UseCaseError
 from workers.celery_app import AssayCelery, make_celery
 from workers.celery_queue import CeleryTaskQueue
 from workers.reaper import start_reaper_thread, sweep_scratch
@@ -196,6 +202,97 @@ def beat() -> None:
     app.start(["beat", f"--loglevel={settings.log_level}", f"--schedule={schedule_file}"])
 
 
+KEY_COLUMNS = (
+    "id",
+    "owner_id",
+    "name",
+    "scope",
+    "prefix",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+)
+keys_cli = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+
+
+def _keys_uow() -> UnitOfWork:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    if make_url(url).get_backend_name() == "sqlite":
+        # Embedded: a key may be made before the first `assay serve`, which would migrate.
+        from db.migrations import upgrade_to_head
+
+        upgrade_to_head(url)
+    return SqlUnitOfWork(make_engine(url))
+
+
+@keys_cli.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="The owner the key acts for.")],
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    scope: Annotated[KeyScope, typer.Option(help="What the key may do.")] = KeyScope.write,
+) -> None:
+    """Create a key; it is printed once, as the last line (only its hash is stored)."""
+    from use_cases.keys import create_key
+
+    try:
+        key, secret = create_key(_keys_uow(), owner_id=owner, name=name, scope=scope)
+    except UseCaseError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"key {key.id} for owner {key.owner_id!r}, scope {key.scope.value}")
+    console.print("Store it now: it is not shown again.", style="bold")
+    print(secret)
+
+
+@keys_cli.command("list")
+def keys_list(
+    owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """Every key: id, owner, name, scope and times (never the secret)."""
+    from rich.table import Table
+
+    from use_cases.keys import list_keys
+
+    keys = list_keys(_keys_uow(), owner)
+    shown = [k.model_dump(mode="json", exclude={"secret_hash"}) for k in keys]
+    if as_json:
+        print(json.dumps(shown, indent=2))
+        return
+    table = Table("id", "owner", "name", "scope", "prefix", "created", "last used", "revoked")
+    for key in shown:
+        table.add_row(*(str(key[f] or "") for f in KEY_COLUMNS))
+    console.print(table)
+
+
+ApiKeyColumns = (
+    "id",
+    "owner_id",
+    "name",
+    "scope",
+    "prefix",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[UUID, typer.Argument(help="The key's id.")]) -> None:
+    """Revoke a key: refused from the next request on."""
+    from use_cases.keys import revoke_key
+
+    try:
+        key = revoke_key(_keys_uow(), key_id)
+    except UseCaseError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"key {key.id} of {key.owner_id!r} revoked at {key.revoked_at}")
+
+
 @cli.command()
 def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Run everything in one command: migrations, the API and a worker process."""
@@ -206,6 +303,9 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_to_head(settings.resolved_database_url)
+    keys_off = _open_on_loopback(settings, host)
+    if keys_off:  # read by the API's own Settings() in create_api
+        os.environ["ASSAY_AUTH_REQUIRED"] = "false"
     worker_process = subprocess.Popen(
         [sys.executable, "-m", "main", "worker"], preexec_fn=_die_with_parent
     )
@@ -213,11 +313,30 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         f"[bold green]Assay is running at http://{host}:{port}[/bold green] "
         f"(data in {settings.data_dir.resolve()}; API docs at /docs). Press Ctrl-C to stop."
     )
+    if keys_off:
+        console.print(
+            "[yellow]No API keys needed: it listens on loopback only. Set ASSAY_AUTH_REQUIRED=true"
+            " to require them (`assay keys create --owner NAME`).[/yellow]"
+        )
+    elif not settings.auth_required:
+        console.print("[bold red]API keys are OFF (ASSAY_AUTH_REQUIRED=false).[/bold red]")
+    else:
+        console.print("API keys required: `assay keys create --owner NAME` makes one.")
     try:
         uvicorn.run("main:create_api", factory=True, host=host, port=port, log_level="warning")
     finally:
         _stop(worker_process)
         console.print("stopped")
+
+
+def _open_on_loopback(settings: Settings, host: str) -> bool:
+    """`serve` runs without keys when nobody else can reach it and no one asked for them."""
+    explicit = "auth_required" in settings.model_fields_set
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return loopback and not explicit
 
 
 def _die_with_parent() -> None:

@@ -3,11 +3,12 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from api.auth import get_principal
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
-from api.routes import datasets, health, jobs, processors
+from api.routes import datasets, health, jobs, keys, processors
 from ports.context import Context
 from ports.wakeups import JobWakeups
 
@@ -39,7 +40,7 @@ def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
     install_error_handlers(app)
     install_metrics(app, context.new_uow)
     app.include_router(health.router)
-    app.include_router(datasets.router)
-    app.include_router(jobs.router)
-    app.include_router(processors.router)
+    # Every /api/v1 route needs a principal, whether or not the route itself asks for one.
+    for router in (datasets.router, jobs.router, processors.router, keys.router):
+        app.include_router(router, dependencies=[Depends(get_principal)])
     return app

@@ -1,5 +1,7 @@
 """Request dependencies as Annotated aliases: routes name what they need, main.py decides.
 
+Who is calling (the principal, and the scope a route needs) is api/auth.py's.
+
 They are `async def` on purpose: they only pick an object off the app, and FastAPI runs a
 plain `def` dependency in the thread pool, a thread hand-off per dependency per request.
 """
@@ -13,7 +15,6 @@ from ports.queue import TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
 from ports.wakeups import JobWakeups
-from schemas.domain.records import DEFAULT_OWNER
 from schemas.settings import Settings
 
 
@@ -26,14 +27,8 @@ async def get_uow(context: Annotated[Context, Depends(get_context)]) -> UnitOfWo
     return context.new_uow()  # no connection yet: the session connects at its first query
 
 
-async def get_owner() -> str:
-    """The caller's identity; a single owner until API keys replace this dependency."""
-    return DEFAULT_OWNER
-
-
 ContextDep = Annotated[Context, Depends(get_context)]
 UowDep = Annotated[UnitOfWork, Depends(get_uow)]
-OwnerDep = Annotated[str, Depends(get_owner)]
 
 
 async def _datasets_storage(context: ContextDep) -> ObjectStorage:

@@ -15,10 +15,12 @@ from ports.repositories import DatabaseUnavailable
 from ports.storage import ObjectNotFound, StorageUnavailable
 from use_cases.errors import (
     Conflict,
+    Forbidden,
     InvalidInput,
     InvalidParams,
     NotFound,
     PayloadTooLarge,
+    Unauthenticated,
     UnsupportedFormat,
     UseCaseError,
 )
@@ -32,19 +34,30 @@ STATUS_BY_ERROR: dict[type[UseCaseError], int] = {
     InvalidParams: 422,
     PayloadTooLarge: 413,
     UnsupportedFormat: 415,
+    Unauthenticated: 401,
+    Forbidden: 403,
 }
+# RFC 6750: a 401 names the scheme the client should use.
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="assay"'}
 
 
-def error_response(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return JSONResponse(jsonable_encoder(body), status_code=status)
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UseCaseError)
     async def _use_case_error(_: Request, exc: UseCaseError) -> JSONResponse:
         status = STATUS_BY_ERROR.get(type(exc), 400)
-        return error_response(status, exc.code, exc.message, exc.details)
+        headers = CHALLENGE if status == 401 else None
+        return error_response(status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

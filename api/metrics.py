@@ -3,7 +3,7 @@
 import time
 from collections.abc import Callable, Iterator
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import local_or_authenticated
 from ports.repositories import UnitOfWork
 from schemas.domain.records import DatasetStatus, JobStatus
 
@@ -77,7 +78,7 @@ def install_metrics(app: FastAPI, new_uow: Callable[[], UnitOfWork]) -> None:
 
     app.add_middleware(_Observe, requests=requests, latency=latency)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(local_or_authenticated)])
     async def metrics() -> Response:
         body = await run_in_threadpool(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)

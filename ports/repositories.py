@@ -12,6 +12,7 @@ from typing import Any, Protocol, Self
 from uuid import UUID
 
 from schemas.domain.records import (
+    ApiKey,
     Artifact,
     Dataset,
     DatasetStatus,
@@ -19,6 +20,7 @@ from schemas.domain.records import (
     Job,
     JobEvent,
     JobStatus,
+    Principal,
 )
 
 
@@ -30,24 +32,36 @@ class IdempotencyConflict(Exception):
     """Another job of the same owner already holds this idempotency key."""
 
 
+# Owner scoping. A read that serves a request takes the caller's Principal as a required
+# argument and sees only that owner's records: another owner's record is absent (None or
+# empty), exactly like a missing one, so the API answers 404 for both. Child records (failed
+# rows, job events, artifacts) are reached through their owned parent, the filter being in the
+# query itself. Reads without an owner are for the worker and the recovery loop, and are named
+# for it (`get_for_worker`) or for what they sweep (`list_stale`, `list_unclaimed_queued`).
+
+
 class DatasetRepository(Protocol):
     def add(self, dataset: Dataset) -> None:
         """Insert a new dataset."""
         ...
 
-    def get(self, dataset_id: UUID, owner_id: str | None = None) -> Dataset | None:
-        """One dataset, or None when it does not exist or belongs to another owner."""
+    def get(self, dataset_id: UUID, principal: Principal) -> Dataset | None:
+        """One of the principal's datasets; None when missing or another owner's."""
+        ...
+
+    def get_for_worker(self, dataset_id: UUID) -> Dataset | None:
+        """One dataset whoever owns it: for workers and recovery, never for a request."""
         ...
 
     def list(
         self,
-        owner_id: str,
+        principal: Principal,
         *,
         status: DatasetStatus | None = None,
         before: UUID | None = None,
         limit: int = 50,
     ) -> builtins.list[Dataset]:
-        """Newest first; `before` is the id of the last dataset of the previous page."""
+        """The principal's datasets, newest first; `before` is the last id of the previous page."""
         ...
 
     def update(self, dataset_id: UUID, **changes: Any) -> None:
@@ -88,9 +102,12 @@ class FailedRowRepository(Protocol):
         ...
 
     def list(
-        self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
+        self, principal: Principal, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
     ) -> builtins.list[FailedRow]:
-        """Failed rows ordered by line number, starting after `after_line`."""
+        """Failed rows of one of the principal's datasets by line number, after `after_line`.
+
+        Empty when the dataset is missing or another owner's.
+        """
         ...
 
     def delete_for_dataset(self, dataset_id: UUID) -> None:
@@ -103,24 +120,28 @@ class JobRepository(Protocol):
         """Insert a new job (IdempotencyConflict when the owner already used its key)."""
         ...
 
-    def get(self, job_id: UUID, owner_id: str | None = None) -> Job | None:
-        """One job, or None when it does not exist or belongs to another owner."""
+    def get(self, job_id: UUID, principal: Principal) -> Job | None:
+        """One of the principal's jobs; None when missing or another owner's."""
         ...
 
-    def get_by_idempotency_key(self, owner_id: str, key: str) -> Job | None:
-        """The job an owner created with this Idempotency-Key, if any."""
+    def get_for_worker(self, job_id: UUID) -> Job | None:
+        """One job whoever owns it: for workers and recovery, never for a request."""
+        ...
+
+    def get_by_idempotency_key(self, principal: Principal, key: str) -> Job | None:
+        """The job the principal's owner created with this Idempotency-Key, if any."""
         ...
 
     def list(
         self,
-        owner_id: str,
+        principal: Principal,
         *,
         status: JobStatus | None = None,
         dataset_id: UUID | None = None,
         before: UUID | None = None,
         limit: int = 50,
     ) -> builtins.list[Job]:
-        """Newest first; `before` is the id of the last job of the previous page."""
+        """The principal's jobs, newest first; `before` is the last id of the previous page."""
         ...
 
     def count_active_for_dataset(self, dataset_id: UUID) -> int:
@@ -209,8 +230,13 @@ class JobEventRepository(Protocol):
         """Append events in this order, in one statement."""
         ...
 
-    def list_for_job(self, job_id: UUID, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
-        """Events of one job in order, starting after `after_id`."""
+    def list_for_job(
+        self, principal: Principal, job_id: UUID, *, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEvent]:
+        """Events of one of the principal's jobs in order, after `after_id`.
+
+        Empty when the job is missing or another owner's.
+        """
         ...
 
 
@@ -219,12 +245,40 @@ class ArtifactRepository(Protocol):
         """Record an artifact a job produced."""
         ...
 
-    def list_for_job(self, job_id: UUID) -> list[Artifact]:
-        """Artifacts of one job, by name."""
+    def list_for_job(self, principal: Principal, job_id: UUID) -> list[Artifact]:
+        """Artifacts of one of the principal's jobs, by name (empty for another owner's)."""
         ...
 
-    def get(self, job_id: UUID, name: str) -> Artifact | None:
-        """One artifact of a job by name."""
+    def get(self, principal: Principal, job_id: UUID, name: str) -> Artifact | None:
+        """One artifact of one of the principal's jobs by name (None for another owner's)."""
+        ...
+
+
+class ApiKeyRepository(Protocol):
+    """API keys, stored as hashes. Keys are managed by admins across owners."""
+
+    def add(self, key: ApiKey) -> None:
+        """Record a new key."""
+        ...
+
+    def find_by_hash_for_authentication(self, secret_hash: str) -> ApiKey | None:
+        """The key with this secret hash, revoked or not: unscoped, for authentication only."""
+        ...
+
+    def get(self, key_id: UUID) -> ApiKey | None:
+        """One key by id."""
+        ...
+
+    def list_all(self, owner_id: str | None = None) -> list[ApiKey]:
+        """Every key (of one owner when given), oldest first: for admins and the CLI."""
+        ...
+
+    def revoke(self, key_id: UUID, when: datetime) -> bool:
+        """Mark a key revoked; False when it does not exist or was revoked already."""
+        ...
+
+    def mark_used(self, key_id: UUID, when: datetime) -> None:
+        """Record when a key was last used."""
         ...
 
 
@@ -247,6 +301,9 @@ class UnitOfWork(Protocol):
 
     @property
     def artifacts(self) -> ArtifactRepository: ...
+
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -16,6 +16,7 @@ from pydantic_core import to_jsonable_python
 from sqlalchemy import (
     JSON,
     Connection,
+    Result,
     Select,
     Table,
     bindparam,
@@ -28,7 +29,7 @@ from sqlalchemy import (
 
 from db.models import Base, DatasetRow, FailedRowRow, utcnow
 from schemas.domain.lifecycle import check_dataset_transition
-from schemas.domain.records import Dataset, DatasetStatus, FailedRow, Record
+from schemas.domain.records import Dataset, DatasetStatus, FailedRow, Principal, Record
 
 FAILED_ROWS_BATCH = 1000
 
@@ -73,6 +74,19 @@ def by_id(table: Table) -> tuple[Select[Any], Select[Any]]:
 
 
 _DATASET, _OWNED_DATASET = by_id(DATASETS)
+# A dataset's failed rows, only through the dataset of the given owner (the owner filter is
+# in the query: another owner's dataset yields no row).
+_OWNED_FAILED_ROWS = (
+    select(FAILED_ROWS)
+    .join(DATASETS, DATASETS.c.id == FAILED_ROWS.c.dataset_id)
+    .where(
+        FAILED_ROWS.c.dataset_id == bindparam("dataset_id"),
+        DATASETS.c.owner_id == bindparam("owner_id"),
+        FAILED_ROWS.c.line_number > bindparam("after_line"),
+    )
+    .order_by(FAILED_ROWS.c.line_number, FAILED_ROWS.c.id)
+    .limit(bindparam("limit"))
+)
 
 
 class SqlDatasetRepository:
@@ -85,25 +99,25 @@ class SqlDatasetRepository:
         """Insert a new dataset."""
         self._db.execute(insert(DATASETS).values(record_values(DATASETS, dataset)))
 
-    def get(self, dataset_id: UUID, owner_id: str | None = None) -> Dataset | None:
-        """One dataset, or None when it does not exist or belongs to another owner."""
-        if owner_id is None:
-            result = self._db.execute(_DATASET, {"id": dataset_id})
-        else:
-            result = self._db.execute(_OWNED_DATASET, {"id": dataset_id, "owner_id": owner_id})
-        row = result.mappings().one_or_none()
-        return Dataset.model_validate(row) if row is not None else None
+    def get(self, dataset_id: UUID, principal: Principal) -> Dataset | None:
+        """One of the principal's datasets; None when missing or another owner's."""
+        params = {"id": dataset_id, "owner_id": principal.owner_id}
+        return self._one(self._db.execute(_OWNED_DATASET, params))
+
+    def get_for_worker(self, dataset_id: UUID) -> Dataset | None:
+        """One dataset whoever owns it: for workers and recovery, never for a request."""
+        return self._one(self._db.execute(_DATASET, {"id": dataset_id}))
 
     def list(
         self,
-        owner_id: str,
+        principal: Principal,
         *,
         status: DatasetStatus | None = None,
         before: UUID | None = None,
         limit: int = 50,
     ) -> builtins.list[Dataset]:
-        """Newest first (ids are UUIDv7); `before` is the last id of the previous page."""
-        query = select(DATASETS).where(DATASETS.c.owner_id == owner_id)
+        """The principal's datasets, newest first (ids are UUIDv7); `before`: see the port."""
+        query = select(DATASETS).where(DATASETS.c.owner_id == principal.owner_id)
         if status is not None:
             query = query.where(DATASETS.c.status == DatasetStatus(status).value)
         if before is not None:
@@ -168,6 +182,11 @@ class SqlDatasetRepository:
         query = select(DATASETS.c.status, func.count()).group_by(DATASETS.c.status)
         return {status: count for status, count in self._db.execute(query)}
 
+    @staticmethod
+    def _one(result: Result[Any]) -> Dataset | None:
+        row = result.mappings().one_or_none()
+        return Dataset.model_validate(row) if row is not None else None
+
 
 class SqlFailedRowRepository:
     """Quarantined rows in the `failed_rows` table."""
@@ -185,16 +204,17 @@ class SqlFailedRowRepository:
         return written
 
     def list(
-        self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
+        self, principal: Principal, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
     ) -> builtins.list[FailedRow]:
-        """Failed rows ordered by line number, starting after `after_line`."""
-        query = (
-            select(FAILED_ROWS)
-            .where(FAILED_ROWS.c.dataset_id == dataset_id, FAILED_ROWS.c.line_number > after_line)
-            .order_by(FAILED_ROWS.c.line_number, FAILED_ROWS.c.id)
-            .limit(limit)
-        )
-        return [FailedRow.model_validate(row) for row in self._db.execute(query).mappings()]
+        """Failed rows of one of the principal's datasets by line number, after `after_line`."""
+        params = {
+            "dataset_id": dataset_id,
+            "owner_id": principal.owner_id,
+            "after_line": after_line,
+            "limit": limit,
+        }
+        rows = self._db.execute(_OWNED_FAILED_ROWS, params).mappings()
+        return [FailedRow.model_validate(row) for row in rows]
 
     def delete_for_dataset(self, dataset_id: UUID) -> None:
         """Remove every failed row of a dataset (a re-validation starts clean)."""

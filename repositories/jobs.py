@@ -14,6 +14,7 @@ from sqlalchemy import (
     Connection,
     String,
     Table,
+    bindparam,
     cast,
     delete,
     func,
@@ -35,6 +36,7 @@ from schemas.domain.records import (
     Job,
     JobEvent,
     JobStatus,
+    Principal,
 )
 
 JOBS = table_of(JobRow)
@@ -52,6 +54,26 @@ _UPSERT_INSERTS: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]]
 
 # Built once, values bound at execution (see by_id): the request path's statements.
 _JOB, _OWNED_JOB = by_id(JOBS)
+# A job's events, only through the job of the given owner (the owner filter is in the query:
+# another owner's job yields no row). Polled by every open job stream.
+_OWNED_EVENTS = (
+    select(JOB_EVENTS)
+    .join(JOBS, JOBS.c.id == JOB_EVENTS.c.job_id)
+    .where(
+        JOB_EVENTS.c.job_id == bindparam("job_id"),
+        JOBS.c.owner_id == bindparam("owner_id"),
+        JOB_EVENTS.c.id > bindparam("after_id"),
+    )
+    .order_by(JOB_EVENTS.c.id)
+    .limit(bindparam("limit"))
+)
+_OWNED_ARTIFACTS = (
+    select(ARTIFACTS)
+    .join(JOBS, JOBS.c.id == ARTIFACTS.c.job_id)
+    .where(ARTIFACTS.c.job_id == bindparam("job_id"), JOBS.c.owner_id == bindparam("owner_id"))
+    .order_by(ARTIFACTS.c.name)
+)
+_OWNED_ARTIFACT = _OWNED_ARTIFACTS.where(ARTIFACTS.c.name == bindparam("name"))
 _INSERT_JOB = insert(JOBS)
 _INSERT_EVENT = insert(JOB_EVENTS)
 # Each row notifies its own job (as text, the form str(UUID) gives).
@@ -101,28 +123,32 @@ class SqlJobRepository:
                 f"owner {job.owner_id!r} already has a job with key {job.idempotency_key!r}"
             )
 
-    def get(self, job_id: UUID, owner_id: str | None = None) -> Job | None:
-        """One job, or None when it does not exist or belongs to another owner."""
-        if owner_id is None:
-            return self._one(_JOB, {"id": job_id})
-        return self._one(_OWNED_JOB, {"id": job_id, "owner_id": owner_id})
+    def get(self, job_id: UUID, principal: Principal) -> Job | None:
+        """One of the principal's jobs; None when missing or another owner's."""
+        return self._one(_OWNED_JOB, {"id": job_id, "owner_id": principal.owner_id})
 
-    def get_by_idempotency_key(self, owner_id: str, key: str) -> Job | None:
-        """The job an owner created with this Idempotency-Key, if any."""
-        query = select(JOBS).where(JOBS.c.owner_id == owner_id, JOBS.c.idempotency_key == key)
+    def get_for_worker(self, job_id: UUID) -> Job | None:
+        """One job whoever owns it: for workers and recovery, never for a request."""
+        return self._one(_JOB, {"id": job_id})
+
+    def get_by_idempotency_key(self, principal: Principal, key: str) -> Job | None:
+        """The job the principal's owner created with this Idempotency-Key, if any."""
+        query = select(JOBS).where(
+            JOBS.c.owner_id == principal.owner_id, JOBS.c.idempotency_key == key
+        )
         return self._one(query)
 
     def list(
         self,
-        owner_id: str,
+        principal: Principal,
         *,
         status: JobStatus | None = None,
         dataset_id: UUID | None = None,
         before: UUID | None = None,
         limit: int = 50,
     ) -> builtins.list[Job]:
-        """Newest first (ids are UUIDv7); `before` is the last id of the previous page."""
-        query = select(JOBS).where(JOBS.c.owner_id == owner_id)
+        """The principal's jobs, newest first (ids are UUIDv7); `before`: see the port."""
+        query = select(JOBS).where(JOBS.c.owner_id == principal.owner_id)
         if status is not None:
             query = query.where(JOBS.c.status == JobStatus(status).value)
         if dataset_id is not None:
@@ -347,15 +373,18 @@ class SqlJobEventRepository:
         else:
             self._db.execute(statement)
 
-    def list_for_job(self, job_id: UUID, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
-        """Events of one job in id order, starting after `after_id`."""
-        query = (
-            select(JOB_EVENTS)
-            .where(JOB_EVENTS.c.job_id == job_id, JOB_EVENTS.c.id > after_id)
-            .order_by(JOB_EVENTS.c.id)
-            .limit(limit)
-        )
-        return [JobEvent.model_validate(row) for row in self._db.execute(query).mappings()]
+    def list_for_job(
+        self, principal: Principal, job_id: UUID, *, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEvent]:
+        """Events of one of the principal's jobs in id order, after `after_id`."""
+        params = {
+            "job_id": job_id,
+            "owner_id": principal.owner_id,
+            "after_id": after_id,
+            "limit": limit,
+        }
+        rows = self._db.execute(_OWNED_EVENTS, params).mappings()
+        return [JobEvent.model_validate(row) for row in rows]
 
 
 class SqlArtifactRepository:
@@ -368,13 +397,14 @@ class SqlArtifactRepository:
         """Record an artifact a job produced."""
         self._db.execute(insert(ARTIFACTS).values(record_values(ARTIFACTS, artifact)))
 
-    def list_for_job(self, job_id: UUID) -> list[Artifact]:
-        """Artifacts of one job, by name."""
-        query = select(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id).order_by(ARTIFACTS.c.name)
-        return [Artifact.model_validate(row) for row in self._db.execute(query).mappings()]
+    def list_for_job(self, principal: Principal, job_id: UUID) -> list[Artifact]:
+        """Artifacts of one of the principal's jobs, by name (empty for another owner's)."""
+        params = {"job_id": job_id, "owner_id": principal.owner_id}
+        rows = self._db.execute(_OWNED_ARTIFACTS, params).mappings()
+        return [Artifact.model_validate(row) for row in rows]
 
-    def get(self, job_id: UUID, name: str) -> Artifact | None:
-        """One artifact of a job by name."""
-        query = select(ARTIFACTS).where(ARTIFACTS.c.job_id == job_id, ARTIFACTS.c.name == name)
-        row = self._db.execute(query).mappings().one_or_none()
+    def get(self, principal: Principal, job_id: UUID, name: str) -> Artifact | None:
+        """One artifact of one of the principal's jobs by name (None for another owner's)."""
+        params = {"job_id": job_id, "owner_id": principal.owner_id, "name": name}
+        row = self._db.execute(_OWNED_ARTIFACT, params).mappings().one_or_none()
         return Artifact.model_validate(row) if row is not None else None

@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ports.repositories import DatabaseUnavailable
+from repositories.api_keys import SqlApiKeyRepository
 from repositories.datasets import SqlDatasetRepository, SqlFailedRowRepository
 from repositories.jobs import SqlArtifactRepository, SqlJobEventRepository, SqlJobRepository
 
@@ -27,6 +28,7 @@ class SqlUnitOfWork:
     jobs: SqlJobRepository
     job_events: SqlJobEventRepository
     artifacts: SqlArtifactRepository
+    api_keys: SqlApiKeyRepository
 
     def __init__(self, bind: Engine | sessionmaker[Session]) -> None:
         """`bind`: the engine, or a session factory bound to one."""
@@ -49,6 +51,7 @@ class SqlUnitOfWork:
         self.jobs = SqlJobRepository(connection)
         self.job_events = SqlJobEventRepository(connection)
         self.artifacts = SqlArtifactRepository(connection)
+        self.api_keys = SqlApiKeyRepository(connection)
         return self
 
     def __exit__(

@@ -6,7 +6,14 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from schemas.domain.records import ColumnInfo, DatasetFormat, DatasetStatus, JobStatus, JobStep
+from schemas.domain.records import (
+    ColumnInfo,
+    DatasetFormat,
+    DatasetStatus,
+    JobStatus,
+    JobStep,
+    KeyScope,
+)
 
 
 class ErrorDetail(BaseModel):
@@ -147,3 +154,24 @@ class ProcessorOut(BaseModel):
     description: str
     params_schema: dict[str, Any]
     artifacts: list[str]
+
+
+class ApiKeyCreate(BaseModel):
+    owner: str = Field(min_length=1, max_length=64, description="The owner the key acts for.")
+    name: str | None = Field(default=None, max_length=255, description="A label.")
+    scope: KeyScope = KeyScope.write
+
+
+class ApiKeyOut(BaseModel):
+    id: UUID
+    owner_id: str
+    name: str | None
+    scope: KeyScope
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    secret: str = Field(description="The key itself: shown once, stored only as a hash.")

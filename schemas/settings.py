@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=15.0, gt=0)
     reaper_grace_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
+    # Every /api/v1 request needs an API key. `assay serve` on a loopback address turns it off
+    # unless this is set explicitly (see main.serve).
+    auth_required: bool = True
 
     @property
     def resolved_database_url(self) -> str:

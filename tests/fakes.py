@@ -19,6 +19,7 @@ from ports.storage import ObjectNotFound
 from schemas.domain.lifecycle import check_dataset_transition, check_job_transition
 from schemas.domain.records import (
     ACTIVE_JOB_STATUSES,
+    ApiKey,
     Artifact,
     Dataset,
     DatasetStatus,
@@ -26,6 +27,7 @@ from schemas.domain.records import (
     Job,
     JobEvent,
     JobStatus,
+    Principal,
 )
 
 
@@ -36,15 +38,17 @@ class FakeDatasets:
     def add(self, dataset: Dataset) -> None:
         self.rows[dataset.id] = dataset
 
-    def get(self, dataset_id: UUID, owner_id: str | None = None) -> Dataset | None:
+    def get(self, dataset_id: UUID, principal: Principal) -> Dataset | None:
         dataset = self.rows.get(dataset_id)
-        if dataset is None or (owner_id is not None and dataset.owner_id != owner_id):
-            return None
-        return dataset
+        return dataset if dataset is not None and dataset.owner_id == principal.owner_id else None
+
+    def get_for_worker(self, dataset_id: UUID) -> Dataset | None:
+        return self.rows.get(dataset_id)
 
     def list(
-        self, owner_id: str, *, status=None, before=None, limit: int = 50
+        self, principal: Principal, *, status=None, before=None, limit: int = 50
     ) -> builtins.list[Dataset]:
+        owner_id = principal.owner_id
         rows = sorted(self.rows.values(), key=lambda d: d.id, reverse=True)
         rows = [
             d for d in rows if d.owner_id == owner_id and (status is None or d.status == status)
@@ -85,8 +89,11 @@ class FakeDatasets:
 
 
 class FakeFailedRows:
-    def __init__(self) -> None:
+    """Failed rows, read through their dataset (`datasets`) like the SQL join does."""
+
+    def __init__(self, datasets: FakeDatasets | None = None) -> None:
         self.rows: list[FailedRow] = []
+        self.datasets = datasets if datasets is not None else FakeDatasets()
 
     def add_many(self, rows: Iterable[FailedRow]) -> int:
         new = list(rows)
@@ -94,8 +101,10 @@ class FakeFailedRows:
         return len(new)
 
     def list(
-        self, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
+        self, principal: Principal, dataset_id: UUID, *, after_line: int = 0, limit: int = 100
     ) -> builtins.list[FailedRow]:
+        if self.datasets.get(dataset_id, principal) is None:
+            return []
         mine = [r for r in self.rows if r.dataset_id == dataset_id and r.line_number > after_line]
         return sorted(mine, key=lambda r: r.line_number)[:limit]
 
@@ -107,7 +116,8 @@ class FakeJobs:
     """Jobs in memory, with the SQL repository's compare-and-set semantics.
 
     `datasets` backs list_unclaimed_queued (a job counts only when its dataset is ready);
-    `events` and `artifacts` are emptied of a job's rows by delete.
+    `events` and `artifacts` are emptied of a job's rows by delete, and read their job's
+    owner from here.
     """
 
     def __init__(
@@ -120,23 +130,29 @@ class FakeJobs:
         self.datasets = datasets if datasets is not None else FakeDatasets()
         self.events = events if events is not None else FakeJobEvents()
         self.artifacts = artifacts if artifacts is not None else FakeArtifacts()
+        self.events.jobs = self.artifacts.jobs = self
 
     def add(self, job: Job) -> None:
         if job.id in self.rows:
             raise ValueError(f"duplicate job id {job.id}")
-        if job.idempotency_key is not None and (
-            self.get_by_idempotency_key(job.owner_id, job.idempotency_key) is not None
+        if job.idempotency_key is not None and any(
+            j.owner_id == job.owner_id and j.idempotency_key == job.idempotency_key
+            for j in self.rows.values()
         ):
             raise IdempotencyConflict(
                 f"owner {job.owner_id!r} already has a job with key {job.idempotency_key!r}"
             )
         self.rows[job.id] = job
 
-    def get(self, job_id: UUID, owner_id: str | None = None) -> Job | None:
+    def get(self, job_id: UUID, principal: Principal) -> Job | None:
         job = self.rows.get(job_id)
-        return None if job is None or (owner_id is not None and job.owner_id != owner_id) else job
+        return job if job is not None and job.owner_id == principal.owner_id else None
 
-    def get_by_idempotency_key(self, owner_id: str, key: str) -> Job | None:
+    def get_for_worker(self, job_id: UUID) -> Job | None:
+        return self.rows.get(job_id)
+
+    def get_by_idempotency_key(self, principal: Principal, key: str) -> Job | None:
+        owner_id = principal.owner_id
         return next(
             (j for j in self.rows.values() if j.owner_id == owner_id and j.idempotency_key == key),
             None,
@@ -144,7 +160,7 @@ class FakeJobs:
 
     def list(
         self,
-        owner_id: str,
+        principal: Principal,
         *,
         status: JobStatus | None = None,
         dataset_id: UUID | None = None,
@@ -154,7 +170,7 @@ class FakeJobs:
         rows = [
             j
             for j in sorted(self.rows.values(), key=lambda j: j.id, reverse=True)
-            if j.owner_id == owner_id
+            if j.owner_id == principal.owner_id
             and (status is None or j.status == status)
             and (dataset_id is None or j.dataset_id == dataset_id)
             and (before is None or j.id < before)
@@ -251,7 +267,8 @@ class FakeJobs:
         self, updated_before: datetime, limit: int = 100
     ) -> builtins.list[Job]:
         def dataset_ready(job: Job) -> bool:
-            dataset = self.datasets.get(job.dataset_id) if job.dataset_id is not None else None
+            dataset_id = job.dataset_id
+            dataset = self.datasets.get_for_worker(dataset_id) if dataset_id is not None else None
             return dataset is not None and dataset.status == DatasetStatus.ready
 
         unclaimed = [
@@ -288,8 +305,11 @@ class FakeJobs:
 
 
 class FakeJobEvents:
+    """Events, read through their job (`jobs`, set by FakeJobs) like the SQL join does."""
+
     def __init__(self) -> None:
         self.rows: list[JobEvent] = []
+        self.jobs: FakeJobs | None = None
         self._last_id = 0
 
     def add(self, event: JobEvent) -> JobEvent:
@@ -302,24 +322,72 @@ class FakeJobEvents:
         for event in events:
             self.add(event)
 
-    def list_for_job(self, job_id: UUID, *, after_id: int = 0, limit: int = 1000) -> list[JobEvent]:
+    def list_for_job(
+        self, principal: Principal, job_id: UUID, *, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEvent]:
+        if not _owns_job(self.jobs, principal, job_id):
+            return []
         return [e for e in self.rows if e.job_id == job_id and (e.id or 0) > after_id][:limit]
 
 
 class FakeArtifacts:
+    """Artifacts, read through their job (`jobs`, set by FakeJobs) like the SQL join does."""
+
     def __init__(self) -> None:
         self.rows: list[Artifact] = []
+        self.jobs: FakeJobs | None = None
 
     def add(self, artifact: Artifact) -> None:
-        if self.get(artifact.job_id, artifact.name) is not None:  # UNIQUE (job_id, name)
+        if any(a.job_id == artifact.job_id and a.name == artifact.name for a in self.rows):
+            # UNIQUE (job_id, name)
             raise ValueError(f"job {artifact.job_id} already has an artifact {artifact.name!r}")
         self.rows.append(artifact)
 
-    def list_for_job(self, job_id: UUID) -> list[Artifact]:
+    def list_for_job(self, principal: Principal, job_id: UUID) -> list[Artifact]:
+        if not _owns_job(self.jobs, principal, job_id):
+            return []
         return sorted((a for a in self.rows if a.job_id == job_id), key=lambda a: a.name)
 
-    def get(self, job_id: UUID, name: str) -> Artifact | None:
+    def get(self, principal: Principal, job_id: UUID, name: str) -> Artifact | None:
+        if not _owns_job(self.jobs, principal, job_id):
+            return None
         return next((a for a in self.rows if a.job_id == job_id and a.name == name), None)
+
+
+def _owns_job(jobs: FakeJobs | None, principal: Principal, job_id: UUID) -> bool:
+    return jobs is not None and jobs.get(job_id, principal) is not None
+
+
+class FakeApiKeyRepository:
+    def __init__(self) -> None:
+        self.rows: dict[UUID, ApiKey] = {}
+
+    def add(self, key: ApiKey) -> None:
+        if key.id in self.rows or any(k.secret_hash == key.secret_hash for k in self.rows.values()):
+            raise ValueError(f"duplicate key {key.id}")  # PRIMARY KEY, UNIQUE (secret_hash)
+        self.rows[key.id] = key
+
+    def find_by_hash_for_authentication(self, secret_hash: str) -> ApiKey | None:
+        return next((k for k in self.rows.values() if k.secret_hash == secret_hash), None)
+
+    def get(self, key_id: UUID) -> ApiKey | None:
+        return self.rows.get(key_id)
+
+    def list_all(self, owner_id: str | None = None) -> list[ApiKey]:
+        keys = [k for k in self.rows.values() if owner_id is None or k.owner_id == owner_id]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    def revoke(self, key_id: UUID, when: datetime) -> bool:
+        key = self.rows.get(key_id)
+        if key is None or key.revoked_at is not None:
+            return False
+        self.rows[key_id] = key.model_copy(update={"revoked_at": when})
+        return True
+
+    def mark_used(self, key_id: UUID, when: datetime) -> None:
+        key = self.rows.get(key_id)
+        if key is not None:
+            self.rows[key_id] = key.model_copy(update={"last_used_at": when})
 
 
 class FakeUnitOfWork:
@@ -327,10 +395,11 @@ class FakeUnitOfWork:
 
     def __init__(self) -> None:
         self.datasets = FakeDatasets()
-        self.failed_rows = FakeFailedRows()
+        self.failed_rows = FakeFailedRows(self.datasets)
         self.job_events = FakeJobEvents()
         self.artifacts = FakeArtifacts()
         self.jobs = FakeJobs(self.datasets, self.job_events, self.artifacts)
+        self.api_keys = FakeApiKeyRepository()
         self.committed = 0
 
     def __enter__(self) -> Self:

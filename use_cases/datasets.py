@@ -22,6 +22,7 @@ from schemas.domain.records import (
     DatasetFormat,
     DatasetStatus,
     FailedRow,
+    Principal,
 )
 from use_cases.errors import Conflict, NotFound
 from use_cases.lifecycle import move_dataset
@@ -62,19 +63,20 @@ def register_dataset(
     storage: ObjectStorage,
     queue: TaskQueue,
     *,
-    owner_id: str,
+    principal: Principal,
     name: str,
     fmt: DatasetFormat,
     received: ReceivedFile,
 ) -> Dataset:
-    """Store an uploaded file, record the dataset as uploaded and ask a worker to validate it."""
+    """Store an uploaded file as the principal's dataset, record it as uploaded and ask a worker
+    to validate it."""
     dataset_id = new_id()
     key = original_key(dataset_id, fmt)
     storage.put_file(key, received.path)
     now = datetime.now(UTC)
     dataset = Dataset(
         id=dataset_id,
-        owner_id=owner_id,
+        owner_id=principal.owner_id,
         name=name,
         format=fmt,
         status=DatasetStatus.uploaded,
@@ -127,7 +129,7 @@ def validate_dataset(
     if not claimed:
         return None
     with uow:
-        dataset = uow.datasets.get(dataset_id)
+        dataset = uow.datasets.get_for_worker(dataset_id)
     if dataset is None:  # deleted while queued
         return None
     workdir.mkdir(parents=True, exist_ok=True)
@@ -256,11 +258,12 @@ def _text(value: str) -> str:
 
 
 def delete_dataset(
-    uow: UnitOfWork, storage: ObjectStorage, dataset_id: UUID, owner_id: str
+    uow: UnitOfWork, storage: ObjectStorage, dataset_id: UUID, principal: Principal
 ) -> None:
-    """Delete a dataset, its failed rows and its stored objects; refused while jobs use it."""
+    """Delete one of the principal's datasets, its failed rows and its stored objects; refused
+    while jobs use it. Another owner's dataset is NotFound, like a missing one."""
     with uow:
-        dataset = uow.datasets.get(dataset_id, owner_id)
+        dataset = uow.datasets.get(dataset_id, principal)
         if dataset is None:
             raise NotFound(f"dataset {dataset_id} not found", {"dataset_id": str(dataset_id)})
         active = uow.jobs.count_active_for_dataset(dataset_id)

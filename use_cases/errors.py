@@ -38,3 +38,15 @@ class PayloadTooLarge(UseCaseError):
 
 class UnsupportedFormat(UseCaseError):
     code = "unsupported_format"
+
+
+class Unauthenticated(UseCaseError):
+    """No credentials, or credentials that name no valid key."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(UseCaseError):
+    """A valid key whose scope does not allow the operation."""
+
+    code = "forbidden"

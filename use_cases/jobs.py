@@ -12,7 +12,7 @@ from ports.repositories import IdempotencyConflict, UnitOfWork
 from ports.storage import ObjectStorage
 from schemas.domain.ids import new_id
 from schemas.domain.lifecycle import FINISHED_JOB_STATUSES
-from schemas.domain.records import ColumnInfo, DatasetStatus, Job, JobStatus, JobStep
+from schemas.domain.records import ColumnInfo, DatasetStatus, Job, JobStatus, JobStep, Principal
 from use_cases.errors import Conflict, InvalidParams, NotFound
 from use_cases.lifecycle import create_job, event, move_job, request_cancel
 
@@ -62,20 +62,21 @@ def submit_job(
     uow: UnitOfWork,
     queue: TaskQueue,
     *,
-    owner_id: str,
+    principal: Principal,
     dataset_id: UUID,
     steps: list[JobStep],
     name: str | None = None,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Record a queued job and its `created` event, then publish it; returns (job, created)."""
+    """Record a queued job of the principal on one of its datasets, with its `created` event,
+    then publish it; returns (job, created). Another owner's dataset is NotFound."""
     fingerprint = request_fingerprint(dataset_id, steps, name)
     with uow:
         if idempotency_key:
-            existing = uow.jobs.get_by_idempotency_key(owner_id, idempotency_key)
+            existing = uow.jobs.get_by_idempotency_key(principal, idempotency_key)
             if existing is not None:
                 return _replay(existing, fingerprint, idempotency_key), False
-        dataset = uow.datasets.get(dataset_id, owner_id)
+        dataset = uow.datasets.get(dataset_id, principal)
         if dataset is None:
             raise NotFound(f"dataset {dataset_id} not found", {"dataset_id": str(dataset_id)})
         if dataset.status == DatasetStatus.failed:
@@ -88,7 +89,7 @@ def submit_job(
         now = datetime.now(UTC)
         job = Job(
             id=new_id(),
-            owner_id=owner_id,
+            owner_id=principal.owner_id,
             dataset_id=dataset_id,
             name=name,
             status=JobStatus.queued,
@@ -103,7 +104,7 @@ def submit_job(
             create_job(uow, job)
         except IdempotencyConflict:  # a concurrent request with the same key won the race
             uow.rollback()
-            existing = uow.jobs.get_by_idempotency_key(owner_id, idempotency_key or "")
+            existing = uow.jobs.get_by_idempotency_key(principal, idempotency_key or "")
             if existing is None:
                 raise
             return _replay(existing, fingerprint, idempotency_key or ""), False
@@ -145,7 +146,7 @@ def release_waiting_jobs(uow: UnitOfWork, queue: TaskQueue, dataset_id: UUID) ->
     """After validation: publish jobs that waited for the dataset, or fail them if it failed."""
     publishable = []
     with uow:
-        dataset = uow.datasets.get(dataset_id)
+        dataset = uow.datasets.get_for_worker(dataset_id)
         waiting = uow.jobs.list_queued_for_dataset(dataset_id)
         if dataset is None or not waiting:
             return
@@ -178,10 +179,11 @@ def _fail_queued(uow: UnitOfWork, job_id: UUID, error: dict[str, Any]) -> None:
     move_job(uow, job_id, JobStatus.queued, JobStatus.failed, error=error, payload={"error": error})
 
 
-def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -> Job:
-    """Cancel a queued job at once; ask a running one to stop (it ends `cancelled` in seconds)."""
+def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, principal: Principal) -> Job:
+    """Cancel one of the principal's jobs: a queued one at once, a running one is asked to stop
+    (it ends `cancelled` in seconds). Another owner's job is NotFound."""
     with uow:
-        job = uow.jobs.get(job_id, owner_id)
+        job = uow.jobs.get(job_id, principal)
         if job is None:
             raise NotFound(f"job {job_id} not found", {"job_id": str(job_id)})
         if job.status in FINISHED:
@@ -192,7 +194,7 @@ def cancel_job(uow: UnitOfWork, queue: TaskQueue, job_id: UUID, owner_id: str) -
             raise Conflict(f"job {job_id} has already finished", {"job_id": str(job_id)})
         _cancel_queued(uow, job_id, reason="cancelled before it started")
         uow.commit()
-        job = uow.jobs.get(job_id)
+        job = uow.jobs.get(job_id, principal)
     try:
         queue.revoke_job(job_id)
     except QueueUnavailable as exc:  # the claim refuses it anyway: cancel_requested is set
@@ -212,10 +214,11 @@ def _cancel_queued(uow: UnitOfWork, job_id: UUID, *, reason: str) -> None:
     )
 
 
-def delete_job(uow: UnitOfWork, results: ObjectStorage, job_id: UUID, owner_id: str) -> None:
-    """Delete a finished job with its events and artifacts; refused while it is active."""
+def delete_job(uow: UnitOfWork, results: ObjectStorage, job_id: UUID, principal: Principal) -> None:
+    """Delete one of the principal's finished jobs with its events and artifacts; refused while
+    it is active. Another owner's job is NotFound."""
     with uow:
-        job = uow.jobs.get(job_id, owner_id)
+        job = uow.jobs.get(job_id, principal)
         if job is None:
             raise NotFound(f"job {job_id} not found", {"job_id": str(job_id)})
         if job.status not in FINISHED:

@@ -97,7 +97,8 @@ def run_job(
         claimed = claim_job(uow, job_id, worker_id)
         if claimed is None:
             return Outcome.skipped
-        dataset = uow.datasets.get(claimed.dataset_id) if claimed.dataset_id else None
+        dataset_id = claimed.dataset_id
+        dataset = uow.datasets.get_for_worker(dataset_id) if dataset_id else None
         if dataset is None or dataset.status != DatasetStatus.ready:
             return Outcome.skipped  # leaving the block rolls the claim (and `started`) back
         uow.commit()
@@ -175,7 +176,7 @@ def _cancelled(uow: UnitOfWork, job: Job) -> Outcome:
 def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
     """Back to queued for another attempt, unless the user asked to cancel meanwhile."""
     with uow:
-        current = uow.jobs.get(job.id)
+        current = uow.jobs.get_for_worker(job.id)
     if current is not None and current.cancel_requested:
         return _cancelled(uow, job)
     with uow:

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import DatasetsStorageDep, OwnerDep, QueueDep, SettingsDep, UowDep
+from api.auth import PrincipalDep, WriterDep
+from api.deps import DatasetsStorageDep, QueueDep, SettingsDep, UowDep
 from api.pagination import fetch_size, page_of
 from api.upload import receive_upload
 from schemas.api import (
@@ -21,7 +22,7 @@ from schemas.api import (
     FailedRowPage,
     PreviewOut,
 )
-from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus
+from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus, Principal
 from use_cases.datasets import delete_dataset, preview_key, register_dataset
 from use_cases.errors import Conflict, InvalidParams, NotFound, UnsupportedFormat
 
@@ -43,7 +44,7 @@ CONTENT_TYPES = {
     DatasetFormat.parquet: "application/vnd.apache.parquet",
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
 }
 
 
@@ -91,9 +92,10 @@ def dataset_name(declared: str | None, filename: str | None) -> str:
     return name or "dataset"
 
 
-def _get_dataset(uow: UowDep, dataset_id: UUID, owner: str) -> Dataset:
+def _get_dataset(uow: UowDep, dataset_id: UUID, principal: Principal) -> Dataset:
+    """One of the caller's datasets; 404 for another owner's, exactly as for a missing one."""
     with uow:
-        dataset = uow.datasets.get(dataset_id, owner)
+        dataset = uow.datasets.get(dataset_id, principal)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found", {"dataset_id": str(dataset_id)})
     return dataset
@@ -106,7 +108,7 @@ async def upload_dataset(
     storage: DatasetsStorageDep,
     queue: QueueDep,
     settings: SettingsDep,
-    owner: OwnerDep,
+    principal: WriterDep,
 ) -> DatasetOut:
     """Upload a dataset (multipart `file`, optional `name`, `format`); a worker validates it."""
     upload = await receive_upload(request, settings.tmp_dir, settings.max_upload_bytes)
@@ -118,7 +120,7 @@ async def upload_dataset(
             uow,
             storage,
             queue,
-            owner_id=owner,
+            principal=principal,
             name=name,
             fmt=fmt,
             received=upload.received,
@@ -131,30 +133,32 @@ async def upload_dataset(
 @router.get("", responses=ERRORS)
 def list_datasets(
     uow: UowDep,
-    owner: OwnerDep,
+    principal: PrincipalDep,
     status: DatasetStatus | None = None,
     cursor: UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DatasetPage:
     """Datasets, newest first; pass `next_cursor` back as `cursor` for the next page."""
     with uow:
-        fetched = uow.datasets.list(owner, status=status, before=cursor, limit=fetch_size(limit))
+        fetched = uow.datasets.list(
+            principal, status=status, before=cursor, limit=fetch_size(limit)
+        )
     page = page_of(fetched, limit, lambda d: str(d.id))
     return DatasetPage(items=[dataset_out(d) for d in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{dataset_id}", responses=ERRORS)
-def get_dataset(dataset_id: UUID, uow: UowDep, owner: OwnerDep) -> DatasetOut:
+def get_dataset(dataset_id: UUID, uow: UowDep, principal: PrincipalDep) -> DatasetOut:
     """One dataset with its status, schema and counts."""
-    return dataset_out(_get_dataset(uow, dataset_id, owner))
+    return dataset_out(_get_dataset(uow, dataset_id, principal))
 
 
 @router.get("/{dataset_id}/content", responses=ERRORS, response_class=StreamingResponse)
 def get_dataset_content(
-    dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, owner: OwnerDep
+    dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, principal: PrincipalDep
 ) -> StreamingResponse:
     """The original file, byte for byte."""
-    dataset = _get_dataset(uow, dataset_id, owner)
+    dataset = _get_dataset(uow, dataset_id, principal)
     chunks = storage.iter_chunks(dataset.storage_key)
     filename = PurePath(dataset.name).name.replace('"', "")
     return StreamingResponse(
@@ -173,11 +177,11 @@ def preview_dataset(
     dataset_id: UUID,
     uow: UowDep,
     storage: DatasetsStorageDep,
-    owner: OwnerDep,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> PreviewOut:
     """The first rows of a ready dataset as JSON (at most 100)."""
-    dataset = _get_dataset(uow, dataset_id, owner)
+    dataset = _get_dataset(uow, dataset_id, principal)
     if dataset.status != DatasetStatus.ready:
         raise Conflict(
             f"dataset {dataset_id} is {dataset.status.value}; a preview exists once it is ready",
@@ -191,16 +195,18 @@ def preview_dataset(
 def list_failed_rows(
     dataset_id: UUID,
     uow: UowDep,
-    owner: OwnerDep,
+    principal: PrincipalDep,
     cursor: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="line number to continue after")
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FailedRowPage:
     """Rows that could not be parsed, with line number, raw text and reason."""
-    dataset = _get_dataset(uow, dataset_id, owner)
+    dataset = _get_dataset(uow, dataset_id, principal)
     with uow:
-        fetched = uow.failed_rows.list(dataset_id, after_line=cursor, limit=fetch_size(limit))
+        fetched = uow.failed_rows.list(
+            principal, dataset_id, after_line=cursor, limit=fetch_size(limit)
+        )
     page = page_of(fetched, limit, lambda r: r.line_number)
     return FailedRowPage(
         dataset_id=dataset_id,
@@ -215,8 +221,8 @@ def list_failed_rows(
 
 @router.delete("/{dataset_id}", status_code=204, responses=ERRORS)
 def remove_dataset(
-    dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, owner: OwnerDep
+    dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, principal: WriterDep
 ) -> Response:
     """Delete a dataset and its stored objects (409 while jobs use it)."""
-    delete_dataset(uow, storage, dataset_id, owner)
+    delete_dataset(uow, storage, dataset_id, principal)
     return Response(status_code=204)

@@ -2,10 +2,11 @@
 
 from collections.abc import Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import local_or_authenticated
 from api.deps import ContextDep
 from schemas.api import HealthOut
 
@@ -24,7 +25,11 @@ async def live() -> HealthOut:
     return HealthOut(status="ok")
 
 
-@router.get("/ready", responses={503: {"model": HealthOut}})
+@router.get(
+    "/ready",
+    responses={503: {"model": HealthOut}},
+    dependencies=[Depends(local_or_authenticated)],
+)
 async def ready(context: ContextDep) -> JSONResponse:
     """Readiness: database, storage and broker answer; names the one that does not."""
     checks: dict[str, Callable[[], None]] = {

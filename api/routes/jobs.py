@@ -9,14 +9,8 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import (
-    ContextDep,
-    OwnerDep,
-    QueueDep,
-    ResultsStorageDep,
-    UowDep,
-    WakeupsDep,
-)
+from api.auth import PrincipalDep, WriterDep
+from api.deps import ContextDep, QueueDep, ResultsStorageDep, UowDep, WakeupsDep
 from api.pagination import fetch_size, page_of
 from ports.repositories import UnitOfWork
 from schemas.api import (
@@ -30,13 +24,13 @@ from schemas.api import (
     JobPage,
     JobResultOut,
 )
-from schemas.domain.records import Job, JobEvent, JobStatus, JobStep
+from schemas.domain.records import Job, JobEvent, JobStatus, JobStep, Principal
 from use_cases.errors import Conflict, NotFound
 from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)
 }
 EVENTS_PER_READ = 500
 TERMINAL_EVENTS = {status.value for status in FINISHED}
@@ -57,9 +51,10 @@ def job_out(job: Job) -> JobOut:
     )
 
 
-def load_job(job_id: UUID, uow: UowDep, owner: OwnerDep) -> Job:
+def load_job(job_id: UUID, uow: UowDep, principal: PrincipalDep) -> Job:
+    """One of the caller's jobs; 404 for another owner's, exactly as for a missing one."""
     with uow:
-        job = uow.jobs.get(job_id, owner)
+        job = uow.jobs.get(job_id, principal)
     if job is None:
         raise NotFound(f"job {job_id} not found", {"job_id": str(job_id)})
     return job
@@ -74,14 +69,14 @@ def create_job(
     response: Response,
     uow: UowDep,
     queue: QueueDep,
-    owner: OwnerDep,
+    principal: WriterDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
     """Queue a job running `steps` in order on a dataset; an Idempotency-Key makes retries safe."""
     job, created = submit_job(
         uow,
         queue,
-        owner_id=owner,
+        principal=principal,
         dataset_id=body.dataset_id,
         steps=[JobStep(processor=s.processor, params=s.params) for s in body.steps],
         name=body.name,
@@ -96,7 +91,7 @@ def create_job(
 @router.get("", responses=ERRORS)
 def list_jobs(
     uow: UowDep,
-    owner: OwnerDep,
+    principal: PrincipalDep,
     status: JobStatus | None = None,
     dataset_id: UUID | None = None,
     cursor: UUID | None = None,
@@ -105,7 +100,7 @@ def list_jobs(
     """Jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
     with uow:
         fetched = uow.jobs.list(
-            owner, status=status, dataset_id=dataset_id, before=cursor, limit=fetch_size(limit)
+            principal, status=status, dataset_id=dataset_id, before=cursor, limit=fetch_size(limit)
         )
     page = page_of(fetched, limit, lambda j: str(j.id))
     return JobPage(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
@@ -122,12 +117,15 @@ async def get_job(job: JobDep) -> JobOut:
 def list_job_events(
     job: JobDep,
     uow: UowDep,
+    principal: PrincipalDep,
     cursor: Annotated[int, Query(ge=0, le=MAX_ID, description="event id to continue after")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
 ) -> JobEventPage:
     """The job's history: every transition and step, oldest first."""
     with uow:
-        fetched = uow.job_events.list_for_job(job.id, after_id=cursor, limit=fetch_size(limit))
+        fetched = uow.job_events.list_for_job(
+            principal, job.id, after_id=cursor, limit=fetch_size(limit)
+        )
     page = page_of(fetched, limit, lambda e: e.id)
     return JobEventPage(
         job_id=job.id,
@@ -145,6 +143,7 @@ async def stream_job(
     request: Request,
     context: ContextDep,
     wakeups: WakeupsDep,
+    principal: PrincipalDep,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: progress, steps and one terminal event; Last-Event-ID resumes.
@@ -158,7 +157,9 @@ async def stream_job(
     # Subscribed before the first read: an event committed after that read wakes the wait.
     async with wakeups.subscribe(job.id) as wakeup:
         while True:
-            events, over = await run_in_threadpool(_events_since, context.new_uow, job.id, after)
+            events, over = await run_in_threadpool(
+                _events_since, context.new_uow, principal, job.id, after
+            )
             for item in events:
                 after = item.id or after
                 yield ServerSentEvent(
@@ -190,7 +191,7 @@ def _event_id(header: str | None) -> int:
 
 
 def _events_since(
-    new_uow: Callable[[], UnitOfWork], job_id: UUID, after: int
+    new_uow: Callable[[], UnitOfWork], principal: Principal, job_id: UUID, after: int
 ) -> tuple[list[JobEvent], bool]:
     """Events after `after`, and whether the stream is over (job finished or deleted).
 
@@ -199,25 +200,30 @@ def _events_since(
     terminal status, so a status seen finished means its event is visible to the next read.
     """
     with new_uow() as uow:
-        events = uow.job_events.list_for_job(job_id, after_id=after, limit=EVENTS_PER_READ)
+        events = uow.job_events.list_for_job(
+            principal, job_id, after_id=after, limit=EVENTS_PER_READ
+        )
         if events:
             return events, False
-        job = uow.jobs.get(job_id)
+        job = uow.jobs.get(job_id, principal)
         if job is None:
             return [], True
         if job.status not in FINISHED:
             return [], False
-        return uow.job_events.list_for_job(job_id, after_id=after, limit=EVENTS_PER_READ), True
+        events = uow.job_events.list_for_job(
+            principal, job_id, after_id=after, limit=EVENTS_PER_READ
+        )
+        return events, True
 
 
 @router.post("/{job_id}/cancel", status_code=202, responses=ERRORS)
-def cancel(job_id: UUID, uow: UowDep, queue: QueueDep, owner: OwnerDep) -> JobOut:
+def cancel(job_id: UUID, uow: UowDep, queue: QueueDep, principal: WriterDep) -> JobOut:
     """Cancel a queued job now, or ask a running one to stop; 409 when it already finished."""
-    return job_out(cancel_job(uow, queue, job_id, owner))
+    return job_out(cancel_job(uow, queue, job_id, principal))
 
 
 @router.get("/{job_id}/result", responses=ERRORS)
-def get_result(job: JobDep, uow: UowDep) -> JobResultOut:
+def get_result(job: JobDep, uow: UowDep, principal: PrincipalDep) -> JobResultOut:
     """Summary of every step and the artifacts; 409 until the job has completed."""
     if job.status != JobStatus.completed:
         raise Conflict(
@@ -225,7 +231,7 @@ def get_result(job: JobDep, uow: UowDep) -> JobResultOut:
             {"status": job.status.value},
         )
     with uow:
-        artifacts = uow.artifacts.list_for_job(job.id)
+        artifacts = uow.artifacts.list_for_job(principal, job.id)
     return JobResultOut(
         job_id=job.id,
         status=job.status,
@@ -243,10 +249,12 @@ def get_result(job: JobDep, uow: UowDep) -> JobResultOut:
 @router.get(
     "/{job_id}/artifacts/{name}", responses=ERRORS | {307: {"description": "presigned URL"}}
 )
-def download_artifact(job: JobDep, name: str, uow: UowDep, results: ResultsStorageDep) -> Response:
+def download_artifact(
+    job: JobDep, name: str, uow: UowDep, results: ResultsStorageDep, principal: PrincipalDep
+) -> Response:
     """The artifact file, or a redirect to a presigned URL when storage is S3."""
     with uow:
-        artifact = uow.artifacts.get(job.id, name)
+        artifact = uow.artifacts.get(principal, job.id, name)
     if artifact is None:
         raise NotFound(f"job {job.id} has no artifact {name!r}", {"name": name})
     url = results.presigned_url(artifact.storage_key, filename=artifact.name)
@@ -264,7 +272,9 @@ def download_artifact(job: JobDep, name: str, uow: UowDep, results: ResultsStora
 
 
 @router.delete("/{job_id}", status_code=204, responses=ERRORS)
-def remove_job(job_id: UUID, uow: UowDep, results: ResultsStorageDep, owner: OwnerDep) -> Response:
+def remove_job(
+    job_id: UUID, uow: UowDep, results: ResultsStorageDep, principal: WriterDep
+) -> Response:
     """Delete a finished job, its history and its artifacts (409 while it is active)."""
-    delete_job(uow, results, job_id, owner)
+    delete_job(uow, results, job_id, principal)
     return Response(status_code=204)

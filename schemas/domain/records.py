@@ -115,3 +115,37 @@ class Artifact(Record):
     sha256: str
     storage_key: str
     created_at: datetime
+
+
+class KeyScope(enum.StrEnum):
+    """What an API key may do: read its owner's resources, also change them, or manage keys."""
+
+    read = "read"
+    write = "write"
+    admin = "admin"
+
+    def allows(self, needed: "KeyScope") -> bool:
+        order = (KeyScope.read, KeyScope.write, KeyScope.admin)
+        return order.index(self) >= order.index(needed)
+
+
+class ApiKey(Record):
+    """An API key as stored: its secret only as a hash."""
+
+    id: UUID
+    owner_id: str
+    name: str | None = None
+    scope: KeyScope
+    prefix: str  # the first characters of the secret, to tell keys apart in listings
+    secret_hash: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class Principal(Record):
+    """Who is calling: every owner-scoped read and write takes one."""
+
+    owner_id: str
+    scope: KeyScope
+    key_id: UUID | None = None  # None when authentication is turned off

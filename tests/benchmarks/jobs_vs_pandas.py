@@ -382,7 +382,7 @@ def running_stack(kind: str, workdir: Path, max_upload: int) -> Iterator[Running
         "ASSAY_WORKER_CONCURRENCY": "1",  # one job at a time, one pool process: both stacks
     }
     port = free_port()
-    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env)
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
     with contextlib.ExitStack() as cleanup:
         if kind == "production":
             for name, (host, service_port) in (("PostgreSQL", POSTGRES), ("Redis", REDIS)):
@@ -396,6 +396,7 @@ def running_stack(kind: str, workdir: Path, max_upload: int) -> Iterator[Running
             )
             if migrate.returncode != 0:
                 raise RuntimeError(f"assay migrate failed:\n{migrate.stderr.decode()[-4000:]}")
+            stack.api_key = stack.create_key("bench")
             commands = [("api", ["api", "--port", str(port)])]
             commands.append(("worker", ["worker", "--concurrency", "1"]))
         else:

@@ -206,7 +206,9 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     print(f"Assay ({args.stack}): starting")
     with (
         running_stack(args.stack, workdir, 2**30) as running,
-        httpx.Client(base_url=running.stack.base_url, timeout=30) as client,
+        httpx.Client(
+            base_url=running.stack.base_url, timeout=30, headers=running.stack.headers()
+        ) as client,
     ):
         try:
             dataset_id = upload(client, csv)

@@ -83,7 +83,12 @@ def parse_wrk(output: str) -> dict[str, Any]:
 
 
 def run_wrk(
-    url: str, connections: int, duration: float, script: Path | None, threads: int
+    url: str,
+    connections: int,
+    duration: float,
+    script: Path | None,
+    threads: int,
+    headers: dict[str, str],
 ) -> dict[str, Any]:
     command = [
         "wrk",
@@ -94,6 +99,8 @@ def run_wrk(
         "10s",
         "--latency",
     ]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
     if script is not None:
         command += ["-s", str(script)]
     completed = subprocess.run([*command, url], capture_output=True, text=True, check=False)
@@ -162,7 +169,8 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         queue = running.stack.env["ASSAY_QUEUE_NAME"]
         try:
             base = running.stack.base_url
-            with httpx.Client(base_url=base, timeout=30) as client:
+            headers = running.stack.headers()
+            with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
                 dataset_id = upload(client, csv)
                 body = {"dataset_id": dataset_id, "steps": [{"processor": "metrics"}]}
                 job = client.post("/api/v1/jobs", json=body).json()
@@ -179,7 +187,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                 for connections in args.connections:
                     print(f"{name}: {connections} connection(s), {args.duration:g} s")
                     user, system = cpu_seconds(running.api_pid)
-                    figures = run_wrk(url, connections, args.duration, lua, args.threads)
+                    figures = run_wrk(url, connections, args.duration, lua, args.threads, headers)
                     user_after, system_after = cpu_seconds(running.api_pid)
                     requests = max(1, figures.get("requests", 0))
                     # CPU per request moves far less than req/s when other work shares the cores.

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -36,13 +37,29 @@ class Stack:
     env: dict[str, str]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    api_key: str | None = None  # None: the stack runs without keys (`serve` on loopback)
+    workdir: Path | None = None
 
-    def client(self) -> httpx.Client:
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        """A client sending `api_key` (default: the stack's own key, if it has one)."""
+        key = api_key or self.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         # No keep-alive: a test starved of CPU (moto runs in-process) can idle past uvicorn's
         # keep-alive timeout, and reusing the closed connection fails the request.
         return httpx.Client(
-            base_url=self.base_url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+            base_url=self.base_url,
+            timeout=30,
+            headers=headers,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
+
+    def headers(self) -> dict[str, str]:
+        """The Authorization header of the stack's key (none when it runs without keys)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def create_key(self, owner: str, scope: str = "write") -> str:
+        """`assay keys create`, as an operator runs it; the key is its last line of output."""
+        return create_key(self.env, self.workdir or Path.cwd(), owner, scope)
 
     def logs_text(self) -> str:
         return "\n".join(
@@ -60,6 +77,18 @@ def assay(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subproc
         stdout=out,
         stderr=subprocess.STDOUT,
     )
+
+
+def create_key(env: dict[str, str], cwd: Path, owner: str, scope: str = "write") -> str:
+    created = subprocess.run(
+        [sys.executable, "-m", "main", "keys", "create", "--owner", owner, "--scope", scope],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip().splitlines()[-1]
 
 
 def wait_until_healthy(stack: Stack, timeout: float = 60) -> None:
@@ -133,7 +162,7 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("embedded")
     env = base_env(workdir)
     port = free_port()
-    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env)
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
     stack.logs.append(workdir / "serve.log")
     stack.processes.append(assay(["serve", "--port", str(port)], env, stack.logs[-1], workdir))
     try:
@@ -159,7 +188,8 @@ def production_stack(
     )
     assert migrate.returncode == 0, migrate.stderr.decode()
     port = free_port()
-    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env)
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
+    stack.api_key = stack.create_key("e2e")
     for name, args in (
         ("api", ["api", "--port", str(port)]),
         ("worker", ["worker", "--concurrency", "1"]),
@@ -184,4 +214,5 @@ def production_stack(
 )
 def stack(request: pytest.FixtureRequest) -> Stack:
     """Each deployment shape in turn."""
-    return request.getfixturevalue(f"{request.param}_stack")
+    stack: Stack = request.getfixturevalue(f"{request.param}_stack")
+    return stack

@@ -75,7 +75,8 @@ def engine_stack(
     env = base_env(workdir) | FAST_RECOVERY | production_env(database.__enter__(), moto_s3_endpoint)
     subprocess.run([sys.executable, "-m", "main", "migrate"], env=env, cwd=workdir, check=True)
     port = free_port()
-    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env)
+    stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, workdir=workdir)
+    stack.api_key = stack.create_key("e2e")
     start(stack, "api", ["api", "--port", str(port)], workdir)
     start(stack, "worker", ["worker", "--concurrency", "1"], workdir)
     stack.env["WORKDIR"] = str(workdir)
@@ -94,7 +95,7 @@ def big_dataset(engine_stack: Stack, big_parquet: Path) -> str:
             "/api/v1/datasets", files={"file": ("big.parquet", file)}, timeout=300
         )
         assert response.status_code == 201, response.text
-        dataset_id = response.json()["id"]
+        dataset_id: str = response.json()["id"]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             body = client.get(f"/api/v1/datasets/{dataset_id}").json()
@@ -106,7 +107,7 @@ def big_dataset(engine_stack: Stack, big_parquet: Path) -> str:
     return dataset_id
 
 
-HEAVY_STEPS = [
+HEAVY_STEPS: list[dict] = [
     {"processor": "metrics"},
     {"processor": "anomalies", "params": {"method": "zscore"}},
     {"processor": "anomalies", "params": {"method": "iqr"}},
@@ -124,13 +125,14 @@ HEAVY_STEPS = [
 def submit(client: httpx.Client, dataset_id: str, steps: list[dict]) -> dict:
     response = client.post("/api/v1/jobs", json={"dataset_id": dataset_id, "steps": steps})
     assert response.status_code == 202, response.text
-    return response.json()
+    job: dict = response.json()
+    return job
 
 
 def wait_running(client: httpx.Client, job_id: str, min_progress: float = 0.0) -> dict:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        job: dict = client.get(f"/api/v1/jobs/{job_id}").json()
         if job["status"] == "running" and job["progress"] > min_progress:
             return job
         assert job["status"] in ("queued", "running"), job
@@ -141,7 +143,7 @@ def wait_running(client: httpx.Client, job_id: str, min_progress: float = 0.0) -
 def wait_finished(client: httpx.Client, job_id: str, timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        job: dict = client.get(f"/api/v1/jobs/{job_id}").json()
         if job["status"] in ("completed", "failed", "cancelled"):
             return job
         time.sleep(0.1)
@@ -252,7 +254,8 @@ def test_broker_outage_loses_no_job_and_never_500(tmp_path: Path):
     )
     subprocess.run([sys.executable, "-m", "main", "migrate"], env=env, cwd=tmp_path, check=True)
     api_port = free_port()
-    stack = Stack(base_url=f"http://127.0.0.1:{api_port}", env=env)
+    stack = Stack(base_url=f"http://127.0.0.1:{api_port}", env=env, workdir=tmp_path)
+    stack.api_key = stack.create_key("e2e")
     start(stack, "api", ["api", "--port", str(api_port)], tmp_path)
     start(stack, "worker", ["worker", "--concurrency", "1"], tmp_path)
     statuses: list[int] = []

@@ -17,19 +17,28 @@ from schemas.domain.records import (
     Dataset,
     DatasetFormat,
     DatasetStatus,
+    FailedRow,
     Job,
     JobEvent,
     JobStatus,
     JobStep,
+    KeyScope,
+    Principal,
 )
 from tests.fakes import FakeUnitOfWork
 
 OWNER = "alice"
+ALICE = Principal(owner_id=OWNER, scope=KeyScope.read)
+MALLORY = Principal(owner_id="mallory", scope=KeyScope.admin)
 WORKER = "worker-1"
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def as_owner(owner_id: str) -> Principal:
+    return Principal(owner_id=owner_id, scope=KeyScope.read)
 
 
 def add_dataset(uow: UnitOfWork, **overrides: Any) -> Dataset:
@@ -75,7 +84,7 @@ def add_job(uow: UnitOfWork, dataset_id: UUID | None, **overrides: Any) -> Job:
 
 def get_job(uow: UnitOfWork, job_id: UUID) -> Job:
     with uow:
-        job = uow.jobs.get(job_id)
+        job = uow.jobs.get_for_worker(job_id)
     assert job is not None
     return job
 
@@ -118,10 +127,11 @@ class JobRepositoryContract:
             result={"rows": 3, "nested": {"a": [1, 2.5, None]}},
         )
         with job_uow:
-            assert job_uow.jobs.get(job.id) == job
-            assert job_uow.jobs.get(job.id, owner_id=OWNER) == job
-            assert job_uow.jobs.get(job.id, owner_id="mallory") is None
-            assert job_uow.jobs.get(new_id()) is None
+            assert job_uow.jobs.get_for_worker(job.id) == job
+            assert job_uow.jobs.get(job.id, ALICE) == job
+            assert job_uow.jobs.get(job.id, MALLORY) is None
+            assert job_uow.jobs.get(new_id(), ALICE) is None
+            assert job_uow.jobs.get_for_worker(new_id()) is None
 
     def test_get_by_idempotency_key(self, job_uow: UnitOfWork) -> None:
         dataset = add_dataset(job_uow)
@@ -129,10 +139,10 @@ class JobRepositoryContract:
         theirs = add_job(job_uow, dataset.id, owner_id="bob", idempotency_key="k1")
         add_job(job_uow, dataset.id)  # no key
         with job_uow:
-            assert job_uow.jobs.get_by_idempotency_key(OWNER, "k1") == job
-            assert job_uow.jobs.get_by_idempotency_key("bob", "k1") == theirs
-            assert job_uow.jobs.get_by_idempotency_key(OWNER, "k2") is None
-            assert job_uow.jobs.get_by_idempotency_key("carol", "k1") is None
+            assert job_uow.jobs.get_by_idempotency_key(ALICE, "k1") == job
+            assert job_uow.jobs.get_by_idempotency_key(as_owner("bob"), "k1") == theirs
+            assert job_uow.jobs.get_by_idempotency_key(ALICE, "k2") is None
+            assert job_uow.jobs.get_by_idempotency_key(as_owner("carol"), "k1") is None
 
     def test_idempotency_conflict_leaves_the_transaction_usable(self, job_uow: UnitOfWork) -> None:
         dataset = add_dataset(job_uow)
@@ -145,17 +155,17 @@ class JobRepositoryContract:
             job_uow.job_events.add(JobEvent(job_id=after.id, type="created", created_at=now()))
             job_uow.commit()
         with job_uow:
-            assert job_uow.jobs.get(first.id) == first
-            assert job_uow.jobs.get(duplicate.id) is None
-            assert job_uow.jobs.get(after.id) == after
-            assert [e.type for e in job_uow.job_events.list_for_job(after.id)] == ["created"]
-            assert job_uow.jobs.get_by_idempotency_key(OWNER, "k1") == first
+            assert job_uow.jobs.get_for_worker(first.id) == first
+            assert job_uow.jobs.get_for_worker(duplicate.id) is None
+            assert job_uow.jobs.get_for_worker(after.id) == after
+            assert [e.type for e in job_uow.job_events.list_for_job(ALICE, after.id)] == ["created"]
+            assert job_uow.jobs.get_by_idempotency_key(ALICE, "k1") == first
 
     def test_jobs_without_a_key_never_conflict(self, job_uow: UnitOfWork) -> None:
         dataset = add_dataset(job_uow)
         jobs = [add_job(job_uow, dataset.id) for _ in range(3)]
         with job_uow:
-            assert [j.id for j in job_uow.jobs.list(OWNER)] == [j.id for j in jobs[::-1]]
+            assert [j.id for j in job_uow.jobs.list(ALICE)] == [j.id for j in jobs[::-1]]
 
     # --- list ---------------------------------------------------------------------------------
 
@@ -174,21 +184,21 @@ class JobRepositoryContract:
         seen: list[UUID] = []
         before: UUID | None = None
         with job_uow:
-            while page := job_uow.jobs.list(OWNER, before=before, limit=4):
+            while page := job_uow.jobs.list(ALICE, before=before, limit=4):
                 assert len(page) <= 4
                 seen += [job.id for job in page]
                 before = page[-1].id
         assert seen == ids[::-1]
 
         with job_uow:
-            queued = job_uow.jobs.list(OWNER, status=JobStatus.queued)
-            on_first = job_uow.jobs.list(OWNER, dataset_id=first.id)
+            queued = job_uow.jobs.list(ALICE, status=JobStatus.queued)
+            on_first = job_uow.jobs.list(ALICE, dataset_id=first.id)
             completed_on_first = job_uow.jobs.list(
-                OWNER, status=JobStatus.completed, dataset_id=first.id
+                ALICE, status=JobStatus.completed, dataset_id=first.id
             )
-            page = job_uow.jobs.list(OWNER, dataset_id=first.id, limit=2)
-            rest = job_uow.jobs.list(OWNER, dataset_id=first.id, before=page[-1].id)
-            assert job_uow.jobs.list("carol") == []
+            page = job_uow.jobs.list(ALICE, dataset_id=first.id, limit=2)
+            rest = job_uow.jobs.list(ALICE, dataset_id=first.id, before=page[-1].id)
+            assert job_uow.jobs.list(as_owner("carol")) == []
         assert [j.id for j in queued] == [ids[3], ids[0]]
         assert [j.id for j in on_first] == [ids[5], ids[4], ids[1], ids[0]]
         assert [j.id for j in completed_on_first] == [ids[4], ids[1]]
@@ -497,17 +507,19 @@ class JobRepositoryContract:
             job_uow.jobs.delete(new_id())  # nothing to delete
             job_uow.commit()
         with job_uow:
-            assert job_uow.jobs.get(doomed.id) is None
-            assert job_uow.job_events.list_for_job(doomed.id) == []
-            assert job_uow.artifacts.list_for_job(doomed.id) == []
-            assert job_uow.artifacts.get(doomed.id, "summary.json") is None
-            assert job_uow.jobs.get(kept.id) == kept
-            assert len(job_uow.job_events.list_for_job(kept.id)) == 2
-            assert [a.name for a in job_uow.artifacts.list_for_job(kept.id)] == ["summary.json"]
+            assert job_uow.jobs.get_for_worker(doomed.id) is None
+            assert job_uow.job_events.list_for_job(ALICE, doomed.id) == []
+            assert job_uow.artifacts.list_for_job(ALICE, doomed.id) == []
+            assert job_uow.artifacts.get(ALICE, doomed.id, "summary.json") is None
+            assert job_uow.jobs.get_for_worker(kept.id) == kept
+            assert len(job_uow.job_events.list_for_job(ALICE, kept.id)) == 2
+            assert [a.name for a in job_uow.artifacts.list_for_job(ALICE, kept.id)] == [
+                "summary.json"
+            ]
             # Event ids keep increasing after a delete.
             event = job_uow.job_events.add(JobEvent(job_id=kept.id, type="x", created_at=now()))
             assert (event.id or 0) > max(
-                e.id or 0 for e in job_uow.job_events.list_for_job(kept.id)[:2]
+                e.id or 0 for e in job_uow.job_events.list_for_job(ALICE, kept.id)[:2]
             )
 
     def test_add_many_appends_events_in_order(self, job_uow: UnitOfWork) -> None:
@@ -526,10 +538,10 @@ class JobRepositoryContract:
             job_uow.job_events.add_many([])
             job_uow.commit()
         with job_uow:
-            events = job_uow.job_events.list_for_job(job.id)
+            events = job_uow.job_events.list_for_job(ALICE, job.id)
             assert [e.type for e in events] == ["started", *kinds]
             assert [e.payload for e in events[1:]] == [{"n": 0}, {"n": 1}, {"n": 2}]
-            assert [e.type for e in job_uow.job_events.list_for_job(other.id)] == ["started"]
+            assert [e.type for e in job_uow.job_events.list_for_job(ALICE, other.id)] == ["started"]
 
     def test_artifact_get_by_name(self, job_uow: UnitOfWork) -> None:
         dataset = add_dataset(job_uow)
@@ -544,11 +556,62 @@ class JobRepositoryContract:
             job_uow.artifacts.add(make_artifact(other.id, "report.csv"))
             job_uow.commit()
         with job_uow:
-            assert job_uow.artifacts.get(job.id, "summary.json") == summary
-            assert job_uow.artifacts.get(job.id, "flagged.csv") == flagged
-            assert job_uow.artifacts.get(job.id, "report.csv") is None
-            assert job_uow.artifacts.get(new_id(), "summary.json") is None
-            assert job_uow.artifacts.list_for_job(job.id) == [flagged, summary]
+            assert job_uow.artifacts.get(ALICE, job.id, "summary.json") == summary
+            assert job_uow.artifacts.get(ALICE, job.id, "flagged.csv") == flagged
+            assert job_uow.artifacts.get(ALICE, job.id, "report.csv") is None
+            assert job_uow.artifacts.get(ALICE, new_id(), "summary.json") is None
+            assert job_uow.artifacts.list_for_job(ALICE, job.id) == [flagged, summary]
+
+    # --- owners -------------------------------------------------------------------------------
+
+    def test_another_owner_gets_nothing_from_scoped_reads(self, job_uow: UnitOfWork) -> None:
+        dataset = add_dataset(job_uow)
+        job = add_job(job_uow, dataset.id, idempotency_key="k1", request_hash="h" * 64)
+        row = FailedRow(dataset_id=dataset.id, line_number=2, raw_text="x", reason="bad")
+        artifact = make_artifact(job.id, "summary.json")
+        with job_uow:
+            job_uow.failed_rows.add_many([row])
+            event = job_uow.job_events.add(
+                JobEvent(job_id=job.id, type="created", created_at=now())
+            )
+            job_uow.artifacts.add(artifact)
+            job_uow.commit()
+        # Bob has records of his own, so a filter on "anything of this owner" would show.
+        bob = as_owner("bob")
+        bobs_dataset = add_dataset(job_uow, owner_id="bob")
+        bobs_job = add_job(job_uow, bobs_dataset.id, owner_id="bob")
+        with job_uow:
+            job_uow.failed_rows.add_many([row.model_copy(update={"dataset_id": bobs_dataset.id})])
+            job_uow.job_events.add(JobEvent(job_id=bobs_job.id, type="created", created_at=now()))
+            job_uow.artifacts.add(make_artifact(bobs_job.id, "summary.json"))
+            job_uow.commit()
+
+        with job_uow:
+            assert job_uow.datasets.get(dataset.id, bob) is None
+            assert [d.id for d in job_uow.datasets.list(bob)] == [bobs_dataset.id]
+            assert job_uow.jobs.get(job.id, bob) is None
+            assert [j.id for j in job_uow.jobs.list(bob)] == [bobs_job.id]
+            assert job_uow.jobs.list(bob, dataset_id=dataset.id) == []
+            assert job_uow.jobs.get_by_idempotency_key(bob, "k1") is None
+            assert job_uow.failed_rows.list(bob, dataset.id) == []
+            assert job_uow.job_events.list_for_job(bob, job.id) == []
+            assert job_uow.artifacts.list_for_job(bob, job.id) == []
+            assert job_uow.artifacts.get(bob, job.id, "summary.json") is None
+            # Whatever the scope: an admin key is still one owner's.
+            assert job_uow.jobs.get(job.id, MALLORY) is None
+
+            # The owner sees them all, and so do the worker-side reads.
+            assert job_uow.datasets.get(dataset.id, ALICE) == dataset
+            assert job_uow.jobs.get(job.id, ALICE) == job
+            assert job_uow.jobs.get_by_idempotency_key(ALICE, "k1") == job
+            assert job_uow.failed_rows.list(ALICE, dataset.id) == [row]
+            assert job_uow.job_events.list_for_job(ALICE, job.id) == [event]
+            assert job_uow.artifacts.list_for_job(ALICE, job.id) == [artifact]
+            assert job_uow.artifacts.get(ALICE, job.id, "summary.json") == artifact
+            assert job_uow.datasets.get_for_worker(dataset.id) == dataset
+            assert job_uow.jobs.get_for_worker(job.id) == job
+            assert job_uow.datasets.get_for_worker(bobs_dataset.id) is not None
+            assert job_uow.jobs.get_for_worker(bobs_job.id) is not None
 
 
 class TestSqlJobRepositories(JobRepositoryContract):
@@ -564,11 +627,11 @@ class TestSqlJobRepositories(JobRepositoryContract):
         dataset = add_dataset(job_uow)
         job = make_job(dataset.id, idempotency_key="k1")
         with job_uow:
-            assert job_uow.jobs.get_by_idempotency_key(OWNER, "k1") is None
+            assert job_uow.jobs.get_by_idempotency_key(ALICE, "k1") is None
             job_uow.jobs.add(job)
             job_uow.rollback()
         with job_uow:
-            assert job_uow.jobs.get(job.id) is None
+            assert job_uow.jobs.get_for_worker(job.id) is None
             job_uow.jobs.add(job)
             job_uow.commit()
         assert get_job(job_uow, job.id) == job

@@ -25,7 +25,7 @@ from ports.repositories import UnitOfWork
 from ports.wakeups import JobWakeups
 from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
-from schemas.domain.records import DEFAULT_OWNER, JobEvent, JobStatus
+from schemas.domain.records import DEFAULT_OWNER, JobEvent, JobStatus, KeyScope
 from schemas.settings import Settings
 from services.adapters.wakeups.polling import PollingJobWakeups
 from services.adapters.wakeups.postgres import PostgresJobWakeups
@@ -33,6 +33,7 @@ from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
 from tests.fakes import FakeQueue, FakeStorage
 from tests.fixtures.databases import postgres_dsn
 from tests.integration.test_job_repositories_contract import add_dataset, add_job
+from use_cases.keys import create_key
 
 # Far longer than any wake-up should take: a stream that needed the poll would be this late.
 SLOW_POLL_S = 10.0
@@ -174,7 +175,8 @@ def app_for(new_uow: Callable[[], UnitOfWork], wakeups: JobWakeups, tmp_path: Pa
         results_storage=FakeStorage(),
         queue=FakeQueue(),
     )
-    return TestClient(create_app(context, wakeups))
+    _, secret = create_key(new_uow(), owner_id=DEFAULT_OWNER, scope=KeyScope.read)
+    return TestClient(create_app(context, wakeups), headers={"Authorization": f"Bearer {secret}"})
 
 
 def production_wakeups(url: str) -> JobWakeups:

@@ -31,6 +31,8 @@ from schemas.domain.records import (
     Job,
     JobStatus,
     JobStep,
+    KeyScope,
+    Principal,
 )
 from tests.fakes import FakeUnitOfWork
 from use_cases.lifecycle import (
@@ -43,6 +45,7 @@ from use_cases.lifecycle import (
 )
 
 J, D = JobStatus, DatasetStatus
+ALICE = Principal(owner_id="alice", scope=KeyScope.read)
 JOB_PAIRS = list(itertools.product(JobStatus, JobStatus))
 DATASET_PAIRS = list(itertools.product(DatasetStatus, DatasetStatus))
 ILLEGAL_JOB_PAIRS = [pair for pair in JOB_PAIRS if pair not in JOB_TRANSITIONS]
@@ -62,7 +65,7 @@ def pair_id(pair: tuple[Any, Any]) -> str:
 def add_dataset(uow: UnitOfWork, status: DatasetStatus) -> Dataset:
     dataset = Dataset(
         id=new_id(),
-        owner_id="alice",
+        owner_id=ALICE.owner_id,
         name="people.csv",
         format=DatasetFormat.csv,
         status=status,
@@ -81,7 +84,7 @@ def add_dataset(uow: UnitOfWork, status: DatasetStatus) -> Dataset:
 def add_job(uow: UnitOfWork, dataset_id: UUID, status: JobStatus) -> Job:
     job = Job(
         id=new_id(),
-        owner_id="alice",
+        owner_id=ALICE.owner_id,
         dataset_id=dataset_id,
         status=status,
         steps=[JobStep(processor="metrics")],
@@ -97,21 +100,21 @@ def add_job(uow: UnitOfWork, dataset_id: UUID, status: JobStatus) -> Job:
 
 def stored_job(uow: UnitOfWork, job_id: UUID) -> Job:
     with uow:
-        job = uow.jobs.get(job_id)
+        job = uow.jobs.get_for_worker(job_id)
     assert job is not None
     return job
 
 
 def stored_dataset(uow: UnitOfWork, dataset_id: UUID) -> Dataset:
     with uow:
-        dataset = uow.datasets.get(dataset_id)
+        dataset = uow.datasets.get_for_worker(dataset_id)
     assert dataset is not None
     return dataset
 
 
 def event_types(uow: UnitOfWork, job_id: UUID) -> list[str]:
     with uow:
-        return [e.type for e in uow.job_events.list_for_job(job_id)]
+        return [e.type for e in uow.job_events.list_for_job(ALICE, job_id)]
 
 
 # --- the tables themselves ------------------------------------------------------------------
@@ -251,7 +254,7 @@ class LifecycleContract:
         dataset = add_dataset(lc_uow, D.ready)
         job = Job(
             id=new_id(),
-            owner_id="alice",
+            owner_id=ALICE.owner_id,
             dataset_id=dataset.id,
             status=J.queued,
             steps=[JobStep(processor="metrics")],

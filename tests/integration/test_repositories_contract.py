@@ -1,5 +1,6 @@
 """The repository and unit-of-work contract, on SQLite and PostgreSQL via the `uow` fixture."""
 
+import hashlib
 import random
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -12,6 +13,7 @@ from ports.repositories import DatabaseUnavailable, UnitOfWork
 from repositories.unit_of_work import SqlUnitOfWork
 from schemas.domain.ids import new_id
 from schemas.domain.records import (
+    ApiKey,
     Artifact,
     ColumnInfo,
     Dataset,
@@ -22,9 +24,14 @@ from schemas.domain.records import (
     JobEvent,
     JobStatus,
     JobStep,
+    KeyScope,
+    Principal,
 )
+from tests.fakes import FakeUnitOfWork
 
 OWNER = "alice"
+ALICE = Principal(owner_id=OWNER, scope=KeyScope.read)
+MALLORY = Principal(owner_id="mallory", scope=KeyScope.admin)
 
 
 def now() -> datetime:
@@ -90,10 +97,11 @@ def test_dataset_add_get_and_owner_filter(uow: UnitOfWork) -> None:
         row_count=10,
     )
     with uow:
-        assert uow.datasets.get(dataset.id) == dataset
-        assert uow.datasets.get(dataset.id, owner_id=OWNER) == dataset
-        assert uow.datasets.get(dataset.id, owner_id="mallory") is None
-        assert uow.datasets.get(new_id()) is None
+        assert uow.datasets.get_for_worker(dataset.id) == dataset
+        assert uow.datasets.get(dataset.id, ALICE) == dataset
+        assert uow.datasets.get(dataset.id, MALLORY) is None
+        assert uow.datasets.get(new_id(), ALICE) is None
+        assert uow.datasets.get_for_worker(new_id()) is None
 
 
 def test_dataset_list_newest_first_with_status_filter_and_cursor(uow: UnitOfWork) -> None:
@@ -109,16 +117,16 @@ def test_dataset_list_newest_first_with_status_filter_and_cursor(uow: UnitOfWork
     seen: list[UUID] = []
     before: UUID | None = None
     with uow:
-        while page := uow.datasets.list(OWNER, before=before, limit=2):
+        while page := uow.datasets.list(ALICE, before=before, limit=2):
             assert len(page) <= 2
             seen += [dataset.id for dataset in page]
             before = page[-1].id
     assert seen == ids[::-1]
 
     with uow:
-        ready = uow.datasets.list(OWNER, status=DatasetStatus.ready)
-        first_page = uow.datasets.list(OWNER, status=DatasetStatus.ready, limit=2)
-        rest = uow.datasets.list(OWNER, status=DatasetStatus.ready, before=first_page[-1].id)
+        ready = uow.datasets.list(ALICE, status=DatasetStatus.ready)
+        first_page = uow.datasets.list(ALICE, status=DatasetStatus.ready, limit=2)
+        rest = uow.datasets.list(ALICE, status=DatasetStatus.ready, before=first_page[-1].id)
     assert [d.id for d in ready] == [ids[4], ids[2], ids[0]]
     assert [d.id for d in first_page + rest] == [ids[4], ids[2], ids[0]]
 
@@ -133,7 +141,7 @@ def test_dataset_update_sets_fields_and_updated_at(uow: UnitOfWork) -> None:
             uow.datasets.update(dataset.id, status=DatasetStatus.ready)
         uow.commit()
     with uow:
-        stored = uow.datasets.get(dataset.id)
+        stored = uow.datasets.get_for_worker(dataset.id)
     assert stored is not None
     assert (stored.row_count, stored.columns, stored.status) == (7, columns, DatasetStatus.uploaded)
     assert stored.updated_at > long_ago
@@ -156,7 +164,7 @@ def test_dataset_transition_is_compare_and_set(uow: UnitOfWork) -> None:
         assert failed is True
         uow.commit()
     with uow:
-        stored = uow.datasets.get(dataset.id)
+        stored = uow.datasets.get_for_worker(dataset.id)
     assert stored is not None
     assert (stored.status, stored.error) == (DatasetStatus.failed, "not a CSV")
     assert stored.updated_at > dataset.updated_at
@@ -184,9 +192,9 @@ def test_dataset_delete_removes_its_failed_rows(uow: UnitOfWork) -> None:
         uow.datasets.delete(doomed.id)
         uow.commit()
     with uow:
-        assert uow.datasets.get(doomed.id) is None
-        assert uow.failed_rows.list(doomed.id) == []
-        assert [row.line_number for row in uow.failed_rows.list(kept.id)] == [1]
+        assert uow.datasets.get_for_worker(doomed.id) is None
+        assert uow.failed_rows.list(ALICE, doomed.id) == []
+        assert [row.line_number for row in uow.failed_rows.list(ALICE, kept.id)] == [1]
 
 
 def test_dataset_delete_keeps_finished_jobs_with_null_dataset(uow: UnitOfWork) -> None:
@@ -196,7 +204,7 @@ def test_dataset_delete_keeps_finished_jobs_with_null_dataset(uow: UnitOfWork) -
         uow.datasets.delete(dataset.id)
         uow.commit()
     with uow:
-        stored = uow.jobs.get(job.id)
+        stored = uow.jobs.get_for_worker(job.id)
     assert stored is not None
     assert stored.dataset_id is None  # ON DELETE SET NULL
 
@@ -215,15 +223,15 @@ def test_failed_rows_bulk_insert_and_line_order_paging(uow: UnitOfWork) -> None:
     seen: list[int] = []
     with uow:
         while page := uow.failed_rows.list(
-            dataset.id, after_line=seen[-1] if seen else 0, limit=1000
+            ALICE, dataset.id, after_line=seen[-1] if seen else 0, limit=1000
         ):
             seen += [row.line_number for row in page]
-        assert uow.failed_rows.list(dataset.id, limit=1)[0] == failed_row(dataset.id, 1)
+        assert uow.failed_rows.list(ALICE, dataset.id, limit=1)[0] == failed_row(dataset.id, 1)
     assert seen == list(range(1, 2501))
 
     with uow:
         uow.failed_rows.delete_for_dataset(dataset.id)
-        assert uow.failed_rows.list(dataset.id) == []
+        assert uow.failed_rows.list(ALICE, dataset.id) == []
 
 
 # --- jobs, events, artifacts ------------------------------------------------------------------
@@ -243,10 +251,11 @@ def test_jobs_add_get_and_count_active(uow: UnitOfWork) -> None:
     )
     add_job(uow, other.id)
     with uow:
-        assert uow.jobs.get(queued.id) == queued
-        assert uow.jobs.get(finished.id, owner_id=OWNER) == finished
-        assert uow.jobs.get(queued.id, owner_id="mallory") is None
-        assert uow.jobs.get(new_id()) is None
+        assert uow.jobs.get_for_worker(queued.id) == queued
+        assert uow.jobs.get(finished.id, ALICE) == finished
+        assert uow.jobs.get(queued.id, MALLORY) is None
+        assert uow.jobs.get(new_id(), ALICE) is None
+        assert uow.jobs.get_for_worker(new_id()) is None
         assert uow.jobs.count_active_for_dataset(dataset.id) == 2
         assert uow.jobs.count_active_for_dataset(new_id()) == 0
 
@@ -268,12 +277,12 @@ def test_job_events_ids_increase_and_page_after_id(uow: UnitOfWork) -> None:
     assert ids == sorted(ids) and len(set(ids)) == 3
 
     with uow:
-        assert uow.job_events.list_for_job(job.id) == events
-        assert uow.job_events.list_for_job(job.id, after_id=events[0].id or 0) == events[1:]
-        assert uow.job_events.list_for_job(job.id, after_id=events[0].id or 0, limit=1) == [
+        assert uow.job_events.list_for_job(ALICE, job.id) == events
+        assert uow.job_events.list_for_job(ALICE, job.id, after_id=events[0].id or 0) == events[1:]
+        assert uow.job_events.list_for_job(ALICE, job.id, after_id=events[0].id or 0, limit=1) == [
             events[1]
         ]
-        assert uow.job_events.list_for_job(job.id, after_id=events[-1].id or 0) == []
+        assert uow.job_events.list_for_job(ALICE, job.id, after_id=events[-1].id or 0) == []
 
 
 def test_artifacts_add_and_list_by_name(uow: UnitOfWork) -> None:
@@ -295,8 +304,8 @@ def test_artifacts_add_and_list_by_name(uow: UnitOfWork) -> None:
             uow.artifacts.add(artifact)
         uow.commit()
     with uow:
-        assert uow.artifacts.list_for_job(job.id) == artifacts[::-1]
-        assert uow.artifacts.list_for_job(new_id()) == []
+        assert uow.artifacts.list_for_job(ALICE, job.id) == artifacts[::-1]
+        assert uow.artifacts.list_for_job(ALICE, new_id()) == []
 
 
 # --- unit of work -----------------------------------------------------------------------------
@@ -306,12 +315,12 @@ def test_uncommitted_changes_roll_back(uow: UnitOfWork) -> None:
     dataset = make_dataset()
     with uow:
         uow.datasets.add(dataset)
-        assert uow.datasets.get(dataset.id) is not None  # visible inside the block
+        assert uow.datasets.get_for_worker(dataset.id) is not None  # visible inside the block
     with uow:
-        assert uow.datasets.get(dataset.id) is None
+        assert uow.datasets.get_for_worker(dataset.id) is None
         uow.datasets.add(dataset)
         uow.rollback()
-        assert uow.datasets.get(dataset.id) is None
+        assert uow.datasets.get_for_worker(dataset.id) is None
 
 
 def test_exception_in_block_rolls_back(uow: UnitOfWork) -> None:
@@ -320,7 +329,7 @@ def test_exception_in_block_rolls_back(uow: UnitOfWork) -> None:
         uow.datasets.add(dataset)
         raise RuntimeError("boom")
     with uow:
-        assert uow.datasets.get(dataset.id) is None
+        assert uow.datasets.get_for_worker(dataset.id) is None
 
 
 def test_timestamps_come_back_aware_utc(uow: UnitOfWork) -> None:
@@ -329,8 +338,8 @@ def test_timestamps_come_back_aware_utc(uow: UnitOfWork) -> None:
     dataset = add_dataset(uow, created_at=plus_two, updated_at=plus_two)
     job = add_job(uow, dataset.id, heartbeat_at=plus_two)
     with uow:
-        stored = uow.datasets.get(dataset.id)
-        stored_job = uow.jobs.get(job.id)
+        stored = uow.datasets.get_for_worker(dataset.id)
+        stored_job = uow.jobs.get_for_worker(job.id)
     assert stored is not None and stored_job is not None
     for value in (stored.created_at, stored.updated_at, stored_job.heartbeat_at):
         assert value is not None
@@ -367,3 +376,106 @@ def test_count_by_status(uow: UnitOfWork) -> None:
     with uow:
         assert uow.datasets.count_by_status() == {"ready": 2, "failed": 1}
         assert uow.jobs.count_by_status() == {"queued": 1, "completed": 2}
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+
+def make_key(owner_id: str = OWNER, **overrides: Any) -> ApiKey:
+    secret = f"assay_{new_id().hex}"
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "owner_id": owner_id,
+        "name": "laptop",
+        "scope": KeyScope.write,
+        "prefix": secret[:12],
+        "secret_hash": hashlib.sha256(secret.encode()).hexdigest(),
+        "created_at": now(),
+    }
+    return ApiKey(**(values | overrides))
+
+
+def add_keys(uow: UnitOfWork, *keys: ApiKey) -> None:
+    with uow:
+        for key in keys:
+            uow.api_keys.add(key)
+        uow.commit()
+
+
+class ApiKeyRepositoryContract:
+    """The contract; subclasses provide the `key_uow` fixture."""
+
+    def test_add_then_find_by_hash_and_get(self, key_uow: UnitOfWork) -> None:
+        key, other = make_key(scope=KeyScope.read), make_key(name=None, scope=KeyScope.admin)
+        add_keys(key_uow, key, other)
+        with key_uow:
+            assert key_uow.api_keys.find_by_hash_for_authentication(key.secret_hash) == key
+            assert key_uow.api_keys.find_by_hash_for_authentication(other.secret_hash) == other
+            assert key_uow.api_keys.find_by_hash_for_authentication("0" * 64) is None
+            assert key_uow.api_keys.get(key.id) == key
+            assert key_uow.api_keys.get(new_id()) is None
+
+    def test_revoke_once_then_false(self, key_uow: UnitOfWork) -> None:
+        key, kept = make_key(), make_key()
+        add_keys(key_uow, key, kept)
+        when = now()
+        with key_uow:
+            assert key_uow.api_keys.revoke(key.id, when) is True
+            assert key_uow.api_keys.revoke(key.id, when + timedelta(seconds=1)) is False
+            assert key_uow.api_keys.revoke(new_id(), when) is False
+            key_uow.commit()
+        with key_uow:
+            assert key_uow.api_keys.revoke(key.id, now()) is False  # in a later transaction too
+            stored = key_uow.api_keys.get(key.id)
+            # Still found by its hash (authentication tells revoked from unknown), kept as revoked.
+            found = key_uow.api_keys.find_by_hash_for_authentication(key.secret_hash)
+            assert key_uow.api_keys.get(kept.id) == kept
+        assert stored is not None and stored.revoked_at == when
+        assert found == stored
+
+    def test_list_all_oldest_first_and_by_owner(self, key_uow: UnitOfWork) -> None:
+        start = now() - timedelta(hours=1)
+        first = make_key(created_at=start)
+        bobs = make_key("bob", created_at=start + timedelta(seconds=1))
+        second = make_key(created_at=start + timedelta(seconds=2))
+        add_keys(key_uow, second, bobs, first)
+        with key_uow:
+            assert [k.id for k in key_uow.api_keys.list_all()] == [first.id, bobs.id, second.id]
+            assert key_uow.api_keys.list_all(OWNER) == [first, second]
+            assert key_uow.api_keys.list_all("bob") == [bobs]
+            assert key_uow.api_keys.list_all("carol") == []
+
+    def test_mark_used_records_when(self, key_uow: UnitOfWork) -> None:
+        key, other = make_key(), make_key()
+        add_keys(key_uow, key, other)
+        when = now()
+        with key_uow:
+            key_uow.api_keys.mark_used(key.id, when)
+            key_uow.api_keys.mark_used(new_id(), when)  # nothing to mark
+            key_uow.commit()
+        later = when + timedelta(minutes=5)
+        with key_uow:
+            stored = key_uow.api_keys.get(key.id)
+            assert stored == key.model_copy(update={"last_used_at": when})
+            assert key_uow.api_keys.get(other.id) == other
+            key_uow.api_keys.mark_used(key.id, later)
+            key_uow.commit()
+        with key_uow:
+            stored = key_uow.api_keys.get(key.id)
+        assert stored is not None and stored.last_used_at == later
+
+
+class TestSqlApiKeys(ApiKeyRepositoryContract):
+    """SQLite and PostgreSQL, through the shared `uow` fixture."""
+
+    @pytest.fixture
+    def key_uow(self, uow: UnitOfWork) -> UnitOfWork:
+        return uow
+
+
+class TestFakeApiKeys(ApiKeyRepositoryContract):
+    """The in-memory fake the unit tests use."""
+
+    @pytest.fixture
+    def key_uow(self) -> UnitOfWork:
+        return FakeUnitOfWork()

@@ -8,7 +8,12 @@ from sqlalchemy import text
 from db.engine import make_engine
 from repositories.unit_of_work import SqlUnitOfWork
 from schemas.domain.records import JobEvent
-from tests.integration.test_job_repositories_contract import add_dataset, add_job, make_job
+from tests.integration.test_job_repositories_contract import (
+    ALICE,
+    add_dataset,
+    add_job,
+    make_job,
+)
 
 
 def test_a_non_durable_commit_is_visible_and_the_next_transaction_is_durable(
@@ -24,7 +29,7 @@ def test_a_non_durable_commit_is_visible_and_the_next_transaction_is_durable(
             )
             uow.commit(durable=False)
         with uow:
-            assert [e.type for e in uow.job_events.list_for_job(job.id)] == ["enqueued"]
+            assert [e.type for e in uow.job_events.list_for_job(ALICE, job.id)] == ["enqueued"]
         if engine.dialect.name == "postgresql":
             with engine.connect() as connection:  # SET LOCAL ended with its transaction
                 setting = connection.execute(text("SHOW synchronous_commit")).scalar_one()

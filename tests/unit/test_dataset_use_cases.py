@@ -5,14 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from schemas.domain.records import DatasetFormat, DatasetStatus
+from schemas.domain.records import DatasetFormat, DatasetStatus, KeyScope, Principal
 from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
 from use_cases.datasets import (
     ReceivedFile,
+    delete_dataset,
     recover_stuck_datasets,
     register_dataset,
     validate_dataset,
 )
+from use_cases.errors import NotFound
+
+ME = Principal(owner_id="default", scope=KeyScope.write)
+THEM = Principal(owner_id="mallory", scope=KeyScope.admin)
 
 
 class BrokenStorage(FakeStorage):
@@ -27,7 +32,7 @@ def register(tmp_path: Path, uow, storage, queue, content: bytes, fmt=DatasetFor
         uow,
         storage,
         queue,
-        owner_id="default",
+        principal=ME,
         name="d",
         fmt=fmt,
         received=ReceivedFile(path=source, size_bytes=len(content), sha256="0" * 64),
@@ -44,9 +49,26 @@ def test_validation_keeps_good_rows_and_failed_rows(tmp_path: Path):
     assert status == DatasetStatus.ready
     stored = uow.datasets.rows[dataset.id]
     assert (stored.row_count, stored.failed_row_count) == (2, 1)
-    assert [(r.line_number, r.raw_text) for r in uow.failed_rows.list(dataset.id)] == [(3, "3")]
+    assert [(r.line_number, r.raw_text) for r in uow.failed_rows.list(ME, dataset.id)] == [(3, "3")]
     assert stored.parquet_key is not None and storage.exists(stored.parquet_key)
     assert not list((tmp_path / "work").iterdir()), "scratch files left behind"
+
+
+def test_a_dataset_is_its_uploaders_alone(tmp_path: Path):
+    uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
+    dataset = register(tmp_path, uow, storage, queue, b"a,b\n1,2\n3\n")
+    assert dataset.owner_id == ME.owner_id
+    validate_dataset(uow, storage, dataset.id, tmp_path / "work")  # the worker sees every owner
+
+    assert uow.datasets.get(dataset.id, THEM) is None
+    assert uow.datasets.list(THEM) == []
+    assert uow.failed_rows.list(THEM, dataset.id) == []
+    with pytest.raises(NotFound):
+        delete_dataset(uow, storage, dataset.id, THEM)
+    assert uow.datasets.get(dataset.id, ME) is not None and storage.objects
+
+    delete_dataset(uow, storage, dataset.id, ME)
+    assert uow.datasets.get_for_worker(dataset.id) is None and storage.objects == {}
 
 
 def test_a_second_delivery_does_nothing(tmp_path: Path):

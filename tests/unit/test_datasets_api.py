@@ -16,6 +16,10 @@ from tests.fakes import FakeContext
 CSV = b"a,b\n1,2\n3,4\n"
 
 
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
 def upload(client: TestClient, content: bytes = CSV, filename: str = "data.csv", **form: str):
     return client.post("/api/v1/datasets", files={"file": (filename, content)}, data=form)
 
@@ -110,18 +114,20 @@ def test_file_without_extension_is_415(client: TestClient):
     assert_error(upload(client, filename="data"), 415, "unsupported_format")
 
 
-def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: FakeContext):
+def test_over_the_limit_is_413_and_nothing_is_kept(fake_context: FakeContext, api_key: str):
     small = replace(
         fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 1000})
     )
-    with TestClient(create_app(small, PollingJobWakeups())) as client:
+    with TestClient(create_app(small, PollingJobWakeups()), headers=bearer(api_key)) as client:
         error = assert_error(upload(client, b"x" * 5000), 413, "payload_too_large")
     assert error["details"]["max_upload_bytes"] == 1000
     assert small.datasets_storage.objects == {}
     assert not list(small.settings.tmp_dir.glob("upload-*"))
 
 
-def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_context: FakeContext):
+def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(
+    fake_context: FakeContext, api_key: str
+):
     small = replace(
         fake_context,
         settings=fake_context.settings.model_copy(update={"max_upload_bytes": 3 * 1024 * 1024}),
@@ -139,7 +145,7 @@ def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_cont
             yield b"x" * (64 * 1024)
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    with TestClient(create_app(small, PollingJobWakeups())) as client:
+    with TestClient(create_app(small, PollingJobWakeups()), headers=bearer(api_key)) as client:
         response = client.post(
             "/api/v1/datasets",
             content=pieces(),
@@ -150,11 +156,13 @@ def test_limit_passed_after_several_batches_is_413_and_nothing_is_kept(fake_cont
     assert not list(small.settings.tmp_dir.glob("upload-*"))
 
 
-def test_declared_length_over_the_limit_is_refused_before_reading(fake_context: FakeContext):
+def test_declared_length_over_the_limit_is_refused_before_reading(
+    fake_context: FakeContext, api_key: str
+):
     small = replace(
         fake_context, settings=fake_context.settings.model_copy(update={"max_upload_bytes": 10})
     )
-    with TestClient(create_app(small, PollingJobWakeups())) as client:
+    with TestClient(create_app(small, PollingJobWakeups()), headers=bearer(api_key)) as client:
         assert_error(upload(client, b"x" * 200_000), 413, "payload_too_large")
 
 
