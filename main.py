@@ -56,6 +56,8 @@ def make_storage(settings: Settings, bucket: str) -> ObjectStorage:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key,
             region=settings.s3_region,
+            # A custom endpoint without a public one is private: downloads go through the API.
+            presign_downloads=bool(settings.s3_public_endpoint_url) or not settings.s3_endpoint_url,
         )
     return LocalObjectStorage(settings.objects_dir / bucket)
 
@@ -197,6 +199,7 @@ def beat() -> None:
     app.conf.beat_schedule = {
         "reap": {"task": "assay.reap", "schedule": settings.reaper_interval_s},
     }
+    app.conf.beat_sync_every = 1  # the schedule file's age is beat's health check
     schedule_file = settings.data_dir / "celerybeat-schedule"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app.start(["beat", f"--loglevel={settings.log_level}", f"--schedule={schedule_file}"])

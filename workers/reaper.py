@@ -1,5 +1,6 @@
 """The reaper: periodic recovery run inside worker processes (and `serve`), no beat needed."""
 
+import contextlib
 import logging
 import os
 import shutil
@@ -37,12 +38,17 @@ def reap_once(context: Context) -> int:
     return datasets + jobs
 
 
+# Touched after every recovery pass: its age tells a health check the worker's loop runs.
+ALIVE_FILE = "worker-alive"
+
+
 def start_reaper_thread(context_factory: Callable[[], Context]) -> threading.Event:
     """Run reap_once every reaper_interval_s in a daemon thread; set the event to stop it."""
     stop = threading.Event()
 
     def loop() -> None:
         context = context_factory()
+        alive = context.settings.data_dir / ALIVE_FILE
         while not stop.wait(context.settings.reaper_interval_s):
             try:
                 acted = reap_once(context)
@@ -50,6 +56,8 @@ def start_reaper_thread(context_factory: Callable[[], Context]) -> threading.Eve
                     log.info("reaper acted on %d record(s)", acted)
             except Exception:  # keep the loop alive across transient outages
                 log.exception("reaper pass failed")
+            with contextlib.suppress(OSError):  # what a container health check looks at
+                alive.touch()
 
     threading.Thread(target=loop, name="assay-reaper", daemon=True).start()
     return stop

@@ -379,6 +379,29 @@ def http_get(url: str) -> tuple[bytes, Message]:
         return response.read(), response.headers
 
 
+def test_s3_private_store_presigns_nothing_so_the_api_streams(moto_s3_endpoint: str) -> None:
+    private = make_s3_storage(moto_s3_endpoint, presign_downloads=False)
+    assert private.presigned_url("k.bin", filename="k.bin") is None
+
+
+def test_the_app_presigns_only_for_a_store_clients_can_reach(tmp_path: Path) -> None:
+    from main import make_storage
+    from schemas.settings import Settings
+
+    def presigns(**settings: str) -> bool:
+        storage = make_storage(
+            Settings(_env_file=None, data_dir=tmp_path, storage_backend="s3", **settings), "b"
+        )
+        assert isinstance(storage, S3ObjectStorage)
+        return storage.presign_downloads
+
+    assert presigns()  # AWS itself
+    assert not presigns(s3_endpoint_url="http://minio:9000")  # private MinIO: the API streams
+    assert presigns(
+        s3_endpoint_url="http://minio:9000", s3_public_endpoint_url="https://s3.example"
+    )
+
+
 def test_s3_presigned_url_downloads_with_plain_get(s3_storage: S3ObjectStorage) -> None:
     s3_storage.put_stream("d/data.csv", io.BytesIO(b"a,b\n1,2\n"), "text/csv")
 

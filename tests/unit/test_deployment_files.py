@@ -119,10 +119,60 @@ def test_compose_settings_are_valid_values():
     # The anchors are expanded by the YAML loader; ${VAR:-default} take their defaults.
     for service in assay_services().values():
         environment = {
-            key[len("ASSAY_") :].lower(): re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+            key[len("ASSAY_") :].lower(): with_placeholders(str(value))
             for key, value in service["environment"].items()
+            if key.startswith("ASSAY_")
         }
         Settings.model_validate(environment)
+
+
+def with_placeholders(value: str) -> str:
+    """${VAR:-default} -> default; ${VAR:?message} (required) -> a stand-in value."""
+    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "set-by-operator", value)
+
+
+def compose_variables() -> set[str]:
+    return set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (ROOT / "docker-compose.yml").read_text()))
+
+
+def test_compose_has_no_default_credentials():
+    text = (ROOT / "docker-compose.yml").read_text()
+    secrets = {"POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "FLOWER_BASIC_AUTH"}
+    for name in secrets:
+        uses = re.findall(r"\$\{" + name + r"(:.)?", text)
+        assert uses and all(use == ":?" for use in uses), f"{name} must be required (:?)"
+
+
+def test_compose_publishes_only_the_api():
+    published = {name for name, s in compose()["services"].items() if s.get("ports")}
+    assert published == {"api"}
+
+
+def test_compose_pins_every_image():
+    for name, service in compose()["services"].items():
+        image = service.get("image", "")
+        if image != "assay:latest":  # built from this checkout
+            assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
+
+
+def test_every_long_running_service_has_a_health_check():
+    for name, service in compose()["services"].items():
+        if service.get("restart") != "no":  # one-shot jobs (migrate, bucket init) end
+            assert "healthcheck" in service, f"{name} has no health check"
+
+
+def test_flower_watches_the_broker_the_app_uses_behind_a_login():
+    flower = compose()["services"]["flower"]["environment"]
+    assert flower["CELERY_BROKER_URL"] == flower["ASSAY_BROKER_URL"]
+    assert "FLOWER_BASIC_AUTH" in flower
+
+
+def test_env_example_lists_every_variable_compose_reads():
+    documented = set(
+        re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    assert compose_variables() <= documented
 
 
 def test_compose_dependencies_name_services_that_exist():

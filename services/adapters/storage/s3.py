@@ -38,8 +38,12 @@ class S3ObjectStorage:
         connect_timeout: float = 10,
         read_timeout: float = 60,
         max_attempts: int = 5,
+        presign_downloads: bool = True,
     ) -> None:
         self.bucket = bucket
+        # False: clients cannot reach the store (e.g. MinIO on a private network), so
+        # presigned_url gives None and the API streams downloads itself.
+        self.presign_downloads = presign_downloads
         self.endpoint_url = endpoint_url
         self.public_endpoint_url = public_endpoint_url or endpoint_url
         self.region = region
@@ -182,7 +186,9 @@ class S3ObjectStorage:
     def presigned_url(
         self, key: str, expires_s: int = 3600, filename: str | None = None
     ) -> str | None:
-        """A GET URL signed for the public endpoint; no request is made."""
+        """A GET URL signed for the public endpoint (None when not presigning); no request."""
+        if not self.presign_downloads:
+            return None
         params = {"Bucket": self.bucket, "Key": key}
         if filename:
             params["ResponseContentDisposition"] = _attachment(filename)
