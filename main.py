@@ -271,18 +271,6 @@ def keys_list(
     console.print(table)
 
 
-ApiKeyColumns = (
-    "id",
-    "owner_id",
-    "name",
-    "scope",
-    "prefix",
-    "created_at",
-    "last_used_at",
-    "revoked_at",
-)
-
-
 @keys_cli.command("revoke")
 def keys_revoke(key_id: Annotated[UUID, typer.Argument(help="The key's id.")]) -> None:
     """Revoke a key: refused from the next request on."""
