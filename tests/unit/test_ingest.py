@@ -56,6 +56,24 @@ def failed_rows(result: IngestResult) -> list[tuple[int, str, str]]:
     return [row for batch in iter_failed_rows(result.failed_rows_path) for row in batch]
 
 
+def data_records(text: bytes) -> int:
+    """The records of a CSV text without quoted line breaks: its non-empty lines after the
+    header (CRLF, LF and CR all end a line; a BOM and blank lines before the header are not
+    records, and DuckDB skips empty lines between rows)."""
+    lines = text.removeprefix(b"\xef\xbb\xbf").splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    return sum(1 for line in lines[1:] if line)
+
+
+def assert_no_row_lost(result: IngestResult, records: int) -> None:
+    """Every record of the file is a row of the copy or a failed row: none is lost silently."""
+    assert result.failed_row_count == len(failed_rows(result))
+    assert result.row_count + result.failed_row_count == records, (
+        f"{result.row_count} rows + {result.failed_row_count} failed rows != {records} records"
+    )
+
+
 @pytest.mark.parametrize("fmt", list(DatasetFormat))
 @pytest.mark.parametrize("data", [b"", b"  \n\t\r\n  "])
 def test_empty_or_blank_file_is_unusable(run: Ingest, fmt: DatasetFormat, data: bytes) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from schemas.domain.records import DatasetFormat
 from services.processing.datasets import csv_reader
 from services.processing.datasets.ingest import DatasetUnusable, IngestResult
-from tests.unit.test_ingest import Ingest, failed_rows, ingester
+from tests.unit.test_ingest import Ingest, assert_no_row_lost, failed_rows, ingester
 
 QUOTE = csv_reader.QUOTE_REASON
+UNCLOSED = csv_reader.UNCLOSED_REASON
 
 
 @pytest.fixture
@@ -243,14 +245,17 @@ def test_quote_inside_a_field_is_text(run: Ingest) -> None:
 
 
 def test_unterminated_quote_after_sample_is_a_failed_row(run: Ingest, small_sample: None) -> None:
+    """DuckDB reads the quoted value up to the quote of line 4004 and rejects lines 4001-4004 as
+    one record; the reader cuts that record after line 4001 and reads on from line 4002."""
     lines = numbered(5000)
     lines[4000] = b'4000,"oops,1'
-    lines[4003] = b'4003,"closes"here,1'  # DuckDB reads the quoted value up to this quote
+    lines[4003] = b'4003,"closes"here,1'
     result = run(joined(lines))
-    ((line, raw, reason),) = rows(result)
-    assert (line, reason) == (4001, QUOTE)
-    assert raw.startswith('4000,"oops,1\n4001,n4001,40010\n') and raw.endswith('"closes"here,1')
-    assert result.row_count == 4996
+    assert rows(result) == [
+        (4001, '4000,"oops,1', UNCLOSED.format(line=4001)),
+        (4004, '4003,"closes"here,1', QUOTE),
+    ]
+    assert result.row_count == 4998
 
 
 def test_ten_megabyte_field_is_accepted(run: Ingest) -> None:
@@ -313,3 +318,181 @@ def test_csv_reader_used_for_csv_format_only(run: Ingest) -> None:
     """A CSV-looking file uploaded as NDJSON is not sniffed as CSV."""
     with pytest.raises(DatasetUnusable, match="no line could be parsed as a JSON object"):
         run(b"a,b\n1,2\n", DatasetFormat.ndjson)
+
+
+def copy_ids(tmp_path: Path) -> list[int]:
+    ids: list[int] = pq.read_table(tmp_path / "copy.parquet", columns=["id"])["id"].to_pylist()
+    return ids
+
+
+def test_duckdb_reads_an_unterminated_quote_up_to_the_next_quote(tmp_path: Path) -> None:
+    """Pins what the segment cuts rely on: the rest of the file up to the next quote is one
+    rejected record, and byte_position is where its quoted field starts."""
+    source = tmp_path / "q.csv"
+    data = b'a,b\n1,x\n2,"oops\n3,y\n4,"z"w\n5,v\n'
+    source.write_bytes(data)
+    con = duckdb.connect()
+    options = "header=true, auto_detect=false, columns={'a': 'BIGINT', 'b': 'VARCHAR'}"
+    kept = con.sql(f"SELECT a FROM read_csv('{source}', {options}, store_rejects=true)").fetchall()
+    assert kept == [(1,), (5,)]  # rows 3 and 4 are gone into the rejected record
+    rejected = con.execute(
+        "SELECT line_byte_position, byte_position, error_type, csv_line FROM reject_errors"
+    ).fetchall()
+    assert rejected == [(9, 11, "UNQUOTED VALUE", '2,"oops\n3,y\n4,"z"w')]
+    assert data[10:11] == b'"'  # byte_position: 1-based offset of the opening quote
+
+
+def test_unterminated_quote_costs_only_its_line(run: Ingest, tmp_path: Path) -> None:
+    """The issue's case: a quote that never closes at row 25,000 of 30,000."""
+    lines = numbered(30_000)
+    lines[25_000] = b'25000,"oops,250000'
+    result = run(joined(lines))
+    assert rows(result) == [(25_001, '25000,"oops,250000', UNCLOSED.format(line=25_001))]
+    assert_no_row_lost(result, 30_000)
+    assert copy_ids(tmp_path) == [*range(1, 25_000), *range(25_001, 30_001)]  # in file order
+    assert not list((tmp_path / "work").glob("segments*"))
+
+
+def test_unterminated_quotes_past_the_line_size_limit(run: Ingest, small_sample: None) -> None:
+    """Over 2 MB after the quote DuckDB also reports LINE SIZE OVER MAXIMUM for the record."""
+    lines = numbered(200_000)
+    lines[3_000] = b'3000,"oops,1'
+    lines[180_000] = b'180000,"x"y,1'  # where DuckDB's swallowed record ends
+    lines[190_000] = b'190000,"again,1'  # never closes: runs to the end of the file
+    result = run(joined(lines))
+    assert rows(result) == [
+        (3_001, '3000,"oops,1', UNCLOSED.format(line=3_001)),
+        (180_001, '180000,"x"y,1', QUOTE),
+        (190_001, '190000,"again,1', UNCLOSED.format(line=190_001)),
+    ]
+    assert_no_row_lost(result, 200_000)
+
+
+def test_quote_opening_on_a_later_line_of_a_record(run: Ingest, small_sample: None) -> None:
+    """A record whose first field legitimately spans two lines, then a quote that never closes:
+    the failed row starts with the record and names the line the broken quote opens on."""
+    lines = numbered(3_000)
+    lines[2_500:2_501] = [b'2500,"two', b'lines","oops']
+    result = run(joined(lines))
+    assert rows(result) == [(2_501, '2500,"two\nlines","oops', UNCLOSED.format(line=2_502))]
+    assert_no_row_lost(result, 3_000)
+
+
+def test_too_many_unterminated_quotes_is_unusable(
+    run: Ingest, small_sample: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(csv_reader, "MAX_QUOTE_CUTS", 2)
+    lines = numbered(3_000)
+    for i in (2_100, 2_200, 2_300):
+        lines[i] = b'%d,"open,1' % i
+    with pytest.raises(DatasetUnusable) as info:
+        run(joined(lines))
+    assert str(info.value) == (
+        "more than 2 quoted fields never close (the first at line 2101): is '\"' really this "
+        "file's quote character?"
+    )
+
+
+MIXED_ENDINGS = {
+    "crlf header, lf rows": [b"\r\n"] + [b"\n"] * 20,
+    "lf header, crlf rows": [b"\n"] + [b"\r\n"] * 20,
+    "crlf and lf rows": [b"\r\n", b"\n"],
+    "cr and lf rows": [b"\r", b"\n"],
+    "crlf, cr and lf rows": [b"\r\n", b"\r", b"\n"],
+}
+
+
+@pytest.mark.parametrize("endings", MIXED_ENDINGS.values(), ids=MIXED_ENDINGS.keys())
+def test_mixed_line_endings_load_clean(run: Ingest, tmp_path: Path, endings: list[bytes]) -> None:
+    lines = [b"id,score,name"] + [b"%d,%d,n%d" % (i, i, i) for i in range(1, 21)]
+    lines[7] = b"7,70"  # still a failed row, on its physical line
+    data = b"".join(line + endings[i % len(endings)] for i, line in enumerate(lines))
+    result = run(data)
+    assert rows(result) == [(8, "7,70", "expected 3 fields, found 2")]
+    assert_no_row_lost(result, 20)
+    names = pq.read_table(tmp_path / "copy.parquet").column("name").to_pylist()
+    assert names == [f"n{i}" for i in range(1, 21) if i != 7]  # no stray "\r"
+
+
+def test_one_lf_late_in_a_crlf_file(run: Ingest, small_sample: None) -> None:
+    lines = numbered(5_000)
+    data = b"".join(line + (b"\n" if i == 4_500 else b"\r\n") for i, line in enumerate(lines))
+    result = run(data)
+    assert_no_row_lost(result, 5_000)
+    assert result.failed_row_count == 0
+
+
+def test_line_breaks_inside_quotes_of_a_one_ending_file_are_kept(run: Ingest) -> None:
+    """Only a file DuckDB cannot read is normalised: a CR or CRLF inside a quoted field of an
+    LF file (or an LF inside one of a CRLF file, as Excel writes them) is data."""
+    result = run(b'id,note\n1,"a\r\nb"\n2,"c\rd"\n')
+    assert [r["note"] for r in result.preview] == ["a\r\nb", "c\rd"]
+    result = run(b'id,note\r\n1,"a\nb"\r\n2,x\r\n')
+    assert [r["note"] for r in result.preview] == ["a\nb", "x"]
+
+
+def test_duckdb_on_mixed_line_endings(tmp_path: Path) -> None:
+    """Pins why mixed endings are read from an LF copy rather than with strict_mode=false:
+    DuckDB fails on them, and strict_mode=false, which reads them, also reads a row with
+    too many fields, dropping the extra ones without a reject."""
+    source = tmp_path / "m.csv"
+    source.write_bytes(b"a,b\r\n1,x\n2,y\r\n")
+    con = duckdb.connect()
+    with pytest.raises(duckdb.InvalidInputException, match="Error when sniffing file"):
+        con.sql(f"SELECT * FROM read_csv('{source}')").fetchall()
+    assert con.sql(f"SELECT * FROM read_csv('{source}', strict_mode=false)").fetchall() == [
+        (1, "x"),
+        (2, "y"),
+    ]
+    source.write_bytes(b"a,b\n1,x\n2,y,extra\n3,z\n")
+    lenient = f"read_csv('{source}', strict_mode=false, store_rejects=true)"
+    assert con.sql(f"SELECT * FROM {lenient}").fetchall() == [(1, "x"), (2, "y"), (3, "z")]
+    assert con.execute("SELECT count(*) FROM reject_errors").fetchone() == (0,)
+
+
+def test_many_unterminated_quotes_keep_the_rows_in_file_order(run: Ingest, tmp_path: Path) -> None:
+    """Each broken quote is a segment of its own; their rows come out in file order, and
+    the second read finds the broken quotes that the first one had swallowed."""
+    lines = numbered(60_000)
+    broken = range(25_000, 60_000, 1_000)
+    for i in broken:
+        lines[i] = b'%d,"open,1' % i
+    result = run(joined(lines))
+    assert [(line, reason) for line, _, reason in rows(result)] == [
+        (i + 1, UNCLOSED.format(line=i + 1)) for i in broken
+    ]
+    assert_no_row_lost(result, 60_000)
+    assert copy_ids(tmp_path) == [i for i in range(1, 60_001) if i not in broken]
+
+
+def test_duckdb_loses_rejects_of_a_file_list_ending_in_open_quotes(tmp_path: Path) -> None:
+    """Pins why segments are read by a UNION ALL of read_csv calls rather than read_csv of a
+    list: with five files that end inside a quote, the list's rejects are all lost."""
+    files = []
+    for k in range(5):
+        files.append(tmp_path / f"{k}.csv")
+        files[-1].write_bytes(b'a,b\n1,x\n2,"open\n')
+    options = "header=true, auto_detect=false, columns={'a': 'BIGINT', 'b': 'VARCHAR'}"
+    con = duckdb.connect()
+    listed = "[" + ", ".join(f"'{f}'" for f in files) + "]"
+    con.sql(f"SELECT * FROM read_csv({listed}, {options}, store_rejects=true)").fetchall()
+    assert con.execute("SELECT count(*) FROM reject_errors").fetchall() == [(0,)]
+    union = " UNION ALL ".join(
+        f"SELECT * FROM read_csv('{f}', {options}, store_rejects=true, rejects_table='e', "
+        "rejects_scan='s')"
+        for f in files
+    )
+    assert len(con.sql(union).fetchall()) == 5
+    assert con.execute("SELECT count(*) FROM e").fetchall() == [(5,)]
+
+
+def test_quote_reject_among_more_than_a_batch_of_rejects(run: Ingest, small_sample: None) -> None:
+    """Failed rows are read in batches of 10,000: nothing queried in between may end them."""
+    lines = numbered(30_000)
+    lines[3_000] = b'3000,"x"y,1'
+    for i in range(5_000, 17_000):
+        lines[i] = b"%d" % i
+    result = run(joined(lines))
+    assert result.failed_row_count == 12_001
+    assert rows(result)[0] == (3_001, '3000,"x"y,1', QUOTE)
+    assert_no_row_lost(result, 30_000)

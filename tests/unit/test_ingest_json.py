@@ -205,3 +205,48 @@ def test_line_over_16_mib_without_newline(run: Ingest) -> None:
         "x" * 65_536 + "… [truncated, 20000000 bytes]",
         "line is 20000000 bytes long; the limit is 16 MiB",
     )
+
+
+def nested(levels: int, innermost: bytes = b"1") -> bytes:
+    """An object `levels` deep as DuckDB counts them (the object is 1, a scalar one more)."""
+    arrays = levels - 2 if innermost == b"1" else levels - 1
+    return (
+        b'{"deep": '
+        + b"[" * arrays
+        + (innermost if innermost == b"1" else b"")
+        + b"]" * arrays
+        + b"}"
+    )
+
+
+TOO_DEEP = "nested more than 128 levels deep (the limit)"
+
+
+def test_duckdb_depth_limit_is_128_levels(run: Ingest) -> None:
+    """Pins how DuckDB counts: 128 levels load, 129 fail (here as a failed row)."""
+    data = nested(128) + b"\n" + nested(128, b"") + b"\n" + nested(129) + b"\n" + nested(129, b"")
+    result = run(data + b"\n", NDJSON)
+    assert result.row_count == 2
+    assert [(line, reason) for line, _, reason in failed_rows(result)] == [
+        (3, TOO_DEEP),
+        (4, TOO_DEEP),
+    ]
+
+
+def test_ndjson_line_nested_too_deep_is_a_failed_row(run: Ingest) -> None:
+    data = b'{"a": 1}\n' + nested(500) + b"\n" + nested(3000) + b'\n{"a": 2}\n'
+    result = run(data, NDJSON)
+    assert [(line, reason) for line, _, reason in failed_rows(result)] == [
+        (2, TOO_DEEP),
+        (3, f"invalid JSON: {TOO_DEEP}"),  # past orjson's own limit of 1024
+    ]
+    assert result.row_count == 2
+
+
+def test_json_array_nested_too_deep_names_the_limit(run: Ingest) -> None:
+    with pytest.raises(DatasetUnusable) as info:
+        run(b'[{"a": 1},\n' + nested(200) + b"]", JSON)
+    assert str(info.value) == f"element 2 is {TOO_DEEP}"
+    with pytest.raises(DatasetUnusable) as info:
+        run(b'[{"a": 1},\n' + nested(2000) + b"]", JSON)
+    assert str(info.value) == f"invalid JSON at line 2, column 1033: {TOO_DEEP}"

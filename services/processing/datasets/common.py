@@ -164,10 +164,12 @@ def describe(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[str, s
 
 def dedupe_column_names(names: list[str]) -> list[str]:
     """The names renamed where needed to be non-empty (columnN) and unique ignoring case (a
-    repeat gets _1, _2, ...), since DuckDB identifiers are case-insensitive."""
+    repeat gets _1, _2, ...), since DuckDB identifiers are case-insensitive. A NUL byte is
+    written as \\x00, as in failed rows: PostgreSQL cannot store it."""
     seen: set[str] = set()
     result = []
     for i, name in enumerate(names):
+        name = name.replace("\x00", "\\x00")
         base = name if name.strip() else f"column{i}"
         candidate, n = base, 1
         while candidate.lower() in seen:

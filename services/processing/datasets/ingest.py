@@ -10,6 +10,13 @@ Outcomes: a file with nothing usable raises DatasetUnusable (empty, not UTF-8, n
 Parquet, broken JSON array, no parsable row, ...); otherwise bad rows become failed
 rows (physical 1-based line number, raw text capped at 64 KiB, reason) and the good
 rows land in the copy.
+
+Before that, detect.prepare looks at what the file really is: gzip is decompressed, Parquet
+is read as Parquet whatever the declared format, UTF-16/32 with a byte-order mark is
+transcoded, and archives, spreadsheets and other binary files are refused by name. A CSV
+file that DuckDB cannot read and whose line endings are mixed is read again from a copy
+with LF endings only (detect.normalize_newlines): a fallback, so that files with one kind of
+line ending (and CR or LF inside quoted fields) are read as they are.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from schemas.domain.records import DatasetFormat
-from services.processing.datasets import csv_reader, json_reader, parquet_reader
+from services.processing.datasets import csv_reader, detect, json_reader, parquet_reader
 from services.processing.datasets.common import (
     BOM,
     CHUNK_BYTES,
@@ -38,6 +45,8 @@ from services.processing.datasets.common import (
 
 # The names callers outside the package use (workers, use cases, benchmarks, tests).
 __all__ = [
+    "EXPANSION_FACTOR",
+    "MAX_EXPANDED_BYTES",
     "MEMORY_LIMIT",
     "PARQUET_COPY_OPTIONS",
     "PREVIEW_ROWS",
@@ -50,6 +59,8 @@ __all__ = [
 ]
 
 MEMORY_LIMIT = "1GB"  # DuckDB's, unless the caller (a worker, from its budget) gives one
+EXPANSION_FACTOR = detect.EXPANSION_FACTOR
+MAX_EXPANDED_BYTES = detect.MAX_EXPANDED_BYTES
 
 
 def ingest(
@@ -59,10 +70,13 @@ def ingest(
     workdir: Path,
     *,
     memory_limit: str = MEMORY_LIMIT,
+    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
 ) -> IngestResult:
     """Validate `source`, write its typed Parquet copy to `parquet_out`, summarise it.
 
-    `memory_limit` is DuckDB's (it spills to `workdir` beyond it).
+    `memory_limit` is DuckDB's (it spills to `workdir` beyond it). `max_expanded_bytes`
+    bounds a gzip upload once decompressed: a caller passes its upload limit times
+    EXPANSION_FACTOR (the default is that for the default upload limit).
     """
     fmt = DatasetFormat(fmt)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -70,14 +84,17 @@ def ingest(
     if source.stat().st_size == 0:
         raise DatasetUnusable("file is empty")
     failed = FailedRowsWriter(workdir / "failed_rows.parquet")
+    made: list[Path] = []  # converted copies in workdir, removed at the end
     con = connect(workdir, memory_limit)
     try:
+        declared = fmt
+        source, fmt = detect.prepare(source, fmt, workdir, max_expanded_bytes, made)
         if fmt is DatasetFormat.parquet:
-            parquet_reader.convert(con, source, parquet_out)
+            _convert_parquet(con, source, declared, parquet_out)
         else:
             scan = scan_text(source)
             if fmt is DatasetFormat.csv:
-                csv_reader.convert(con, source, scan, parquet_out, failed)
+                _convert_csv(con, source, scan, parquet_out, workdir, memory_limit, failed)
             else:
                 json_reader.convert(con, source, fmt, scan, parquet_out, workdir, failed)
         failed_path = failed.close()
@@ -89,6 +106,52 @@ def ingest(
     finally:
         failed.close()
         con.close()
+        for path in made:
+            path.unlink(missing_ok=True)
+
+
+def _convert_parquet(
+    con: duckdb.DuckDBPyConnection, source: Path, declared: DatasetFormat, parquet_out: Path
+) -> None:
+    """Parquet, declared or recognised by its magic bytes; what the file is when it is not."""
+    try:
+        parquet_reader.convert(con, source, parquet_out)
+    except DatasetUnusable as exc:
+        if declared is not DatasetFormat.parquet:
+            problem = str(exc).split(": ", 1)[-1]
+            message = f"this is a Parquet file (uploaded as {declared}) that cannot be read: "
+            raise DatasetUnusable(message + problem) from None
+        what = detect.binary_kind(detect.read_head(source))
+        if what is None:
+            raise
+        raise DatasetUnusable(f"{exc}; this is {what[0]}") from None
+
+
+def _convert_csv(
+    con: duckdb.DuckDBPyConnection,
+    source: Path,
+    scan: TextScan,
+    parquet_out: Path,
+    workdir: Path,
+    memory_limit: str,
+    failed: FailedRowsWriter,
+) -> None:
+    """CSV; read again from an LF-only copy when DuckDB fails and the line endings are mixed
+    (on a connection of its own: reject tables fill up per connection)."""
+    try:
+        csv_reader.convert(con, source, scan, parquet_out, failed, workdir)
+        return
+    except DatasetUnusable:
+        if failed.count or not detect.mixes_newlines(source):
+            raise
+    fixed = workdir / "newlines.csv"
+    retry = connect(workdir, memory_limit)
+    try:
+        detect.normalize_newlines(source, fixed)
+        csv_reader.convert(retry, fixed, scan_text(fixed), parquet_out, failed, workdir)
+    finally:
+        retry.close()
+        fixed.unlink(missing_ok=True)
 
 
 def iter_failed_rows(path: Path, batch_size: int = 1000) -> Iterator[list[tuple[int, str, str]]]:
@@ -138,7 +201,7 @@ def scan_text(path: Path) -> TextScan:
                 except UnicodeDecodeError as exc:
                     base = offset - len(pending)
                     newlines = _count_lines(path, base, nl)
-                    raise _not_utf8(exc, base, nl, newlines, line_start) from None
+                    raise _not_utf8(path, exc, base, nl, newlines, line_start) from None
             if not first_char:
                 skip = 3 if offset == 0 and chunk.startswith(BOM) else 0
                 text = chunk[skip:].lstrip()
@@ -163,7 +226,7 @@ def scan_text(path: Path) -> TextScan:
         except UnicodeDecodeError as exc:
             base = offset - len(exc.object)
             newlines = _count_lines(path, base, nl)
-            raise _not_utf8(exc, base, nl, newlines, line_start) from None
+            raise _not_utf8(path, exc, base, nl, newlines, line_start) from None
     if not first_char:
         raise DatasetUnusable("file is empty")
     if long_line is None and run > MAX_ROW_BYTES:
@@ -183,9 +246,12 @@ def _count_lines(path: Path, end: int, nl: bytes) -> int:
 
 
 def _not_utf8(
-    exc: UnicodeDecodeError, base: int, nl: bytes, newlines: int, line_start: int
+    path: Path, exc: UnicodeDecodeError, base: int, nl: bytes, newlines: int, line_start: int
 ) -> DatasetUnusable:
-    """Describe the first invalid UTF-8 byte; `base` is the file offset of exc.object[0]."""
+    """Describe the first invalid UTF-8 byte; `base` is the file offset of exc.object[0].
+
+    The advice depends on what the start of the file looks like: text in another encoding,
+    or binary data (named when its signature is known)."""
     before = exc.object[: exc.start]
     last = before.rfind(nl)
     if last >= 0:
@@ -195,6 +261,5 @@ def _not_utf8(
     return DatasetUnusable(
         f"file is not valid UTF-8: invalid byte 0x{exc.object[exc.start]:02x} at line "
         f"{line}, column {bad_offset - line_start + 1} "
-        f"(byte offset {bad_offset}); re-encode the file as UTF-8 (for example from "
-        "Latin-1 or Windows-1252) and upload it again"
+        f"(byte offset {bad_offset}); {detect.not_text_hint(detect.read_head(path))}"
     )

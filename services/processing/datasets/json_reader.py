@@ -17,6 +17,11 @@
   records, not lines, in its messages; they are mapped back to physical lines here.
 - Lines over 16 MiB are failed rows in the line-by-line pass (never held whole); DuckDB's
   direct read was seen to accept a longer line despite maximum_object_size.
+- DuckDB refuses a record nested deeper than 128 levels (a scalar or an empty container is
+  one level, a container one more than its deepest value) and fails the whole read; orjson
+  stops at 1024. Such a line is a failed row naming the limit (only lines long enough, and
+  with brackets enough, to be that deep are measured); in an array document the element
+  is named.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from services.processing.datasets.common import (
 )
 
 ORJSON_CHECK_BYTES = 32 * 1024 * 1024  # parsing builds Python objects, many times the file
+MAX_DEPTH = 128  # DuckDB's "maximum recursion depth" for one record
+TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep (the limit)"
+_MIN_DEEP_LINE = 2 * MAX_DEPTH  # bytes: a shorter line cannot hold MAX_DEPTH + 1 levels
+_ORJSON_DEPTH = "depth limit exceeded"  # orjson's message past its own 1024 levels
 _OPTIONS = (
     "records='true', sample_size=-1, map_inference_threshold=-1, "
     f"maximum_object_size={MAX_ROW_BYTES}"
@@ -110,15 +119,38 @@ def _array_problem(source: Path, duckdb_message: str) -> str:
     try:
         document = orjson.loads(source.read_bytes().removeprefix(BOM))
     except orjson.JSONDecodeError as exc:
-        return f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        message = TOO_DEEP if exc.msg == _ORJSON_DEPTH else exc.msg
+        return f"invalid JSON at line {exc.lineno}, column {exc.colno}: {message}"
+    deep = "recursion depth" in duckdb_message
     for i, item in enumerate(document, 1):
         if not isinstance(item, dict):
             return f"expected a JSON array of objects, found {_kind(item)} at element {i}"
         if "" in item:
             return f'element {i} has an empty key ""; every field needs a name'
+        if deep and too_deep(item):
+            return f"element {i} is {TOO_DEEP}"
     if not any(document):
         return "the JSON array holds no object with a field"
     return f"could not read the JSON array: {duckdb_message}"
+
+
+def _maybe_deep(line: bytes, value: Any) -> bool:
+    """too_deep, for a line with enough brackets to be that deep (counted in C first)."""
+    return line.count(b"[") + line.count(b"{") >= MAX_DEPTH and too_deep(value)
+
+
+def too_deep(value: Any) -> bool:
+    """Whether a value nests deeper than MAX_DEPTH levels, counted as DuckDB does."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        if type(item) is dict:
+            stack.extend((child, depth + 1) for child in item.values())
+        elif type(item) is list:
+            stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _kind(value: Any) -> str:
@@ -153,19 +185,26 @@ def _split_lines(source: Path, clean: Path, failed: FailedRowsWriter) -> tuple[i
                     value = loads(line)
                 except decode_error as exc:
                     if line.strip():
-                        reason = f"invalid JSON: {exc.msg} at column {exc.colno}"
+                        if exc.msg == _ORJSON_DEPTH:
+                            reason = f"invalid JSON: {TOO_DEEP}"
+                        else:
+                            reason = f"invalid JSON: {exc.msg} at column {exc.colno}"
                         _fail(failed, number, line, len(line), reason)
                     skipped.append(number)
                     continue
-                if type(value) is dict and "" not in value and len(line) <= MAX_ROW_BYTES:
+                is_object = type(value) is dict
+                deep = is_object and len(line) > _MIN_DEEP_LINE and _maybe_deep(line, value)
+                if is_object and "" not in value and len(line) <= MAX_ROW_BYTES and not deep:
                     kept.append(line)
                     good += 1
                     has_fields = has_fields or bool(value)
                     continue
-                if type(value) is not dict:
+                if not is_object:
                     reason = f"expected a JSON object, found {_kind(value)}"
                 elif "" in value:
                     reason = 'empty key "": every field needs a name'
+                elif deep:
+                    reason = TOO_DEEP
                 else:
                     reason = _too_long(len(line))
                 _fail(failed, number, line, len(line), reason)
