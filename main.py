@@ -27,6 +27,7 @@ from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
 from schemas.domain.records import KeyScope
 from schemas.settings import Settings
+from services.adapters.http_fetcher import HttpUrlFetcher
 from services.adapters.storage.local import LocalObjectStorage
 from services.adapters.wakeups.polling import PollingJobWakeups
 from services.adapters.wakeups.postgres import PostgresJobWakeups
@@ -78,6 +79,16 @@ def bootstrap(settings: Settings, celery_app: AssayCelery | None = None) -> Cont
         datasets_storage=make_storage(settings, settings.s3_datasets_bucket),
         results_storage=make_storage(settings, settings.s3_results_bucket),
         queue=CeleryTaskQueue(celery_app or build_celery(settings)),
+        fetcher=make_fetcher(settings),
+    )
+
+
+def make_fetcher(settings: Settings) -> HttpUrlFetcher:
+    """Imports' downloader: public addresses, plus the networks the operator allows."""
+    return HttpUrlFetcher(
+        settings.allowed_import_networks,
+        connect_timeout_s=settings.import_connect_timeout_s,
+        read_timeout_s=settings.import_read_timeout_s,
     )
 
 

@@ -4,13 +4,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from api.auth import get_principal
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
+from api.ratelimit import TokenBuckets, limit_writes
 from api.routes import datasets, health, jobs, keys, processors
 from ports.context import Context
 from ports.wakeups import JobWakeups
+
+DOCS_ASSETS = "/docs-assets"
+# Response headers a cross-site page may read.
+CORS_EXPOSED_HEADERS = [
+    "Location",
+    "Retry-After",
+    "Idempotent-Replayed",
+    "Content-Disposition",
+    "ETag",
+    "WWW-Authenticate",
+]
 
 
 def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
@@ -28,19 +42,40 @@ def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
         finally:
             await job_wakeups.aclose()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts and styles from this app (DOCS_ASSETS), never a CDN.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="Assay",
         version="0.1.0",
         description="Upload datasets, run processors on them in background workers, "
         "follow progress, cancel and download results.",
         lifespan=lifespan,
+        # No redirect from /path/ to /path: Starlette builds it from the request's Host header.
+        redirect_slashes=False,
     )
+    settings = context.settings
     app.state.context = context
     app.state.job_wakeups = job_wakeups
-    install_error_handlers(app)
+    per_minute = settings.rate_limit_writes_per_minute
+    app.state.write_buckets = TokenBuckets(per_minute) if per_minute else None
+    api_routers = (datasets.router, jobs.router, processors.router, keys.router)
+    install_error_handlers(app, (health.router, *api_routers))
     install_metrics(app, context.new_uow)
     app.include_router(health.router)
-    # Every /api/v1 route needs a principal, whether or not the route itself asks for one.
-    for router in (datasets.router, jobs.router, processors.router, keys.router):
-        app.include_router(router, dependencies=[Depends(get_principal)])
+    # Every /api/v1 route needs a principal, whether or not the route itself asks for one, and
+    # an owner's writes are rate limited.
+    for router in api_routers:
+        app.include_router(router, dependencies=[Depends(get_principal), Depends(limit_writes)])
+    if settings.cors_origin_list:
+        # Off unless configured: without these headers browsers refuse cross-site calls. Keys
+        # travel in the Authorization header, never in cookies, so no credentials mode.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            expose_headers=CORS_EXPOSED_HEADERS,
+            allow_credentials=False,
+            max_age=600,
+        )
     return app

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ports.context import Context
+from ports.fetcher import UrlFetcher
 from ports.queue import TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
@@ -47,6 +48,10 @@ async def _results_storage(context: ContextDep) -> ObjectStorage:
     return context.results_storage
 
 
+async def _fetcher(context: ContextDep) -> UrlFetcher:
+    return context.fetcher
+
+
 async def _wakeups(request: Request) -> JobWakeups:
     wakeups: JobWakeups = request.app.state.job_wakeups
     return wakeups
@@ -57,3 +62,4 @@ ResultsStorageDep = Annotated[ObjectStorage, Depends(_results_storage)]
 QueueDep = Annotated[TaskQueue, Depends(_queue)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 WakeupsDep = Annotated[JobWakeups, Depends(_wakeups)]
+FetcherDep = Annotated[UrlFetcher, Depends(_fetcher)]

@@ -1,14 +1,16 @@
 """Every error leaves as JSON {"error": {"code", "message", "details"}} with the right status."""
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from ports.queue import QueueUnavailable
 from ports.repositories import DatabaseUnavailable
@@ -20,6 +22,8 @@ from use_cases.errors import (
     InvalidParams,
     NotFound,
     PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
     Unauthenticated,
     UnsupportedFormat,
     UseCaseError,
@@ -33,6 +37,8 @@ STATUS_BY_ERROR: dict[type[UseCaseError], int] = {
     InvalidInput: 400,
     InvalidParams: 422,
     PayloadTooLarge: 413,
+    QuotaExceeded: 413,
+    RateLimited: 429,
     UnsupportedFormat: 415,
     Unauthenticated: 401,
     Forbidden: 403,
@@ -46,17 +52,34 @@ def error_response(
     code: str,
     message: str,
     details: Any = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
     return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def allowed_methods(request: Request, routers: Sequence[APIRouter]) -> list[str]:
+    """Every method a route serves at the request's path (Starlette's 405 names only the first
+    route's, and a path often has several: GET and POST /api/v1/datasets)."""
+    methods: set[str] = set()
+    for router in (request.app.router, *routers):
+        for route in router.routes:
+            if isinstance(route, Route) and route.methods:
+                match, _ = route.matches(request.scope)
+                if match != Match.NONE:
+                    methods |= route.methods
+    return sorted(methods)
+
+
+def install_error_handlers(app: FastAPI, routers: Sequence[APIRouter] = ()) -> None:
+    """JSON errors for everything; `routers` are those the app includes (for 405's Allow)."""
+
     @app.exception_handler(UseCaseError)
     async def _use_case_error(_: Request, exc: UseCaseError) -> JSONResponse:
         status = STATUS_BY_ERROR.get(type(exc), 400)
         headers = CHALLENGE if status == 401 else None
+        if status == 429:
+            headers = {"Retry-After": str(exc.details["retry_after_s"])}
         return error_response(status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -76,9 +99,14 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "invalid_input", 404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = allowed_methods(request, routers)
+            headers["Allow"] = ", ".join(allowed) if allowed else headers.get("Allow", "")
+        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(ObjectNotFound)
     async def _object_missing(_: Request, exc: ObjectNotFound) -> JSONResponse:

@@ -51,7 +51,7 @@ class _SpoolTarget(BaseTarget):
         if self.size > self.max_bytes:
             raise PayloadTooLarge(
                 f"file exceeds the upload limit of {self.max_bytes} bytes",
-                {"max_upload_bytes": self.max_bytes},
+                {"max_upload_bytes": self.max_bytes, "received_bytes": self.size},
             )
         self.sha256.update(chunk)
         self._file.write(chunk)
@@ -85,7 +85,7 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
     if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
         raise PayloadTooLarge(
             f"request body of {declared} bytes exceeds the upload limit of {max_bytes} bytes",
-            {"max_upload_bytes": max_bytes},
+            {"max_upload_bytes": max_bytes, "request_bytes": int(declared)},
         )
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, spool_name = tempfile.mkstemp(prefix="upload-", dir=spool_dir)

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ports.fetcher import UrlFetcher
 from ports.queue import TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
@@ -16,3 +17,4 @@ class Context:
     datasets_storage: ObjectStorage
     results_storage: ObjectStorage
     queue: TaskQueue
+    fetcher: UrlFetcher

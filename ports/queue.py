@@ -15,6 +15,10 @@ class TaskQueue(Protocol):
         """Ask a worker to validate an uploaded dataset."""
         ...
 
+    def enqueue_dataset_import(self, dataset_id: UUID) -> None:
+        """Ask a worker to download an imported dataset from its URL, then validate it."""
+        ...
+
     def enqueue_job(self, job_id: UUID) -> None:
         """Ask a worker to run a queued job."""
         ...

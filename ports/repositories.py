@@ -95,6 +95,10 @@ class DatasetRepository(Protocol):
         """How many datasets are in each status (statuses with none are absent)."""
         ...
 
+    def total_size_bytes(self, principal: Principal) -> int:
+        """The sum of the principal's datasets' size_bytes (their storage quota's use)."""
+        ...
+
 
 class FailedRowRepository(Protocol):
     def add_many(self, rows: Iterable[FailedRow]) -> int:
@@ -269,8 +273,11 @@ class ApiKeyRepository(Protocol):
         """One key by id."""
         ...
 
-    def list_all(self, owner_id: str | None = None) -> list[ApiKey]:
-        """Every key (of one owner when given), oldest first: for admins and the CLI."""
+    def list_all(
+        self, owner_id: str | None = None, *, after: UUID | None = None, limit: int | None = None
+    ) -> list[ApiKey]:
+        """Every key (of one owner when given), oldest first: for admins and the CLI; at most
+        `limit`, those after the key `after` (the last of the previous page) when given."""
         ...
 
     def revoke(self, key_id: UUID, when: datetime) -> bool:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import Connection, CursorResult, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from db.models import ApiKeyRow
 from repositories.datasets import record_values
@@ -38,11 +48,23 @@ class SqlApiKeyRepository:
         row = self._db.execute(query).mappings().one_or_none()
         return ApiKey.model_validate(row) if row is not None else None
 
-    def list_all(self, owner_id: str | None = None) -> list[ApiKey]:
-        """Every key (of one owner when given), oldest first: for admins and the CLI."""
+    def list_all(
+        self, owner_id: str | None = None, *, after: UUID | None = None, limit: int | None = None
+    ) -> list[ApiKey]:
+        """Every key (of one owner when given), oldest first; at most `limit`, after `after`."""
         query = select(API_KEYS).order_by(API_KEYS.c.created_at, API_KEYS.c.id)
         if owner_id is not None:
             query = query.where(API_KEYS.c.owner_id == owner_id)
+        if after is not None:
+            since = select(API_KEYS.c.created_at).where(API_KEYS.c.id == after).scalar_subquery()
+            query = query.where(
+                or_(
+                    API_KEYS.c.created_at > since,
+                    and_(API_KEYS.c.created_at == since, API_KEYS.c.id > after),
+                )
+            )
+        if limit is not None:
+            query = query.limit(limit)
         return [ApiKey.model_validate(row) for row in self._db.execute(query).mappings()]
 
     def revoke(self, key_id: UUID, when: datetime) -> bool:

@@ -74,6 +74,9 @@ def by_id(table: Table) -> tuple[Select[Any], Select[Any]]:
 
 
 _DATASET, _OWNED_DATASET = by_id(DATASETS)
+_OWNER_SIZE = select(func.coalesce(func.sum(DATASETS.c.size_bytes), 0)).where(
+    DATASETS.c.owner_id == bindparam("owner_id")
+)
 # A dataset's failed rows, only through the dataset of the given owner (the owner filter is
 # in the query: another owner's dataset yields no row).
 _OWNED_FAILED_ROWS = (
@@ -181,6 +184,11 @@ class SqlDatasetRepository:
         """How many datasets are in each status (statuses with none are absent)."""
         query = select(DATASETS.c.status, func.count()).group_by(DATASETS.c.status)
         return {status: count for status, count in self._db.execute(query)}
+
+    def total_size_bytes(self, principal: Principal) -> int:
+        """The sum of the principal's datasets' size_bytes (their storage quota's use)."""
+        params = {"owner_id": principal.owner_id}
+        return int(self._db.execute(_OWNER_SIZE, params).scalar_one())
 
     @staticmethod
     def _one(result: Result[Any]) -> Dataset | None:

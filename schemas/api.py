@@ -175,3 +175,31 @@ class ApiKeyOut(BaseModel):
 
 class ApiKeyCreated(ApiKeyOut):
     secret: str = Field(description="The key itself: shown once, stored only as a hash.")
+
+
+class DatasetImport(BaseModel):
+    """A dataset to download from a URL (POST /api/v1/datasets/import)."""
+
+    url: str = Field(
+        min_length=1,
+        max_length=8192,
+        description="http or https URL of the file. Its host must resolve to a public address "
+        "(or one in ASSAY_IMPORT_ALLOWED_NETWORKS); redirects are followed, at most 5.",
+    )
+    name: str | None = Field(
+        default=None,
+        description="Display name, at most 255 characters (default: the file "
+        "name in the URL's path).",
+    )
+    format: str | None = Field(
+        default=None,
+        description="csv, json, ndjson or parquet, when the URL's path does not end in one.",
+    )
+
+
+class DatasetImported(DatasetOut):
+    """The dataset recorded for an import: `uploaded` until a worker downloads it, then
+    `validating` (`size_bytes` counts the bytes received), then `ready` or `failed` with the
+    reason in `error`."""
+
+    source_url: str

@@ -3,8 +3,10 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.domain.addresses import IPNetwork, parse_networks
 
 
 class Settings(BaseSettings):
@@ -25,6 +27,15 @@ class Settings(BaseSettings):
 
     queue_name: str = "assay"
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0)
+    # Bytes each owner's datasets may take in all (their size_bytes summed); an upload that would
+    # pass it is refused (413). 0: unlimited.
+    owner_quota_bytes: int = Field(default=0, ge=0)
+    # Write requests (POST, DELETE) an owner may make per minute, counted per API process; more
+    # get 429 with Retry-After. 0: no limit.
+    rate_limit_writes_per_minute: int = Field(default=600, ge=0)
+    # Browser origins allowed to call the API (comma-separated, e.g. https://app.example.com);
+    # empty: no CORS headers, so browsers refuse cross-site calls.
+    cors_origins: str = ""
     worker_concurrency: int = Field(default=2, ge=1)
     # Memory of one worker process running a job: 3/8 DuckDB's, half numpy columns'.
     worker_memory_budget_mb: int = Field(default=1024, ge=128)
@@ -39,6 +50,26 @@ class Settings(BaseSettings):
     # Every /api/v1 request needs an API key. `assay serve` on a loopback address turns it off
     # unless this is set explicitly (see main.serve).
     auth_required: bool = True
+    # Imports from URLs (POST /api/v1/datasets/import): networks they may reach although not
+    # public (comma-separated CIDRs; empty: public addresses only), and how long they wait for a
+    # connection and for the next bytes.
+    import_allowed_networks: str = ""
+    import_connect_timeout_s: float = Field(default=10.0, gt=0)
+    import_read_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("import_allowed_networks")
+    @classmethod
+    def networks_parse(cls, value: str) -> str:
+        parse_networks(value)  # a typo fails at start-up, naming the entry
+        return value
+
+    @property
+    def allowed_import_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.import_allowed_networks)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def resolved_database_url(self) -> str:

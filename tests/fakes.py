@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import io
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 from uuid import UUID
 
 from ports.context import Context
+from ports.fetcher import FetchedFile, FetchFailed, UrlRefused
 from ports.queue import QueueUnavailable
 from ports.repositories import IdempotencyConflict
 from ports.storage import ObjectNotFound
@@ -59,7 +61,8 @@ class FakeDatasets:
     def update(self, dataset_id: UUID, **changes: Any) -> None:
         if "status" in changes:
             raise ValueError("a dataset's status changes through transition (use_cases/lifecycle)")
-        self._set(dataset_id, **changes)
+        if dataset_id in self.rows:  # like an UPDATE that matches no row
+            self._set(dataset_id, **changes)
 
     def transition(self, dataset_id, from_statuses: Sequence[DatasetStatus], to_status, **changes):
         check_dataset_transition(from_statuses, to_status)
@@ -76,6 +79,9 @@ class FakeDatasets:
 
     def delete(self, dataset_id: UUID) -> None:
         self.rows.pop(dataset_id, None)
+
+    def total_size_bytes(self, principal: Principal) -> int:
+        return sum(d.size_bytes for d in self.rows.values() if d.owner_id == principal.owner_id)
 
     def count_by_status(self) -> dict[str, int]:
         return dict(Counter(d.status.value for d in self.rows.values()))
@@ -373,9 +379,19 @@ class FakeApiKeyRepository:
     def get(self, key_id: UUID) -> ApiKey | None:
         return self.rows.get(key_id)
 
-    def list_all(self, owner_id: str | None = None) -> list[ApiKey]:
+    def list_all(
+        self, owner_id: str | None = None, *, after: UUID | None = None, limit: int | None = None
+    ) -> list[ApiKey]:
         keys = [k for k in self.rows.values() if owner_id is None or k.owner_id == owner_id]
-        return sorted(keys, key=lambda k: (k.created_at, k.id))
+        ordered = sorted(keys, key=lambda k: (k.created_at, k.id))
+        if after is not None:
+            last = self.rows.get(after)
+            ordered = [
+                k
+                for k in ordered
+                if last is not None and (k.created_at, k.id) > (last.created_at, after)
+            ]
+        return ordered if limit is None else ordered[:limit]
 
     def revoke(self, key_id: UUID, when: datetime) -> bool:
         key = self.rows.get(key_id)
@@ -467,6 +483,7 @@ class FakeStorage:
 class FakeQueue:
     def __init__(self) -> None:
         self.validations: list[UUID] = []
+        self.imports: list[UUID] = []
         self.jobs: list[UUID] = []
         self.revoked: list[UUID] = []
         self.down = False
@@ -475,6 +492,11 @@ class FakeQueue:
         if self.down:
             raise QueueUnavailable("broker down")
         self.validations.append(dataset_id)
+
+    def enqueue_dataset_import(self, dataset_id: UUID) -> None:
+        if self.down:
+            raise QueueUnavailable("broker down")
+        self.imports.append(dataset_id)
 
     def enqueue_job(self, job_id: UUID) -> None:
         if self.down:
@@ -489,6 +511,53 @@ class FakeQueue:
             raise QueueUnavailable("broker down")
 
 
+class FakeFetcher:
+    """Serves `files` (URL -> bytes) without a network; anything else answers 404.
+
+    Refuses what is not http(s) and the URLs in `refused` (URL -> reason) like the real
+    check; the URLs in `failures` (URL -> reason) fail while downloading.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.refused: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+        self.fetched: list[str] = []
+
+    def check(self, url: str) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise UrlRefused("only http and https URLs can be imported")
+        if url in self.refused:
+            raise UrlRefused(self.refused[url])
+
+    def fetch(
+        self,
+        url: str,
+        destination: Path,
+        *,
+        max_bytes: int,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> FetchedFile:
+        self.fetched.append(url)
+        self.check(url)
+        if url in self.failures:
+            raise FetchFailed(self.failures[url])
+        if url not in self.files:
+            raise FetchFailed("the server answered 404 Not Found")
+        data = self.files[url]
+        if len(data) > max_bytes:
+            raise FetchFailed(f"the file is over the import limit of {max_bytes} bytes")
+        Path(destination).write_bytes(data)
+        if on_progress is not None:
+            on_progress(len(data))
+        return FetchedFile(
+            path=Path(destination),
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            final_url=url,
+        )
+
+
 @dataclass(frozen=True)
 class FakeContext(Context):
     """A Context over the fakes above, typed as such so that tests can inspect them."""
@@ -497,3 +566,4 @@ class FakeContext(Context):
     datasets_storage: FakeStorage
     results_storage: FakeStorage
     queue: FakeQueue
+    fetcher: FakeFetcher = field(default_factory=FakeFetcher)

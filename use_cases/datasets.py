@@ -1,4 +1,7 @@
-"""Dataset use cases: register an upload, validate it in a worker, delete it, recover stuck ones."""
+"""Dataset use cases: register an upload, validate it in a worker, delete it, recover stuck ones.
+
+Imports from a URL are use_cases/imports.py; they share the claim and the validation here.
+"""
 
 import json
 import logging
@@ -105,6 +108,27 @@ def publish_validation(queue: TaskQueue, dataset_id: UUID) -> None:
         log.warning("validation of %s not published yet: %s", dataset_id, exc)
 
 
+def publish_import(queue: TaskQueue, dataset_id: UUID) -> None:
+    """Publish after commit; on failure the reaper re-publishes, so the import is not lost."""
+    try:
+        queue.enqueue_dataset_import(dataset_id)
+    except QueueUnavailable as exc:
+        log.warning("import of %s not published yet: %s", dataset_id, exc)
+
+
+def awaits_download(dataset: Dataset) -> bool:
+    """An import whose file is not stored yet (its sha256 is set once it is)."""
+    return dataset.source_url is not None and not dataset.sha256
+
+
+def publish_next_step(queue: TaskQueue, dataset: Dataset) -> None:
+    """Ask a worker for what an `uploaded` dataset needs: its download, or its validation."""
+    if awaits_download(dataset):
+        publish_import(queue, dataset.id)
+    else:
+        publish_validation(queue, dataset.id)
+
+
 def validate_dataset(
     uow: UnitOfWork,
     storage: ObjectStorage,
@@ -123,6 +147,42 @@ def validate_dataset(
     the reaper can tell a long validation from one whose worker died. `memory_limit` is
     DuckDB's while it converts the file (default: ingest's own).
     """
+
+    def validate(dataset: Dataset, scratch: Path) -> DatasetStatus | None:
+        if awaits_download(dataset):  # a stray message: the import task fetches it first
+            with uow:
+                move_dataset(uow, dataset.id, DatasetStatus.validating, DatasetStatus.uploaded)
+                uow.commit()
+            return None
+        return validate_claimed(uow, storage, dataset, scratch, memory_limit)
+
+    return run_claimed(
+        uow,
+        dataset_id,
+        workdir,
+        validate,
+        what="validation",
+        final_attempt=final_attempt,
+        keep_alive=keep_alive,
+    )
+
+
+def run_claimed(
+    uow: UnitOfWork,
+    dataset_id: UUID,
+    workdir: Path,
+    work: Callable[[Dataset, Path], DatasetStatus | None],
+    *,
+    what: str,
+    final_attempt: bool = True,
+    keep_alive: Callable[[], UnitOfWork] | None = None,
+) -> DatasetStatus | None:
+    """Claim an uploaded dataset (uploaded -> validating) and run `work` on it with a scratch
+    folder; None if another worker has it (or it was deleted).
+
+    An unexpected error puts the dataset back to `uploaded` and propagates, for the caller to
+    retry; on the final attempt it fails the dataset ("<what> could not complete: ...").
+    """
     with uow:
         claimed = move_dataset(uow, dataset_id, DatasetStatus.uploaded, DatasetStatus.validating)
         uow.commit()
@@ -136,7 +196,7 @@ def validate_dataset(
     scratch = Path(tempfile.mkdtemp(prefix=f"validate-{dataset_id}-", dir=workdir))
     try:
         with _touching(keep_alive, dataset_id):
-            return _validate_in(uow, storage, dataset, scratch, memory_limit)
+            return work(dataset, scratch)
     except Exception as exc:
         with uow:
             if final_attempt:
@@ -145,7 +205,7 @@ def validate_dataset(
                     dataset_id,
                     DatasetStatus.validating,
                     DatasetStatus.failed,
-                    error=f"validation could not complete: {type(exc).__name__}: {exc}",
+                    error=f"{what} could not complete: {type(exc).__name__}: {exc}",
                 )
             else:
                 move_dataset(uow, dataset_id, DatasetStatus.validating, DatasetStatus.uploaded)
@@ -185,13 +245,16 @@ def _touching(new_uow: Callable[[], UnitOfWork] | None, dataset_id: UUID) -> Ite
         thread.join(timeout=10)
 
 
-def _validate_in(
+def validate_claimed(
     uow: UnitOfWork,
     storage: ObjectStorage,
     dataset: Dataset,
     scratch: Path,
     memory_limit: str | None,
+    source: Path | None = None,
 ) -> DatasetStatus:
+    """Validate a dataset this worker claimed (`validating`), from `source` when the original is
+    already on local disk, else from storage."""
     # Imported here: DuckDB and pyarrow are only needed where a worker validates.
     from services.processing.datasets.ingest import (
         MEMORY_LIMIT,
@@ -200,8 +263,9 @@ def _validate_in(
         iter_failed_rows,
     )
 
-    source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
-    storage.download_file(dataset.storage_key, source)
+    if source is None:
+        source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
+        storage.download_file(dataset.storage_key, source)
     parquet_out = scratch / "data.parquet"
     try:
         limit = memory_limit or MEMORY_LIMIT
@@ -284,7 +348,8 @@ def delete_dataset(
 def recover_stuck_datasets(
     uow: UnitOfWork, queue: TaskQueue, *, grace_s: float, validating_timeout_s: float
 ) -> int:
-    """Re-publish uploads nobody validated and reset validations whose worker died."""
+    """Re-publish uploads nobody validated (imports nobody downloaded) and reset validations
+    (and downloads) whose worker died."""
     now = datetime.now(UTC)
     with uow:
         stale_uploads = uow.datasets.list_stale(
@@ -299,5 +364,5 @@ def recover_stuck_datasets(
             uow.datasets.update(dataset.id)  # touch: the next re-publish waits another grace period
         uow.commit()
     for dataset in [*stale_uploads, *stuck]:
-        publish_validation(queue, dataset.id)
+        publish_next_step(queue, dataset)  # an import not downloaded yet goes to the import task
     return len(stale_uploads) + len(stuck)

@@ -50,3 +50,15 @@ class Forbidden(UseCaseError):
     """A valid key whose scope does not allow the operation."""
 
     code = "forbidden"
+
+
+class QuotaExceeded(PayloadTooLarge):
+    """Storing this would take the owner past their storage quota."""
+
+    code = "quota_exceeded"
+
+
+class RateLimited(UseCaseError):
+    """Too many requests of one kind from one owner; `details["retry_after_s"]` says when."""
+
+    code = "rate_limited"

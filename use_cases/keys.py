@@ -48,10 +48,16 @@ def create_key(
     return key, secret
 
 
-def list_keys(uow: UnitOfWork, owner_id: str | None = None) -> list[ApiKey]:
-    """Every key, or one owner's, without secrets."""
+def list_keys(
+    uow: UnitOfWork,
+    owner_id: str | None = None,
+    *,
+    after: UUID | None = None,
+    limit: int | None = None,
+) -> list[ApiKey]:
+    """Every key, or one owner's, oldest first (at most `limit`, after the key `after`)."""
     with uow:
-        return uow.api_keys.list_all(owner_id)
+        return uow.api_keys.list_all(owner_id, after=after, limit=limit)
 
 
 def revoke_key(uow: UnitOfWork, key_id: UUID) -> ApiKey:

@@ -8,6 +8,7 @@ from kombu.exceptions import OperationalError
 from ports.queue import QueueUnavailable
 
 VALIDATE_DATASET_TASK = "assay.validate_dataset"
+IMPORT_DATASET_TASK = "assay.import_dataset"
 RUN_JOB_TASK = "assay.run_job"
 
 # Publishing must not hang a request when the broker is down: the row is already
@@ -41,6 +42,9 @@ class CeleryTaskQueue:
 
     def enqueue_dataset_validation(self, dataset_id: UUID) -> None:
         self._send(VALIDATE_DATASET_TASK, dataset_id, f"validate-{dataset_id}")
+
+    def enqueue_dataset_import(self, dataset_id: UUID) -> None:
+        self._send(IMPORT_DATASET_TASK, dataset_id, f"import-{dataset_id}")
 
     def enqueue_job(self, job_id: UUID) -> None:
         self._send(RUN_JOB_TASK, job_id, str(job_id))

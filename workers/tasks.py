@@ -6,9 +6,10 @@ from uuid import UUID
 from celery import Task, shared_task
 
 from use_cases.datasets import validate_dataset
+from use_cases.imports import import_dataset
 from use_cases.jobs import release_waiting_jobs
 from workers.celery_app import context_of
-from workers.celery_queue import RUN_JOB_TASK, VALIDATE_DATASET_TASK
+from workers.celery_queue import IMPORT_DATASET_TASK, RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from workers.errors import is_transient
 from workers.limits import compute_limits, engine_settings, ingest_memory_limit
 from workers.reaper import reap_once
@@ -40,6 +41,33 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
             memory_limit=ingest_memory_limit(context.settings),
         )
     finally:  # also after a crash on the final attempt: waiting jobs must learn the outcome
+        release_waiting_jobs(uow, context.queue, UUID(dataset_id))
+
+
+@shared_task(
+    name=IMPORT_DATASET_TASK,
+    bind=True,
+    autoretry_for=(Exception,),
+    max_retries=VALIDATION_RETRIES,
+    retry_backoff=2,
+    retry_backoff_max=60,
+)
+def import_dataset_task(self: Task, dataset_id: str) -> None:
+    context = context_of(self)
+    uow = context.new_uow()
+    try:
+        import_dataset(
+            uow,
+            context.datasets_storage,
+            context.fetcher,
+            UUID(dataset_id),
+            Path(context.settings.tmp_dir),
+            max_bytes=context.settings.max_upload_bytes,
+            final_attempt=self.request.retries >= VALIDATION_RETRIES,
+            keep_alive=context.new_uow,
+            memory_limit=ingest_memory_limit(context.settings),
+        )
+    finally:  # jobs submitted on the dataset meanwhile wait for the outcome, as for an upload
         release_waiting_jobs(uow, context.queue, UUID(dataset_id))
 
 

@@ -1,8 +1,9 @@
 """Dataset routes: upload, list, detail, content, preview, failed rows, delete."""
 
 import json
-from pathlib import PurePath
+from pathlib import PurePath, PurePosixPath
 from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response
@@ -10,21 +11,27 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import PrincipalDep, WriterDep
-from api.deps import DatasetsStorageDep, QueueDep, SettingsDep, UowDep
+from api.deps import DatasetsStorageDep, FetcherDep, QueueDep, SettingsDep, UowDep
+from api.downloads import OCTET_STREAM, attachment
+from api.openapi import READ, WRITE, errors, file_response, upload_body
 from api.pagination import fetch_size, page_of
-from api.upload import receive_upload
+from api.upload import ParsedUpload, receive_upload
 from schemas.api import (
+    DatasetImport,
+    DatasetImported,
     DatasetLinks,
     DatasetOut,
     DatasetPage,
-    ErrorBody,
     FailedRowOut,
     FailedRowPage,
     PreviewOut,
 )
 from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus, Principal
+from schemas.settings import Settings
 from use_cases.datasets import delete_dataset, preview_key, register_dataset
-from use_cases.errors import Conflict, InvalidParams, NotFound, UnsupportedFormat
+from use_cases.errors import Conflict, InvalidParams, NotFound, PayloadTooLarge, UnsupportedFormat
+from use_cases.imports import check_import_url, submit_import
+from use_cases.quotas import SizeIs, check_quota, quota_exceeded, storage_used
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
 
@@ -43,9 +50,8 @@ CONTENT_TYPES = {
     DatasetFormat.ndjson: "application/x-ndjson",
     DatasetFormat.parquet: "application/vnd.apache.parquet",
 }
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
-}
+# Every error status a dataset route may answer (each route documents its own).
+ERRORS: dict[int | str, dict[str, Any]] = errors(400, 404, 409, 413, 415, *WRITE)
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:
@@ -101,7 +107,34 @@ def _get_dataset(uow: UowDep, dataset_id: UUID, principal: Principal) -> Dataset
     return dataset
 
 
-@router.post("", status_code=201, responses=ERRORS)
+async def receive_within_quota(
+    request: Request, uow: UowDep, principal: Principal, settings: Settings
+) -> ParsedUpload:
+    """The upload, refused (413) as soon as it passes the upload limit or the room left in the
+    owner's storage quota, whichever is smaller."""
+    quota = settings.owner_quota_bytes
+    if not quota:
+        return await receive_upload(request, settings.tmp_dir, settings.max_upload_bytes)
+    used = await run_in_threadpool(storage_used, uow, principal)
+    room = max(quota - used, 0)
+    if room >= settings.max_upload_bytes:
+        return await receive_upload(request, settings.tmp_dir, settings.max_upload_bytes)
+    try:
+        return await receive_upload(request, settings.tmp_dir, room)
+    except PayloadTooLarge as exc:
+        size_is: SizeIs = "request_body" if "request_bytes" in exc.details else "received_so_far"
+        size = exc.details.get("request_bytes", exc.details.get("received_bytes", 0))
+        raise quota_exceeded(
+            principal, used=used, quota=quota, size=size, size_is=size_is
+        ) from None
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses=errors(400, 413, 415, *WRITE),
+    openapi_extra=upload_body(sorted(f.value for f in DatasetFormat)),
+)
 async def upload_dataset(
     request: Request,
     uow: UowDep,
@@ -111,8 +144,13 @@ async def upload_dataset(
     principal: WriterDep,
 ) -> DatasetOut:
     """Upload a dataset (multipart `file`, optional `name`, `format`); a worker validates it."""
-    upload = await receive_upload(request, settings.tmp_dir, settings.max_upload_bytes)
+    quota = settings.owner_quota_bytes
+    upload = await receive_within_quota(request, uow, principal, settings)
     try:
+        if quota:  # counted again now that the size is known: other uploads may have landed
+            await run_in_threadpool(
+                check_quota, uow, principal, size=upload.received.size_bytes, quota=quota
+            )
         fmt = resolve_format(upload.format, upload.filename)
         name = dataset_name(upload.name, upload.filename)
         dataset = await run_in_threadpool(
@@ -130,7 +168,7 @@ async def upload_dataset(
     return dataset_out(dataset)
 
 
-@router.get("", responses=ERRORS)
+@router.get("", responses=errors(*READ))
 def list_datasets(
     uow: UowDep,
     principal: PrincipalDep,
@@ -147,32 +185,38 @@ def list_datasets(
     return DatasetPage(items=[dataset_out(d) for d in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{dataset_id}", responses=ERRORS)
+@router.get("/{dataset_id}", responses=errors(404, *READ))
 def get_dataset(dataset_id: UUID, uow: UowDep, principal: PrincipalDep) -> DatasetOut:
     """One dataset with its status, schema and counts."""
     return dataset_out(_get_dataset(uow, dataset_id, principal))
 
 
-@router.get("/{dataset_id}/content", responses=ERRORS, response_class=StreamingResponse)
+@router.get(
+    "/{dataset_id}/content",
+    response_class=StreamingResponse,
+    responses=file_response("The original file", [*CONTENT_TYPES.values(), OCTET_STREAM])
+    | errors(404, *READ),
+)
 def get_dataset_content(
     dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, principal: PrincipalDep
 ) -> StreamingResponse:
-    """The original file, byte for byte."""
+    """The original file, byte for byte: typed by its format once validated (`ready`), until
+    then application/octet-stream (an upload named .json need not be JSON)."""
     dataset = _get_dataset(uow, dataset_id, principal)
     chunks = storage.iter_chunks(dataset.storage_key)
-    filename = PurePath(dataset.name).name.replace('"', "")
+    ready = dataset.status == DatasetStatus.ready
     return StreamingResponse(
         chunks,
-        media_type=CONTENT_TYPES[dataset.format],
+        media_type=CONTENT_TYPES[dataset.format] if ready else OCTET_STREAM,
         headers={
             "Content-Length": str(dataset.size_bytes),
-            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Disposition": attachment(dataset.name),
             "ETag": f'"{dataset.sha256}"',
         },
     )
 
 
-@router.get("/{dataset_id}/preview", responses=ERRORS)
+@router.get("/{dataset_id}/preview", responses=errors(404, 409, *READ))
 def preview_dataset(
     dataset_id: UUID,
     uow: UowDep,
@@ -191,7 +235,7 @@ def preview_dataset(
     return PreviewOut(dataset_id=dataset_id, columns=dataset.columns or [], rows=rows[:limit])
 
 
-@router.get("/{dataset_id}/failed-rows", responses=ERRORS)
+@router.get("/{dataset_id}/failed-rows", responses=errors(404, *READ))
 def list_failed_rows(
     dataset_id: UUID,
     uow: UowDep,
@@ -219,10 +263,58 @@ def list_failed_rows(
     )
 
 
-@router.delete("/{dataset_id}", status_code=204, responses=ERRORS)
+@router.delete("/{dataset_id}", status_code=204, responses=errors(404, 409, *WRITE))
 def remove_dataset(
     dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, principal: WriterDep
 ) -> Response:
     """Delete a dataset and its stored objects (409 while jobs use it)."""
     delete_dataset(uow, storage, dataset_id, principal)
     return Response(status_code=204)
+
+
+@router.post("/import", status_code=202, responses=errors(400, 415, 422, *WRITE))
+def import_dataset(
+    body: DatasetImport,
+    uow: UowDep,
+    queue: QueueDep,
+    fetcher: FetcherDep,
+    principal: WriterDep,
+) -> DatasetImported:
+    """Import a dataset from an http(s) URL; a worker downloads and validates it.
+
+    The URL and the addresses of its host are checked now (422 naming `url` when refused);
+    the download (redirects re-checked, size and time limited) runs in a worker, and the
+    dataset ends `ready` or `failed` with the reason in `error`, as an upload does.
+    """
+    check_import_url(fetcher, body.url)  # resolves the host: this route runs in a thread
+    filename = url_filename(body.url)
+    dataset = submit_import(
+        uow,
+        queue,
+        principal=principal,
+        url=body.url,
+        name=dataset_name(body.name, filename),
+        fmt=import_format(body.format, filename),
+    )
+    return DatasetImported(**dataset_out(dataset).model_dump(), source_url=body.url)
+
+
+def url_filename(url: str) -> str | None:
+    """The last segment of a URL's path, decoded ("weather.csv"), if there is one."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return None
+    return PurePosixPath(unquote(path)).name or None
+
+
+def import_format(declared: str | None, filename: str | None) -> DatasetFormat:
+    """The `format` field, else the extension of the URL's file name."""
+    if declared or PurePath(filename or "").suffix.lower() in FORMAT_BY_EXTENSION:
+        return resolve_format(declared, filename)
+    supported = sorted(f.value for f in DatasetFormat)
+    raise UnsupportedFormat(
+        f"cannot tell the format from the URL's path ({filename or 'no file name'}); "
+        f"send a `format` field: one of {', '.join(supported)}",
+        {"field": "format", "filename": filename, "supported": supported},
+    )

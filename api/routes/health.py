@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import local_or_authenticated
 from api.deps import ContextDep
+from api.openapi import errors
 from schemas.api import HealthOut
 
 router = APIRouter(tags=["health"])
@@ -27,7 +28,7 @@ async def live() -> HealthOut:
 
 @router.get(
     "/ready",
-    responses={503: {"model": HealthOut}},
+    responses=errors(401) | {503: {"model": HealthOut, "description": "A dependency is down"}},
     dependencies=[Depends(local_or_authenticated)],
 )
 async def ready(context: ContextDep) -> JSONResponse:

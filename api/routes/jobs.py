@@ -1,7 +1,7 @@
 """Job routes: submit, list, detail, events, live stream, cancel, result, artifacts, delete."""
 
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -11,12 +11,21 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import PrincipalDep, WriterDep
 from api.deps import ContextDep, QueueDep, ResultsStorageDep, UowDep, WakeupsDep
+from api.downloads import attachment
+from api.openapi import (
+    EVENT_STREAM,
+    READ,
+    REDIRECT,
+    WRITE,
+    JobCreateIn,
+    errors,
+    file_response,
+    json_errors,
+)
 from api.pagination import fetch_size, page_of
 from ports.repositories import UnitOfWork
 from schemas.api import (
     ArtifactOut,
-    ErrorBody,
-    JobCreate,
     JobEventOut,
     JobEventPage,
     JobLinks,
@@ -29,9 +38,14 @@ from use_cases.errors import Conflict, NotFound
 from use_cases.jobs import FINISHED, cancel_job, delete_job, submit_job
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)
-}
+# The types an artifact may have (processors write CSV, Parquet, JSON or NDJSON).
+ARTIFACT_TYPES = [
+    "text/csv",
+    "application/vnd.apache.parquet",
+    "application/json",
+    "application/x-ndjson",
+    "application/octet-stream",
+]
 EVENTS_PER_READ = 500
 TERMINAL_EVENTS = {status.value for status in FINISHED}
 MAX_ID = 2**63 - 1
@@ -63,9 +77,9 @@ def load_job(job_id: UUID, uow: UowDep, principal: PrincipalDep) -> Job:
 JobDep = Annotated[Job, Depends(load_job)]
 
 
-@router.post("", status_code=202, responses=ERRORS)
+@router.post("", status_code=202, responses=errors(400, 404, 409, *WRITE))
 def create_job(
-    body: JobCreate,
+    body: JobCreateIn,
     response: Response,
     uow: UowDep,
     queue: QueueDep,
@@ -88,7 +102,7 @@ def create_job(
     return job_out(job)
 
 
-@router.get("", responses=ERRORS)
+@router.get("", responses=errors(*READ))
 def list_jobs(
     uow: UowDep,
     principal: PrincipalDep,
@@ -106,14 +120,14 @@ def list_jobs(
     return JobPage(items=[job_out(j) for j in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", responses=ERRORS)
+@router.get("/{job_id}", responses=errors(404, *READ))
 async def get_job(job: JobDep) -> JobOut:
     """Status, progress, current step, attempts and error of one job."""
     # async: the database read is load_job's (one thread hand-off); this only shapes it.
     return job_out(job)
 
 
-@router.get("/{job_id}/events", responses=ERRORS)
+@router.get("/{job_id}/events", responses=errors(404, *READ))
 def list_job_events(
     job: JobDep,
     uow: UowDep,
@@ -137,7 +151,11 @@ def list_job_events(
     )
 
 
-@router.get("/{job_id}/stream", response_class=EventSourceResponse, responses=ERRORS)
+@router.get(
+    "/{job_id}/stream",
+    response_class=EventSourceResponse,
+    responses=EVENT_STREAM | json_errors(404, *READ),
+)
 async def stream_job(
     job: JobDep,
     request: Request,
@@ -216,13 +234,13 @@ def _events_since(
         return events, True
 
 
-@router.post("/{job_id}/cancel", status_code=202, responses=ERRORS)
+@router.post("/{job_id}/cancel", status_code=202, responses=errors(404, 409, *WRITE))
 def cancel(job_id: UUID, uow: UowDep, queue: QueueDep, principal: WriterDep) -> JobOut:
     """Cancel a queued job now, or ask a running one to stop; 409 when it already finished."""
     return job_out(cancel_job(uow, queue, job_id, principal))
 
 
-@router.get("/{job_id}/result", responses=ERRORS)
+@router.get("/{job_id}/result", responses=errors(404, 409, *READ))
 def get_result(job: JobDep, uow: UowDep, principal: PrincipalDep) -> JobResultOut:
     """Summary of every step and the artifacts; 409 until the job has completed."""
     if job.status != JobStatus.completed:
@@ -247,7 +265,9 @@ def get_result(job: JobDep, uow: UowDep, principal: PrincipalDep) -> JobResultOu
 
 
 @router.get(
-    "/{job_id}/artifacts/{name}", responses=ERRORS | {307: {"description": "presigned URL"}}
+    "/{job_id}/artifacts/{name}",
+    response_class=StreamingResponse,
+    responses=file_response("The artifact file", ARTIFACT_TYPES) | REDIRECT | errors(404, *READ),
 )
 def download_artifact(
     job: JobDep, name: str, uow: UowDep, results: ResultsStorageDep, principal: PrincipalDep
@@ -265,13 +285,13 @@ def download_artifact(
         media_type=artifact.content_type,
         headers={
             "Content-Length": str(artifact.size_bytes),
-            "Content-Disposition": f'attachment; filename="{artifact.name}"',
+            "Content-Disposition": attachment(artifact.name),
             "ETag": f'"{artifact.sha256}"',
         },
     )
 
 
-@router.delete("/{job_id}", status_code=204, responses=ERRORS)
+@router.delete("/{job_id}", status_code=204, responses=errors(404, 409, *WRITE))
 def remove_job(
     job_id: UUID, uow: UowDep, results: ResultsStorageDep, principal: WriterDep
 ) -> Response:

@@ -2,13 +2,14 @@
 
 from fastapi import APIRouter
 
+from api.openapi import errors
 from schemas.api import ProcessorOut
 from services.processing.processors.registry import PROCESSORS
 
 router = APIRouter(prefix="/api/v1/processors", tags=["processors"])
 
 
-@router.get("")
+@router.get("", responses=errors(401, 503))
 def list_processors() -> list[ProcessorOut]:
     """Every processor with its description, params JSON Schema and the artifacts it writes."""
     return [

@@ -59,6 +59,9 @@ class Dataset(Record):
     columns: list[ColumnInfo] | None = None
     failed_row_count: int = 0
     error: str | None = None
+    # Imported from this URL (POST /datasets/import); None for an upload. Until the import has
+    # stored the file, sha256 is "" and size_bytes counts the bytes received so far.
+    source_url: str | None = None
     created_at: datetime
     updated_at: datetime
 

@@ -137,6 +137,9 @@ def base_env(workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")}
     env["ASSAY_DATA_DIR"] = str(workdir / ".assay")
     env["PYTHONPATH"] = str(ROOT)
+    # Imports may reach the HTTP servers tests start on 127.0.0.1, and nothing else that is not
+    # public: 127.0.0.2 and up stay refused, which the import tests rely on.
+    env["ASSAY_IMPORT_ALLOWED_NETWORKS"] = "127.0.0.1/32"
     return env
 
 

@@ -1,4 +1,6 @@
-"""The README walkthrough on each deployment shape: upload, wait, inspect, download, delete."""
+"""The README walkthrough on each deployment shape: upload, wait, inspect, download, delete;
+and an import from a URL, from HTTP servers this test runs on loopback (the stacks allow
+127.0.0.1/32 and nothing else that is private)."""
 
 import hashlib
 import io
@@ -9,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.e2e.conftest import Stack
+from tests.fixtures.http_servers import body, redirect, serve
 
 RAGGED_CSV = (
     b"city,temperature,reading_at\n"
@@ -114,3 +117,56 @@ def test_unusable_files_fail_with_a_reason(stack: Stack, content: bytes, filenam
         dataset = wait_for(client, upload(client, content, filename)["id"])
     assert dataset["status"] == "failed"
     assert says.lower() in dataset["error"].lower()
+
+
+def test_an_import_ends_ready_like_the_upload_of_the_same_file(stack: Stack):
+    with serve("127.0.0.1") as origin, stack.client() as client:
+        origin.routes["/exports/weather.csv"] = body(RAGGED_CSV)
+        url = origin.url("/exports/weather.csv")
+        response = client.post("/api/v1/datasets/import", json={"url": url})
+        assert response.status_code == 202, response.text
+        submitted = response.json()
+        assert (submitted["status"], submitted["source_url"]) == ("uploaded", url)
+
+        dataset = wait_for(client, submitted["id"])
+        assert dataset["status"] == "ready", dataset
+        assert (dataset["row_count"], dataset["failed_row_count"]) == (5, 3)
+        assert dataset["size_bytes"] == len(RAGGED_CSV)
+        assert dataset["sha256"] == hashlib.sha256(RAGGED_CSV).hexdigest()
+        assert (dataset["name"], dataset["format"]) == ("weather.csv", "csv")
+        content = client.get(f"/api/v1/datasets/{dataset['id']}/content", follow_redirects=True)
+        assert content.content == RAGGED_CSV
+        rows = client.get(f"/api/v1/datasets/{dataset['id']}/failed-rows").json()
+        assert [row["line_number"] for row in rows["items"]] == [4, 6, 8]
+        assert len(origin.requests) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_refusals_reach_no_internal_server(production_stack: Stack):
+    with (
+        serve("127.0.0.1") as origin,
+        serve("127.0.0.2") as internal,
+        production_stack.client() as client,
+    ):
+        internal.routes["/secret.csv"] = body(RAGGED_CSV)
+        origin.routes["/moved.csv"] = redirect(internal.url("/secret.csv"))
+
+        refused = client.post("/api/v1/datasets/import", json={"url": internal.url("/secret.csv")})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["details"]["field"] == "url"
+        assert "127.0.0.2 is a loopback address" in refused.json()["error"]["message"]
+
+        passwd = client.post("/api/v1/datasets/import", json={"url": "file:///etc/passwd"})
+        assert passwd.status_code == 422, passwd.text
+        assert passwd.json()["error"]["details"]["field"] == "url"
+
+        redirected = client.post("/api/v1/datasets/import", json={"url": origin.url("/moved.csv")})
+        assert redirected.status_code == 202, redirected.text
+        dataset = wait_for(client, redirected.json()["id"])
+        assert dataset["status"] == "failed"
+        assert "redirect 1 to" in dataset["error"]
+        assert "127.0.0.2 is a loopback address" in dataset["error"]
+        assert (internal.connections, internal.requests) == (0, [])
+        missing = client.get(f"/api/v1/datasets/{dataset['id']}/content")
+        assert missing.status_code == 404, missing.text  # nothing stored

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -93,6 +93,11 @@ def request_for(method: str, path: str, a: OwnerA) -> dict[str, Any]:
             "headers": {"Idempotency-Key": IDEMPOTENCY_KEY},
         },
         ("POST", "/api/v1/keys"): {"json": {"owner": "owner-b", "scope": "admin"}},
+        # Loopback 127.0.0.1 is allowed in the test stacks; nothing listens on the port, so the
+        # worker's download fails, in the importing owner's space.
+        ("POST", "/api/v1/datasets/import"): {
+            "json": {"url": f"http://127.0.0.1:{free_port()}/b.csv"}
+        },
     }
     return {"method": method, "url": url, **bodies.get((method, path), {})}
 

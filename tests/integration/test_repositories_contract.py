@@ -378,6 +378,17 @@ def test_count_by_status(uow: UnitOfWork) -> None:
         assert uow.jobs.count_by_status() == {"queued": 1, "completed": 2}
 
 
+def test_total_size_bytes_sums_the_owners_datasets(uow: UnitOfWork) -> None:
+    with uow:
+        assert uow.datasets.total_size_bytes(ALICE) == 0
+    add_dataset(uow, size_bytes=1000)
+    add_dataset(uow, size_bytes=2**40, status=DatasetStatus.failed)  # past 32 bits
+    add_dataset(uow, owner_id=MALLORY.owner_id, size_bytes=7)
+    with uow:
+        assert uow.datasets.total_size_bytes(ALICE) == 1000 + 2**40
+        assert uow.datasets.total_size_bytes(MALLORY) == 7
+
+
 # --- API keys ---------------------------------------------------------------------------------
 
 
@@ -444,6 +455,11 @@ class ApiKeyRepositoryContract:
             assert key_uow.api_keys.list_all(OWNER) == [first, second]
             assert key_uow.api_keys.list_all("bob") == [bobs]
             assert key_uow.api_keys.list_all("carol") == []
+            # Pages: at most `limit`, continuing after the last key of the previous page.
+            assert key_uow.api_keys.list_all(limit=2) == [first, bobs]
+            assert key_uow.api_keys.list_all(after=bobs.id, limit=2) == [second]
+            assert key_uow.api_keys.list_all(OWNER, after=first.id) == [second]
+            assert key_uow.api_keys.list_all(after=second.id) == []
 
     def test_mark_used_records_when(self, key_uow: UnitOfWork) -> None:
         key, other = make_key(), make_key()

@@ -388,7 +388,7 @@ def test_the_app_presigns_only_for_a_store_clients_can_reach(tmp_path: Path) -> 
     from main import make_storage
     from schemas.settings import Settings
 
-    def presigns(**settings: str) -> bool:
+    def presigns(**settings: Any) -> bool:
         storage = make_storage(
             Settings(_env_file=None, data_dir=tmp_path, storage_backend="s3", **settings), "b"
         )

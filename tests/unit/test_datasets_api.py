@@ -3,13 +3,15 @@
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import PurePath
+from urllib.parse import unquote
 from uuid import UUID
 
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from schemas.domain.ids import new_id
-from schemas.domain.records import Job, JobStatus
+from schemas.domain.records import DatasetStatus, Job, JobStatus
 from services.adapters.wakeups.polling import PollingJobWakeups
 from tests.fakes import FakeContext
 
@@ -90,13 +92,30 @@ def test_name_and_format_fields_override_the_file_name(client: TestClient):
     assert response.json()["format"] == "ndjson"
 
 
-def test_content_round_trips_byte_for_byte(client: TestClient):
+def test_content_round_trips_byte_for_byte(client: TestClient, fake_context: FakeContext):
     data = bytes(range(256)) * 1000
     dataset = upload(client, data, filename="x.csv").json()
     response = client.get(f"/api/v1/datasets/{dataset['id']}/content")
     assert response.status_code == 200
     assert response.content == data
-    assert response.headers["content-type"].startswith("text/csv")
+    # Not validated yet: the bytes are not known to be CSV.
+    assert response.headers["content-type"] == "application/octet-stream"
+    fake_context.new_uow().datasets._set(UUID(dataset["id"]), status=DatasetStatus.ready)
+    ready = client.get(f"/api/v1/datasets/{dataset['id']}/content")
+    assert ready.content == data
+    assert ready.headers["content-type"].startswith("text/csv")
+
+
+def test_a_download_names_any_file_in_its_content_disposition(client: TestClient):
+    for name in ["résumé «2026».csv", 'a"b\\c.csv', "x\r\nSet-Cookie: a=b.csv", "日本.csv"]:
+        dataset = upload(client, b"a\n1\n", filename="d.csv", name=name).json()
+        response = client.get(f"/api/v1/datasets/{dataset['id']}/content")
+        assert response.status_code == 200, (name, response.text)
+        disposition = response.headers["content-disposition"]
+        assert "\n" not in disposition and "set-cookie" not in response.headers
+        assert disposition.startswith('attachment; filename="')
+        encoded = disposition.split("filename*=UTF-8''", 1)[1]
+        assert unquote(encoded) == PurePath(name.replace("\\", "/")).name
 
 
 def test_unsupported_extension_is_415(client: TestClient, fake_context: FakeContext):
