@@ -27,7 +27,7 @@ from ports.queue import TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
 from schemas.domain.ids import new_id
-from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus, Principal
+from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus, KeyScope, Principal
 from use_cases.datasets import (
     FORMAT_EXTENSIONS,
     awaits_download,
@@ -96,18 +96,21 @@ def import_dataset(
     workdir: Path,
     *,
     max_bytes: int,
+    quota_bytes: int = 0,
     final_attempt: bool = True,
     keep_alive: Callable[[], UnitOfWork] | None = None,
     memory_limit: str | None = None,
 ) -> DatasetStatus | None:
     """Download an imported dataset, store it as its original and validate it; None if another
-    worker has it. `max_bytes` is the upload limit; see validate_dataset for the rest."""
+    worker has it. `max_bytes` is the upload limit, `quota_bytes` the owner's storage quota
+    (0: none); see validate_dataset for the rest."""
 
     def download_and_validate(dataset: Dataset, scratch: Path) -> DatasetStatus | None:
         source = None
         if awaits_download(dataset):
             source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
-            stored = _download(uow, storage, fetcher, dataset, source, max_bytes)
+            limit = min(max_bytes, _room_left(uow, dataset, quota_bytes))
+            stored = _download(uow, storage, fetcher, dataset, source, limit)
             if stored is None:
                 return None  # deleted meanwhile
             if stored.status == DatasetStatus.failed:
@@ -124,6 +127,16 @@ def import_dataset(
         final_attempt=final_attempt,
         keep_alive=keep_alive,
     )
+
+
+def _room_left(uow: UnitOfWork, dataset: Dataset, quota_bytes: int) -> int:
+    """Bytes the owner's quota leaves for this import (its own partial size not counted)."""
+    if quota_bytes <= 0:
+        return 2**63 - 1
+    owner = Principal(owner_id=dataset.owner_id, scope=KeyScope.read)  # the owner's own rights
+    with uow:
+        used = uow.datasets.total_size_bytes(owner) - dataset.size_bytes
+    return max(quota_bytes - used, 0)
 
 
 def _download(

@@ -63,6 +63,7 @@ def import_dataset_task(self: Task, dataset_id: str) -> None:
             UUID(dataset_id),
             Path(context.settings.tmp_dir),
             max_bytes=context.settings.max_upload_bytes,
+            quota_bytes=context.settings.owner_quota_bytes,
             final_attempt=self.request.retries >= VALIDATION_RETRIES,
             keep_alive=context.new_uow,
             memory_limit=ingest_memory_limit(context.settings),

@@ -272,12 +272,13 @@ def remove_dataset(
     return Response(status_code=204)
 
 
-@router.post("/import", status_code=202, responses=errors(400, 415, 422, *WRITE))
+@router.post("/import", status_code=202, responses=errors(400, 413, 415, 422, *WRITE))
 def import_dataset(
     body: DatasetImport,
     uow: UowDep,
     queue: QueueDep,
     fetcher: FetcherDep,
+    settings: SettingsDep,
     principal: WriterDep,
 ) -> DatasetImported:
     """Import a dataset from an http(s) URL; a worker downloads and validates it.
@@ -287,6 +288,8 @@ def import_dataset(
     dataset ends `ready` or `failed` with the reason in `error`, as an upload does.
     """
     check_import_url(fetcher, body.url)  # resolves the host: this route runs in a thread
+    # A full quota refuses now; the worker's download is cut at the room that is left.
+    check_quota(uow, principal, size=1, quota=settings.owner_quota_bytes)
     filename = url_filename(body.url)
     dataset = submit_import(
         uow,

@@ -280,3 +280,38 @@ def test_the_route_needs_a_url_and_a_write_key(client: TestClient, fake_context:
         headers={"Authorization": f"Bearer {reader}"},
     )
     assert read_only.status_code == 403, read_only.text
+
+
+# --- the owner's storage quota ----------------------------------------------------------------
+
+
+def test_an_import_is_cut_at_what_the_owners_quota_leaves(tmp_path: Path) -> None:
+    uow, queue, storage, fetcher = FakeUnitOfWork(), FakeQueue(), FakeStorage(), FakeFetcher()
+    fetcher.files[URL] = CSV
+    earlier = submitted(uow, queue, url="https://data.example/earlier.csv")
+    uow.datasets.rows[earlier.id] = earlier.model_copy(update={"size_bytes": 90})
+    dataset = submitted(uow, queue)
+
+    status = run(uow, storage, fetcher, dataset.id, tmp_path, quota_bytes=100)
+
+    assert status == DatasetStatus.failed
+    assert "over the import limit of 10 bytes" in (uow.datasets.rows[dataset.id].error or "")
+    assert storage.objects == {}
+    room = run(uow, storage, fetcher, submitted(uow, queue).id, tmp_path, quota_bytes=10**6)
+    assert room == DatasetStatus.ready
+
+
+def test_a_full_quota_refuses_the_import_at_submit(
+    client: TestClient, fake_context: FakeContext
+) -> None:
+    settings = fake_context.settings.model_copy(update={"owner_quota_bytes": 50})
+    object.__setattr__(fake_context, "settings", settings)
+    uow = fake_context.new_uow()
+    earlier = submitted(uow, fake_context.queue, url="https://data.example/earlier.csv")
+    uow.datasets.rows[earlier.id] = earlier.model_copy(update={"size_bytes": 50})
+
+    response = post(client, url=URL)
+
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "quota_exceeded"
+    assert response.json()["error"]["details"]["quota_bytes"] == 50
