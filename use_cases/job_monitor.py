@@ -1,6 +1,7 @@
 """The heartbeat of a running job: liveness, progress and step events, and the cancel flag."""
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -10,7 +11,8 @@ from uuid import UUID
 
 from ports.repositories import UnitOfWork
 from schemas.domain.records import JobEvent
-from services.processing.processors.base import JobCancelled
+from services.processing.processors.base import JobCancelled, MemoryBudgetExceeded
+from services.processing.sandbox import private_resident
 from use_cases.lifecycle import event
 
 log = logging.getLogger(__name__)
@@ -22,14 +24,30 @@ class JobLost(Exception):
 
 class Monitor:
     """Heartbeat thread: writes liveness, progress and step events, notices cancel requests,
-    off the job's path."""
+    off the job's path.
 
-    def __init__(self, uow: UnitOfWork, job_id: UUID, attempt: int, interval_s: float) -> None:
+    With a memory budget it also compares, at every beat, this process's private resident
+    memory with what it held when the job started: a job run in-process that grew past the
+    budget fails at its next progress report (DuckDB's limit bounds DuckDB meanwhile).
+    """
+
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        job_id: UUID,
+        attempt: int,
+        interval_s: float,
+        *,
+        memory_budget_mb: int | None = None,
+    ) -> None:
         self._uow, self._job_id, self._attempt = uow, job_id, attempt
         self._interval_s = interval_s
         self.progress, self.message, self.step = 0.0, "started", 0
         self.cancelled = threading.Event()
         self.lost = threading.Event()
+        self.over_budget = threading.Event()
+        self._budget_mb = memory_budget_mb
+        self._memory_base = private_resident(os.getpid()) if memory_budget_mb else None
         self._stop = threading.Event()
         self._pending: list[JobEvent] = []
         self._pending_lock = threading.Lock()
@@ -55,14 +73,26 @@ class Monitor:
 
     def report(self, progress: float, message: str, step: int) -> None:
         """Called by processors; raises to stop the step when the job was cancelled or lost."""
-        self.progress, self.message, self.step = max(self.progress, progress), message, step
+        self.update(progress, message, step)
         self.check()
+
+    def update(self, progress: float, message: str, step: int) -> None:
+        """Progress to write at the next beat (it never goes back)."""
+        self.progress, self.message, self.step = max(self.progress, progress), message, step
 
     def check(self) -> None:
         if self.lost.is_set():
             raise JobLost()
         if self.cancelled.is_set():
             raise JobCancelled()
+        if self.over_budget.is_set():
+            raise MemoryBudgetExceeded(self._budget_mb)
+
+    def watch_memory(self, on: bool) -> None:
+        """Whether the beats compare this process's memory with the budget (off when the job
+        runs in a child process, which is watched instead)."""
+        if not on:
+            self._memory_base = None
 
     def record(self, job_event: JobEvent) -> None:
         """Queue a history event (a step started or completed) for the next beat, or for the
@@ -94,11 +124,21 @@ class Monitor:
     def _loop(self) -> None:
         # One short UPDATE per period both proves liveness and reads the cancel flag.
         while not self._stop.wait(self._interval_s):
+            self._check_memory()
             try:
                 with self._writing:
                     self._write(beat=True)
             except Exception:  # a DB hiccup must not kill the heartbeat; the next beat retries
                 log.warning("heartbeat of %s failed", self._job_id, exc_info=True)
+
+    def _check_memory(self) -> None:
+        base, budget = self._memory_base, self._budget_mb
+        if base is None or budget is None:
+            return
+        grown = (private_resident(os.getpid()) or base) - base
+        if grown > budget * 1024**2 and not self.over_budget.is_set():
+            log.warning("job %s grew by %d MiB, over its budget", self._job_id, grown // 1024**2)
+            self.over_budget.set()
 
     def _write(self, *, beat: bool) -> None:
         """The pending events and, on a beat, liveness and progress, in one transaction."""

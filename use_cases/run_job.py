@@ -6,10 +6,11 @@ Every status write goes through use_cases/lifecycle.py; the heartbeat is use_cas
 import enum
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,19 @@ from schemas.domain.records import Artifact, Dataset, DatasetStatus, Job, JobSta
 from services.processing.processors.base import (
     ComputeLimits,
     JobCancelled,
+    MemoryBudgetExceeded,
     ParamsError,
     ProcessorInputError,
     StepInput,
+    StepOutput,
 )
-from services.processing.processors.numeric import ProfileCache
+from services.processing.processors.duck import decoded_size_at_most, out_of_memory
+from services.processing.processors.numeric import CACHE_SHARE, ProfileCache
 from services.processing.processors.registry import get_processor, validate_step
+from services.processing.sandbox import Ceiling, Channel, Child, ChildStopped
 from use_cases.job_monitor import JobLost, Monitor
 from use_cases.lifecycle import claim_job, complete_job, event, move_job
+from use_cases.scratch import owner_suffix
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,21 @@ class EngineSettings:
 
     heartbeat_interval_s: float = 0.5
     max_attempts: int = 3
+    # The memory a job may take (ASSAY_WORKER_MEMORY_BUDGET_MB): a job that is not provably
+    # small runs in a child process killed above it. None: every job in-process, unwatched.
+    memory_budget_mb: int | None = None
+    # Jobs whose input is at most this big decoded, and this wide, run in-process: forking
+    # and opening DuckDB in a child would cost them more than their work (~20 ms).
+    in_process_bytes: int = 16 * 1024**2
+    in_process_columns: int = 256
+
+
+# The child's address space may grow this much over its parent's (RLIMIT_AS), per MiB of budget
+# and per thread: a normal 5M-row job grew it by ~260 MiB at a 1 GiB budget (DuckDB's and
+# jemalloc's reservations, 8 MiB stacks, 64 MiB glibc arenas). A backstop against one huge
+# allocation; the watched resident memory is the ceiling.
+ADDRESS_SPACE_PER_BUDGET = 2
+ADDRESS_SPACE_PER_THREAD = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -105,13 +126,23 @@ def run_job(
 
     attempt = claimed.attempts
     scratch: Path | None = None
-    step_index: int | None = None
+    steps = _Steps(claimed)
     try:
         for earlier in range(1, attempt):  # files a dead earlier attempt may have left
             storage_retry(results.delete_prefix)(artifact_prefix(job_id, earlier))
         workdir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=workdir))
-        with Monitor(new_uow(), job_id, attempt, engine.heartbeat_interval_s) as monitor:
+        # Named for this process: the recovery loop removes it if the process dies.
+        scratch = Path(
+            tempfile.mkdtemp(prefix=f"job-{job_id}-", suffix=owner_suffix(), dir=workdir)
+        )
+        budget = engine.memory_budget_mb
+        with Monitor(
+            new_uow(),
+            job_id,
+            attempt,
+            engine.heartbeat_interval_s,
+            memory_budget_mb=budget,
+        ) as monitor:
             source = scratch / "data.parquet"
             storage_retry(datasets.download_file)(dataset.parquet_key or "", source)
             run = Attempt(
@@ -121,18 +152,16 @@ def run_job(
                 scratch=scratch,
                 monitor=monitor,
                 results=results,
-                profiles=ProfileCache(),
+                profiles=ProfileCache(max_bytes=compute.batch_memory_bytes // CACHE_SHARE),
                 compute=compute,
             )
-            artifacts: list[Artifact] = []
-            summaries: list[dict[str, Any]] = []
-            for step_index, step in enumerate(claimed.steps):
-                monitor.check()
-                summary, produced = _run_step(run, step_index)
-                summaries.append({"processor": step.processor, "summary": summary})
-                artifacts += produced
+            if budget is not None and not _small(source, engine):
+                monitor.watch_memory(False)  # the child's memory is watched instead
+                _run_in_child(run, budget, steps)
+            else:
+                _run_in_process(run, budget, steps)
             monitor.check()
-            return _complete(uow, run, summaries, artifacts)
+            return _complete(uow, run, steps.summaries, steps.artifacts)
     except JobCancelled:
         _discard(results, job_id, attempt)
         return _cancelled(uow, claimed)
@@ -141,16 +170,21 @@ def run_job(
         return Outcome.lost
     except (ProcessorInputError, ParamsError) as exc:
         _discard(results, job_id, attempt)
-        error = _error(claimed, step_index, exc)
+        error = _error(claimed, steps.index, exc)
         error |= {
             k: getattr(exc, k)
             for k in ("column", "row", "field")
             if getattr(exc, k, None) is not None
         }
         return _end(uow, claimed, JobStatus.failed, message="failed", error=error)
+    except MemoryBudgetExceeded as exc:  # the same input would need as much again: no retry
+        _discard(results, job_id, attempt)
+        log.warning("job %s attempt %d %s", job_id, attempt, exc)
+        error = _error(claimed, steps.index, exc)
+        return _end(uow, claimed, JobStatus.failed, message="failed", error=error)
     except Exception as exc:
         _discard(results, job_id, attempt)
-        error = _error(claimed, step_index, exc)
+        error = _error(claimed, steps.index, exc)
         if is_transient(exc) and attempt < engine.max_attempts:
             log.warning("job %s attempt %d hit a transient error: %s", job_id, attempt, exc)
             return _requeue(uow, claimed, error)
@@ -159,6 +193,99 @@ def run_job(
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+@dataclass
+class _Steps:
+    """The attempt's steps as they run: which one runs (errors name it), what they made."""
+
+    job: Job
+    index: int | None = None
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def started(self, run: Attempt, index: int) -> None:
+        self.index = index
+        step = self.job.steps[index]
+        run.monitor.record(event(self.job.id, "step_started", step=index, processor=step.processor))
+
+    def finished(self, run: Attempt, index: int, output: StepOutput) -> None:
+        """Store the step's files and record that it completed."""
+        produced = _store(run, index, output)
+        self.summaries.append(
+            {"processor": self.job.steps[index].processor, "summary": output.summary}
+        )
+        self.artifacts += produced
+
+
+def _small(source: Path, engine: EngineSettings) -> bool:
+    """Whether the job's input is provably small enough to run in-process."""
+    return decoded_size_at_most(source, engine.in_process_bytes, engine.in_process_columns)
+
+
+def _run_in_process(run: Attempt, budget: int | None, steps: _Steps) -> None:
+    """Every step in this process (the monitor fails the job when it grows over the budget)."""
+    for index in range(len(run.job.steps)):
+        run.monitor.check()
+        steps.started(run, index)
+        try:
+            output = _compute(run, index, run.monitor.report, spill_dir=run.scratch.parent)
+        except Exception as exc:
+            if out_of_memory(exc):
+                raise MemoryBudgetExceeded(budget, _first_line(exc)) from exc
+            raise
+        steps.finished(run, index, output)
+
+
+def _run_in_child(run: Attempt, budget: int, steps: _Steps) -> None:
+    """Every step in a child process under the memory ceiling; this process stores what
+    each step made while the next one runs, and kills the child on a cancel."""
+    threads = run.compute.threads or os.cpu_count() or 1
+    ceiling = Ceiling(
+        budget_bytes=budget * 1024**2,
+        address_space_bytes=(
+            ADDRESS_SPACE_PER_BUDGET * budget * 1024**2 + ADDRESS_SPACE_PER_THREAD * (threads + 4)
+        ),
+    )
+
+    def work(channel: Channel) -> None:  # in the child
+        def report(progress: float, message: str, step: int) -> None:
+            channel.progress((progress, message, step))
+
+        for index in range(len(run.job.steps)):
+            channel.post(("started", index, None))
+            try:
+                output = _compute(run, index, report, spill_dir=run.scratch)
+            except Exception as exc:
+                if out_of_memory(exc):
+                    raise MemoryBudgetExceeded(budget, _first_line(exc)) from exc
+                raise
+            channel.post(("finished", index, output))
+
+    monitor = run.monitor
+    child = Child(
+        work,
+        ceiling,
+        stop=lambda: monitor.cancelled.is_set() or monitor.lost.is_set(),
+        progress=lambda p: monitor.update(*p),
+    )
+    try:
+        with child:
+            for kind, index, output in child.messages():
+                monitor.check()
+                if kind == "started":
+                    steps.started(run, index)
+                else:
+                    steps.finished(run, index, output)
+    except ChildStopped:
+        monitor.check()  # raises JobCancelled or JobLost
+        raise JobCancelled() from None
+    finally:
+        log.info("job %s: its process took up to %d MiB", run.job.id, child.peak_bytes // 1024**2)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _discard(results: ObjectStorage, job_id: UUID, attempt: int) -> None:
@@ -195,34 +322,53 @@ def _requeue(uow: UnitOfWork, job: Job, error: dict[str, Any]) -> Outcome:
     return Outcome.retry
 
 
-def _run_step(run: Attempt, index: int) -> tuple[dict[str, Any], list[Artifact]]:
-    """Run one step on the local copy and store what it wrote under the attempt's prefix."""
-    job, monitor = run.job, run.monitor
+def _overall(run: Attempt, index: int, fraction: float) -> float:
+    """A step's own progress (0..1) as the job's."""
+    return (index + max(0.0, min(1.0, fraction))) / len(run.job.steps)
+
+
+def _label(run: Attempt, index: int, message: str) -> str:
+    return f"{run.job.steps[index].processor}: {message}"
+
+
+def _compute(
+    run: Attempt,
+    index: int,
+    report: Callable[[float, str, int], None],
+    *,
+    spill_dir: Path,
+) -> StepOutput:
+    """Run one step on the local copy; its files are in the attempt's scratch."""
+    job = run.job
     step = job.steps[index]
     processor = get_processor(step.processor)
     assert processor is not None, "steps are validated at submit"
     params = validate_step(step.processor, step.params, run.dataset.columns)
-    monitor.record(event(job.id, "step_started", step=index, processor=step.processor))
-    n = len(job.steps)
     output_dir = run.scratch / f"step-{index}"
     output_dir.mkdir()
     same_before = sum(1 for s in job.steps[:index] if s.processor == step.processor)
-    output = processor.run(
+    return processor.run(
         StepInput(
             parquet_path=run.source,
             columns=run.dataset.columns or [],
             dataset_format=run.dataset.format,
             output_dir=output_dir,
             artifact_suffix=f"-{same_before + 1}" if same_before else "",
-            report=lambda fraction, message: monitor.report(
-                (index + max(0.0, min(1.0, fraction))) / n, f"{step.processor}: {message}", index
+            report=lambda fraction, message: report(
+                _overall(run, index, fraction), _label(run, index, message), index
             ),
             limits=run.compute,
-            spill_dir=run.scratch.parent,
+            spill_dir=spill_dir,
             profiles=run.profiles,
         ),
         params,
     )
+
+
+def _store(run: Attempt, index: int, output: StepOutput) -> list[Artifact]:
+    """Store what a step wrote under the attempt's prefix and record that it completed."""
+    job, monitor = run.job, run.monitor
+    step = job.steps[index]
     produced = []
     for file in output.artifacts:
         monitor.check()
@@ -248,7 +394,7 @@ def _run_step(run: Attempt, index: int) -> tuple[dict[str, Any], list[Artifact]]
             artifacts=[a.name for a in produced],
         )
     )
-    return output.summary, produced
+    return produced
 
 
 def _complete(
@@ -286,7 +432,8 @@ def _end(uow: UnitOfWork, job: Job, status: JobStatus, *, message: str, **payloa
 
 def _error(job: Job, step_index: int | None, exc: BaseException) -> dict[str, Any]:
     step = job.steps[step_index].processor if step_index is not None else None
-    return {"step": step_index, "processor": step, "type": type(exc).__name__, "message": str(exc)}
+    kind = getattr(exc, "type_name", None) or type(exc).__name__  # a child's error keeps its type
+    return {"step": step_index, "processor": step, "type": kind, "message": str(exc)}
 
 
 def _sha256(path: Path) -> str:

@@ -16,5 +16,7 @@ TRANSIENT_ERRORS = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth another attempt: a dependency was briefly unreachable."""
+    """Errors worth another attempt: a dependency was briefly unreachable. Running out of
+    memory is not (MemoryBudgetExceeded, MemoryError, DuckDB's Out of Memory): the same input
+    would need as much again; the job engine fails such a job before asking."""
     return isinstance(exc, TRANSIENT_ERRORS)

@@ -10,12 +10,15 @@ if TYPE_CHECKING:
 
 
 def engine_settings(settings: Settings) -> "EngineSettings":
-    """The job engine's own settings: heartbeat period and attempts."""
+    """The job engine's own settings: heartbeat period, attempts and the memory ceiling."""
     from use_cases.run_job import EngineSettings
 
     return EngineSettings(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_attempts=settings.job_max_attempts,
+        # The ceiling of a job's memory: a job that is not provably small runs in a child
+        # process killed above it (docs/decisions.md, "A job's memory is a ceiling").
+        memory_budget_mb=settings.worker_memory_budget_mb,
     )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from ports.context import Context
 from use_cases.datasets import recover_stuck_datasets
 from use_cases.jobs import recover_jobs
+from use_cases.scratch import owner, this_host
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,23 @@ def start_reaper_thread(context_factory: Callable[[], Context]) -> threading.Eve
 
     def loop() -> None:
         context = context_factory()
-        alive = context.settings.data_dir / ALIVE_FILE
-        while not stop.wait(context.settings.reaper_interval_s):
+        settings = context.settings
+        alive = settings.data_dir / ALIVE_FILE
+        while not stop.wait(settings.reaper_interval_s):
             try:
                 acted = reap_once(context)
                 if acted:
                     log.info("reaper acted on %d record(s)", acted)
             except Exception:  # keep the loop alive across transient outages
                 log.exception("reaper pass failed")
+            try:  # scratch of attempts whose process died (a hard time limit, the OOM killer)
+                swept = sweep_scratch(
+                    settings.tmp_dir, older_than_s=settings.task_hard_time_limit_s
+                )
+                if swept:
+                    log.info("removed %d scratch folder(s) of dead processes", swept)
+            except OSError:
+                log.warning("scratch sweep failed", exc_info=True)
             with contextlib.suppress(OSError):  # what a container health check looks at
                 alive.touch()
 
@@ -64,17 +74,27 @@ def start_reaper_thread(context_factory: Callable[[], Context]) -> threading.Eve
 
 
 def sweep_scratch(folder: Path, older_than_s: float) -> int:
-    """Remove scratch folders a killed worker left behind (older than any task may run)."""
+    """Remove scratch folders a killed worker left behind: those of a process of this host
+    that no longer runs (a job attempt's, named for its pool process), and any older than a
+    task may run."""
     if not folder.is_dir():
         return 0
     cutoff = time.time() - older_than_s
+    host = this_host()
     removed = 0
     for entry in folder.iterdir():
-        stale = entry.name.startswith(("job-", "validate-")) and entry.stat().st_mtime < cutoff
+        try:
+            stale = entry.name.startswith(("job-", "validate-")) and entry.stat().st_mtime < cutoff
+        except FileNotFoundError:  # removed meanwhile (its attempt ended)
+            continue
+        # A job attempt's scratch (job-<id>-...@<pid>@<host>) whose process died: the host's
+        # name keeps a worker of another container, sharing the folder, out of it.
+        owned = owner(entry.name)
+        dead_owner = owned is not None and owned[1] == host and not _alive(owned[0])
         # DuckDB's spill folder of a worker process (duckdb-<pid>) that no longer runs. Workers
         # in other PID namespaces (containers) need their own ASSAY_DATA_DIR/tmp for this.
         spill_pid = entry.name.removeprefix("duckdb-")
-        if stale or (spill_pid.isdigit() and not _alive(int(spill_pid))):
+        if stale or dead_owner or (spill_pid.isdigit() and not _alive(int(spill_pid))):
             shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed

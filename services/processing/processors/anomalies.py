@@ -25,6 +25,7 @@ them, and by a scan of the Parquet copy only otherwise. Both give the same rows:
 same SQL rule is evaluated on the same values.
 """
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import duckdb
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
 from services.processing.json_values import json_safe
+from services.processing.processors.aggregates import Quantiles, aggregate_columns
 from services.processing.processors.arrays import to_arrow
 from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processing.processors.columns import (
@@ -42,12 +44,14 @@ from services.processing.processors.columns import (
     value_expr,
 )
 from services.processing.processors.duck import (
-    aggregate_columns,
+    batched,
     connect,
     literal,
     parquet_source,
     parquet_types,
+    planned_wide,
     run_with_progress,
+    scan_width,
 )
 from services.processing.processors.numeric import ColumnProfile, Extremes
 from services.processing.processors.profiles import numeric_profiles
@@ -99,25 +103,16 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
         stats = _statistics(
             con, step, src, selected, profiles, exprs, params.method, threshold, rows
         )
-        views: list[str] = []  # of extremes, registered on this connection until flagged
-        try:
-            branches = _branches(
-                con, src, selected, profiles, stats, raw, exprs, params.method, threshold, views
-            ) or [
-                "SELECT NULL::BIGINT AS row_number, NULL::INTEGER AS col,"
-                " NULL::VARCHAR AS value, NULL::DOUBLE AS score WHERE false"
-            ]
-            run_with_progress(
-                con,
-                "CREATE TEMP TABLE flagged AS " + " UNION ALL ".join(branches),
-                step.report,
-                "flagging values",
-                start=0.5,
-                end=0.9,
-            )
-        finally:
-            for view in views:
-                con.unregister(view)
+        con.execute(
+            "CREATE TEMP TABLE flagged"
+            " (row_number BIGINT, col INTEGER, value VARCHAR, score DOUBLE)"
+        )
+        flagging = Flagging(con, step, src, selected, profiles, raw, exprs, params.method)
+        todo = [i for i, s in enumerate(stats) if _scale(params.method, s) is not None]
+        batches = batched(todo, scan_width(step))
+        for n, batch in enumerate(batches):
+            part = 0.4 / len(batches)
+            flagging.flag(batch, stats, threshold, start=0.5 + n * part, end=0.5 + (n + 1) * part)
         counts = dict(con.execute("SELECT col, count(*) FROM flagged GROUP BY col").fetchall())
         names = "[" + ", ".join(literal(c.name) for c in selected) + "]"
         copy = (
@@ -169,7 +164,7 @@ def _statistics(
             con,
             src,
             deviations,
-            {"mad": "quantile_cont({e}, 0.5)", "meanad": "avg({e})"},
+            {"mad": Quantiles(0.5), "meanad": "avg({e})"},
             step,
             rows,
             start=0.25,
@@ -200,42 +195,105 @@ def _scale(method: str, s: dict[str, Any]) -> float | None:
     return scale if scale else None
 
 
-def _branches(
-    con: duckdb.DuckDBPyConnection,
-    src: str,
-    selected: list[ColumnInfo],
-    profiles: dict[str, ColumnProfile],
-    stats: list[dict[str, Any]],
-    raw: list[str],
-    exprs: list[str],
-    method: str,
-    threshold: float,
-    views: list[str],
-) -> list[str]:
-    """A SELECT of each column's flagged values; the views of extremes it registers go to
-    `views`.
+SCAN_GROUP = 128  # columns whose flags one scan of the copy finds at once
+
+
+class Flagging:
+    """Writes the flagged values of columns into the temp table `flagged`, a batch at a time.
 
     A column's flags come from its profiled extremes (a few percent of its rows, in memory)
     when the rule flags neither edge of them, and from a scan of the Parquet copy otherwise.
+    Columns that need a scan share one per SCAN_GROUP, each row passing any of their rules
+    unnested into its flagged values: a query naming read_parquet once per column would plan
+    the file's schema once per column, in memory that grows with the columns squared.
     """
-    branches: list[str] = []
-    for i, (column, s) in enumerate(zip(selected, stats, strict=True)):
-        if _scale(method, s) is None:
-            continue  # nothing can be flagged
-        where, score = _rule(exprs[i], method, s, threshold)
-        source = src
-        extremes = profiles[column.name].extremes
-        if extremes is not None:
-            view = f"anomaly_candidates_{i}"
-            con.register(view, _candidates(column.name, extremes))
-            views.append(view)
-            if _holds_every_flag(con, view, raw[i], extremes, where):
-                source = view
-        branches.append(
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        step: StepInput,
+        src: str,
+        selected: list[ColumnInfo],
+        profiles: dict[str, ColumnProfile],
+        raw: list[str],
+        exprs: list[str],
+        method: str,
+    ) -> None:
+        self.con, self.step, self.src, self.selected = con, step, src, selected
+        self.profiles, self.raw, self.exprs, self.method = profiles, raw, exprs, method
+
+    def flag(
+        self,
+        batch: Sequence[int],
+        stats: list[dict[str, Any]],
+        threshold: float,
+        *,
+        start: float,
+        end: float,
+    ) -> None:
+        con = self.con
+        views: list[str] = []  # of extremes, registered on this connection until flagged
+        try:
+            rules = {i: _rule(self.exprs[i], self.method, stats[i], threshold) for i in batch}
+            sources = {i: self._source(i, rules[i][0], views) for i in batch}
+            scanned = [i for i in batch if sources[i] is None]
+            branches = [
+                self._branch(i, sources[i] or self.src, rules[i])
+                for i in batch
+                if sources[i] is not None or len(scanned) == 1
+            ]
+            # (the statement, how many columns it flags)
+            inserts = [(" UNION ALL ".join(branches), len(branches))] if branches else []
+            if len(scanned) > 1:
+                inserts += [
+                    (self._scan(group, rules), len(group)) for group in batched(scanned, SCAN_GROUP)
+                ]
+            for n, (sql, width) in enumerate(inserts):
+                part = (end - start) / len(inserts)
+                with planned_wide(con, 4 * width):  # a rule, a score and a value per column
+                    run_with_progress(
+                        con,
+                        f"INSERT INTO flagged {sql}",
+                        self.step.report,
+                        "flagging values",
+                        start=start + n * part,
+                        end=start + (n + 1) * part,
+                    )
+        finally:
+            for view in views:
+                con.unregister(view)
+
+    def _branch(self, i: int, source: str, rule: tuple[str, str]) -> str:
+        where, score = rule
+        return (
             f"SELECT file_row_number + 1 AS row_number, {i} AS col,"
-            f" CAST({raw[i]} AS VARCHAR) AS value, {score} AS score FROM {source} WHERE {where}"
+            f" CAST({self.raw[i]} AS VARCHAR) AS value, {score} AS score"
+            f" FROM {source} WHERE {where}"
         )
-    return branches
+
+    def _scan(self, group: Sequence[int], rules: dict[int, tuple[str, str]]) -> str:
+        """One scan of the copy: every flagged value of the group's columns."""
+        flags = ", ".join(
+            f"CASE WHEN {rules[i][0]} THEN {{'col': {i}, 'value':"
+            f" CAST({self.raw[i]} AS VARCHAR), 'score': {rules[i][1]}}} END"
+            for i in group
+        )
+        where = " OR ".join(f"({rules[i][0]})" for i in group)
+        return (
+            "SELECT row_number, f.col, f.value, f.score FROM"
+            f" (SELECT file_row_number + 1 AS row_number, unnest([{flags}]) AS f"
+            f" FROM {self.src} WHERE {where}) WHERE f IS NOT NULL"
+        )
+
+    def _source(self, i: int, where: str, views: list[str]) -> str | None:
+        """The view of column i's extremes when they hold every flagged value, else None."""
+        extremes = self.profiles[self.selected[i].name].extremes
+        if extremes is None:
+            return None
+        view = f"anomaly_candidates_{i}"
+        self.con.register(view, _candidates(self.selected[i].name, extremes))
+        views.append(view)
+        return view if _holds_every_flag(self.con, view, self.raw[i], extremes, where) else None
 
 
 def _rule(x: str, method: str, s: dict[str, Any], threshold: float) -> tuple[str, str]:

@@ -30,6 +30,21 @@ class ProcessorInputError(Exception):
         self.row = row
 
 
+class MemoryBudgetExceeded(Exception):
+    """The work needed more memory than the worker's budget: a failure, never retried (the
+    same input would need as much again)."""
+
+    def __init__(self, budget_mib: int | None = None, detail: str = "") -> None:
+        message = "exceeded the memory budget"
+        if budget_mib is not None:
+            message += f" ({budget_mib} MiB)"
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.budget_mib, self.detail = budget_mib, detail
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (MemoryBudgetExceeded, (self.budget_mib, self.detail), self.__dict__)
+
+
 class ParamsError(Exception):
     """Invalid step parameters; `field` is the path of the first bad field ("columns[1]")."""
 
@@ -40,6 +55,10 @@ class ParamsError(Exception):
         self.message = message
         self.field = field
         self.errors = errors if errors is not None else [{"field": field, "message": message}]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only arguments: unpickled from its args and state, without __init__.
+        return (type(self).__new__, (type(self), *self.args), self.__dict__)
 
 
 class UnknownProcessor(ParamsError):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core.core_schema import ValidationInfo
 
 from schemas.domain.records import ColumnInfo
+from services.processing.processors.aggregates import Aggregate, Quantiles, aggregate_columns
 from services.processing.processors.base import ParamsError, ProcessorInputError, StepInput
 from services.processing.processors.columns import (
     is_numeric,
@@ -16,7 +17,7 @@ from services.processing.processors.columns import (
     select_columns,
     value_expr,
 )
-from services.processing.processors.duck import aggregate_columns, literal, run_with_progress
+from services.processing.processors.duck import literal, run_with_progress
 from services.processing.processors.numeric import ColumnProfile
 
 PARSERS: dict[str, Callable[[str], Any]] = {
@@ -120,9 +121,9 @@ def fill_expressions(
     exprs = [value_expr(c.name, types[c.name]) for c in targets]
     if numeric:
         exprs = [f"CAST({e} AS DOUBLE)" for e in exprs]
-    aggregates = {"nulls": "count(*) - count({e})"}
+    aggregates: dict[str, Aggregate] = {"nulls": "count(*) - count({e})"}
     if numeric:
-        aggregates["value"] = "avg({e})" if fill.strategy == "mean" else "quantile_cont({e}, 0.5)"
+        aggregates["value"] = "avg({e})" if fill.strategy == "mean" else Quantiles(0.5)
     known = {c.name: profiles[c.name] for c in targets if numeric and c.name in profiles}
     scan = [i for i, c in enumerate(targets) if c.name not in known]
     scanned = aggregate_columns(

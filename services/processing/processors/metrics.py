@@ -12,7 +12,9 @@ a decimal column's `min` and `max` are its stored values, exact strings, while t
 computed from it (mean, std, quartiles, histogram) are floats.
 """
 
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeGuard
 
 import duckdb
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
 from services.processing.json_values import json_safe
-from services.processing.processors.base import ProgressCallback, StepInput, StepOutput
+from services.processing.processors.base import StepInput, StepOutput
 from services.processing.processors.columns import (
     FLOAT_DUCK_TYPES,
     is_numeric,
@@ -31,13 +33,16 @@ from services.processing.processors.columns import (
     value_expr,
 )
 from services.processing.processors.duck import (
+    batched,
     connect,
     map_with_progress,
     parquet_rows,
     parquet_source,
     parquet_types,
     run_with_progress,
+    scan_width,
 )
+from services.processing.processors.groups import equal_rows
 from services.processing.processors.numeric import (
     QUANTILES,
     ColumnProfile,
@@ -49,9 +54,11 @@ from services.processing.processors.numeric import (
 from services.processing.processors.profiles import (
     SMALL_INTEGERS,
     SMALL_VALUES,
-    fetch_task,
+    cached,
     fetched_expr,
+    fits_in_memory,
     non_null,
+    profile_task,
     profile_workers,
 )
 
@@ -95,13 +102,14 @@ def run(step: StepInput, params: MetricsParams) -> StepOutput:
             aggregates, profiles, duplicates = _small_dataset(
                 con, step, src, selected, types, exprs, rows
             )
-        else:
-            rows, aggregates = _aggregates(con, src, selected, exprs, step.report)
-            profiles = _profiles(con, step, src, selected, types, exprs, rows)
-            duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
-        for name, profile in profiles.items():
-            if isinstance(profile, ColumnProfile):
-                step.profiles.put(name, profile)
+            for name, profile in profiles.items():
+                if isinstance(profile, ColumnProfile):
+                    step.profiles.put(name, profile)
+        else:  # the numeric profiles go to the job's cache as they are made
+            rows, aggregates = _aggregates(con, step, src, selected, exprs)
+            keys = RepeatedKeys(rows)
+            profiles = _profiles(con, step, src, selected, types, exprs, rows, keys)
+            duplicates = _duplicate_rows(con, step, selected, exprs, keys, rows)
     columns = {
         c.name: _column_summary(c, rows, aggregates.get(c.name, []), profiles[c.name])
         for c in selected
@@ -123,20 +131,29 @@ def _profiles(
     types: dict[str, str],
     exprs: dict[str, str],
     rows: int,
+    keys: "RepeatedKeys",
 ) -> dict[str, Any]:
     """Per column, a query each on a thread pool: a ColumnProfile (numeric; one a step already
-    made is reused), SortedStats (date, timestamp) or (distinct count, top values)."""
-    profiles: dict[str, Any] = {
-        c.name: profile for c in selected if (profile := step.profiles.get(c.name))
-    }
-    todo = [c for c in selected if c.name not in profiles]
+    made is reused), SortedStats (date, timestamp) or (distinct count, top values). The
+    repeated values of the columns that narrow the duplicate count most go to `keys`."""
+    profiles: dict[str, Any] = {}
+    for index, column in enumerate(selected):
+        if profile := step.profiles.get(column.name):
+            profiles[column.name] = keys.offer(index, exprs[column.name], profile)
+    todo = [(i, c) for i, c in enumerate(selected) if c.name not in profiles]
     tasks = [
-        fetch_task(step.parquet_path, c, types[c.name], rows)
-        if is_numeric(c)
-        else _sort_task(src, exprs[c.name])
+        keys.taking(
+            index,
+            exprs[c.name],
+            cached(step, c.name, profile_task(step, c, types[c.name], rows))
+            if is_numeric(c)
+            else _sort_task(src, exprs[c.name])
+            if fits_in_memory(step, rows)
+            else _distinct_task(src, exprs[c.name]),
+        )
         if _sorts(c)
         else _group_task(src, exprs[c.name])
-        for c in todo
+        for index, c in todo
     ]
     results = map_with_progress(
         con,
@@ -147,7 +164,7 @@ def _profiles(
         start=0.1,
         end=0.8,
     )
-    return profiles | {c.name: result for c, result in zip(todo, results, strict=True)}
+    return profiles | {c.name: result for (_, c), result in zip(todo, results, strict=True)}
 
 
 def _small_dataset(
@@ -163,14 +180,14 @@ def _small_dataset(
     from one query, then numpy (on little data, a query per column costs more than the work).
     """
     fetched = [c for c in selected if _sorts(c) or types[c.name] in COUNTED]
-    select = ", ".join(
-        f"{fetched_expr(c, types[c.name]) if is_numeric(c) else exprs[c.name]} AS c{i}"
-        for i, c in enumerate(fetched)
-    )
     step.report(0.0, "reading")
-    arrays = []
-    if select:
-        arrays = list(con.execute(f"SELECT {select} FROM {src}").fetchnumpy().values())
+    arrays: list[Any] = []
+    for batch in batched(fetched, scan_width(step)):  # one query, but for many columns
+        select = ", ".join(
+            f"{fetched_expr(c, types[c.name]) if is_numeric(c) else exprs[c.name]} AS c{i}"
+            for i, c in enumerate(batch)
+        )
+        arrays += con.execute(f"SELECT {select} FROM {src}").fetchnumpy().values()
     step.report(0.1, "profiling columns")
     aggregates: dict[str, list[Any]] = {}
     profiles: dict[str, Any] = {}
@@ -187,7 +204,7 @@ def _small_dataset(
         if types[column.name] in NATIVE_TEMPORAL:
             ends = [present[0].item(), present[-1].item()] if len(present) else [None, None]
             aggregates[column.name] += ends
-    unfetched = [c for c in selected if c not in fetched]
+    unfetched = [c for c in selected if not (_sorts(c) or types[c.name] in COUNTED)]
     # Columns whose figures numpy cannot give as DuckDB does: their own queries.
     in_sql = unfetched + [
         c
@@ -195,12 +212,15 @@ def _small_dataset(
         if (is_temporal(c) and types[c.name] not in NATIVE_TEMPORAL) or _exact_ends(c)
     ]
     if in_sql:
-        aggregates |= _aggregates(con, src, in_sql, exprs, step.report, start=0.1, end=0.2)[1]
+        aggregates |= _aggregates(con, step, src, in_sql, exprs, start=0.1, end=0.2)[1]
     for column in unfetched:
         profiles[column.name] = _group_task(src, exprs[column.name])(con)
     step.report(0.8, "counting duplicate rows")
     if unfetched or any(is_numeric(c) and not _fetched_exactly(types[c.name]) for c in fetched):
-        duplicates = _duplicate_rows(con, src, selected, exprs, profiles, rows, step.report)
+        keys = RepeatedKeys(rows)
+        for index, column in enumerate(selected):
+            keys.offer(index, exprs[column.name], profiles[column.name])
+        duplicates = _duplicate_rows(con, step, selected, exprs, keys, rows)
     else:
         duplicates = count_duplicate_rows(arrays)
     return aggregates, {c.name: profiles[c.name] for c in selected}, duplicates
@@ -225,16 +245,17 @@ def _value_counts(values: np.ndarray) -> tuple[int, list[dict[str, Any]]]:
 
 def _aggregates(
     con: duckdb.DuckDBPyConnection,
+    step: StepInput,
     src: str,
     selected: list[ColumnInfo],
     exprs: dict[str, str],
-    report: ProgressCallback,
     *,
     start: float = 0.0,
     end: float = 0.1,
 ) -> tuple[int, dict[str, list[Any]]]:
-    """One scan: row count; non-null count of the non-numeric columns; min/max of temporal
-    and decimal ones (the other numeric columns are profiled from their values)."""
+    """One scan (a batch of columns at a time when there are many): row count; non-null count
+    of the non-numeric columns; min/max of temporal and decimal ones (the other numeric
+    columns are profiled from their values)."""
     parts: dict[str, list[str]] = {}
     for c in selected:
         e = exprs[c.name]
@@ -245,14 +266,25 @@ def _aggregates(
         parts[c.name] = [f"count({e})"]
         if is_temporal(c):
             parts[c.name] += [f"min({e})", f"max({e})"]
-    select = ", ".join(["count(*)"] + [p for sql in parts.values() for p in sql])
-    values = iter(
-        run_with_progress(
-            con, f"SELECT {select} FROM {src}", report, "counting", start=start, end=end
-        )[0]
-    )
-    rows = next(values)
-    return rows, {name: [next(values) for _ in sql] for name, sql in parts.items()}
+    batches = batched(list(parts), scan_width(step)) or [[]]
+    rows = 0
+    out: dict[str, list[Any]] = {}
+    for n, batch in enumerate(batches):
+        select = ", ".join(["count(*)"] + [p for name in batch for p in parts[name]])
+        part = (end - start) / len(batches)
+        values = iter(
+            run_with_progress(
+                con,
+                f"SELECT {select} FROM {src}",
+                step.report,
+                "counting",
+                start=start + n * part,
+                end=start + (n + 1) * part,
+            )[0]
+        )
+        rows = next(values)
+        out |= {name: [next(values) for _ in parts[name]] for name in batch}
+    return rows, out
 
 
 def _sort_task(src: str, expr: str) -> Callable[..., Any]:
@@ -261,6 +293,20 @@ def _sort_task(src: str, expr: str) -> Callable[..., Any]:
     def task(cursor: duckdb.DuckDBPyConnection) -> SortedStats:
         (values,) = cursor.execute(sql).fetchnumpy().values()
         return sorted_stats(np.asarray(values), numeric=False)
+
+    return task
+
+
+def _distinct_task(src: str, expr: str) -> Callable[..., Any]:
+    """_sort_task's figures for a column too long to fetch: by DuckDB's GROUP BY (it spills)."""
+    groups = f"SELECT count(*) AS n FROM {src} WHERE {expr} IS NOT NULL GROUP BY {expr}"
+    sql = f"SELECT count(*), coalesce(sum(n), 0)::BIGINT FROM ({groups})"
+
+    def task(cursor: duckdb.DuckDBPyConnection) -> SortedStats:
+        row = cursor.execute(sql).fetchone()
+        assert row is not None  # an aggregate without GROUP BY returns one row
+        distinct, count = row
+        return SortedStats(count, distinct, None, None, [], None, None, 0)
 
     return task
 
@@ -280,48 +326,109 @@ def _group_task(src: str, expr: str) -> Callable[..., Any]:
     return task
 
 
+class RepeatedKeys:
+    """The repeated values of the FILTER_KEYS columns that narrow the duplicate count most.
+
+    Offered each column's stats as they are profiled; only the best lists are kept, so the
+    memory does not grow with the column count (a list can hold MAX_DUP_KEYS values).
+    """
+
+    def __init__(self, rows: int) -> None:
+        self._rows = rows
+        self._kept: list[tuple[int, int, str, np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    def offer(self, index: int, expr: str, profile: Any) -> Any:
+        """Consider the column's repeated values; the profile without them."""
+        stats = profile.stats if isinstance(profile, ColumnProfile) else profile
+        if not isinstance(stats, SortedStats):
+            return profile
+        keys = stats.dup_keys
+        if stats.distinct == self._rows:  # no nulls, no repeats: no row has a twin
+            keys = np.empty(0)
+        candidates = self._rows - stats.count + stats.dup_rows
+        if (
+            _bindable(keys)
+            and (stats.distinct == self._rows or candidates <= self._rows // 2)
+            and len(keys) <= MAX_DUP_KEYS
+        ):
+            with self._lock:
+                self._kept.append(
+                    (0 if stats.distinct == self._rows else candidates, index, expr, keys)
+                )
+                self._kept.sort(key=lambda kept: kept[:2])
+                del self._kept[FILTER_KEYS:]
+        if stats.dup_keys is None:
+            return profile
+        stats = replace(stats, dup_keys=None)
+        return replace(profile, stats=stats) if isinstance(profile, ColumnProfile) else stats
+
+    def taking(self, index: int, expr: str, task: Callable[..., Any]) -> Callable[..., Any]:
+        """The task, its result offered."""
+
+        def offered(cursor: duckdb.DuckDBPyConnection) -> Any:
+            return self.offer(index, expr, task(cursor))
+
+        return offered
+
+    def best(self) -> list[tuple[int, str, np.ndarray]]:
+        """(candidate rows, column expression, repeated values), most selective first."""
+        with self._lock:
+            return [(candidates, expr, keys) for candidates, _, expr, keys in self._kept]
+
+
 def _duplicate_rows(
     con: duckdb.DuckDBPyConnection,
-    src: str,
+    step: StepInput,
     selected: list[ColumnInfo],
     exprs: dict[str, str],
-    profiles: dict[str, Any],
+    keys: RepeatedKeys,
     rows: int,
-    report: ProgressCallback,
 ) -> int:
     """Rows equal to an earlier row, counted over only the rows that can have a twin.
 
     Two equal rows agree on every column, so a row whose value in a sorted column (numeric,
     date, timestamp) is unique can have no twin. The rows where the most selective such
     columns are null or hold a repeated value are usually a small fraction, and DuckDB then
-    decodes the other columns only of the row batches that keep any.
+    decodes the other columns only of the row batches that keep any. Over more columns than
+    one query reads, rows are grouped a batch of columns at a time (groups.equal_rows).
     """
-    keyed: list[tuple[int, str, np.ndarray]] = []
-    for c in selected:
-        profile = profiles[c.name]
-        stats = profile.stats if isinstance(profile, ColumnProfile) else profile
-        if isinstance(stats, SortedStats) and _bindable(stats.dup_keys):
-            candidates = rows - stats.count + stats.dup_rows
-            if candidates <= rows // 2 and len(stats.dup_keys) <= MAX_DUP_KEYS:
-                keyed.append((candidates, exprs[c.name], stats.dup_keys))
-    keyed.sort(key=lambda key: key[0])
+    keyed = keys.best()
     if keyed and keyed[0][0] == 0:
         return 0  # a column without nulls or repeated values: every row is unique
     conditions: list[str] = []
     params: list[Any] = []
-    for _, e, dup_keys in keyed[:FILTER_KEYS]:
+    for _, e, dup_keys in keyed:
         if len(dup_keys):
             params.append(dup_keys.tolist())
             conditions.append(f"({e} IS NULL OR {e} IN (SELECT unnest(${len(params)})))")
         else:
             conditions.append(f"{e} IS NULL")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    cols = ", ".join(exprs[c.name] for c in selected)
+    columns = [exprs[c.name] for c in selected]
+    if len(columns) > scan_width(step):
+        src = parquet_source(step.parquet_path, row_numbers=True)
+        table = equal_rows(
+            con,
+            step,
+            src,
+            columns,
+            "metrics_equal_rows",
+            where=where,
+            params=params or None,
+            message="counting duplicate rows",
+            start=0.8,
+        )
+        counted = con.execute(f"SELECT count(*) - count(DISTINCT g) FROM {table}").fetchone()
+        con.execute(f"DROP TABLE {table}")
+        assert counted is not None  # an aggregate without GROUP BY returns one row
+        return int(counted[0])
     # Nulls group together, as pandas' duplicated() compares them equal.
-    groups = f"SELECT count(*) AS n FROM {src}{where} GROUP BY {cols}"
+    src = parquet_source(step.parquet_path)
+    groups = f"SELECT count(*) AS n FROM {src}{where} GROUP BY {', '.join(columns)}"
     sql = f"SELECT coalesce(sum(n - 1), 0) FROM ({groups})"
     result = run_with_progress(
-        con, sql, report, "counting duplicate rows", start=0.8, params=params or None
+        con, sql, step.report, "counting duplicate rows", start=0.8, params=params or None
     )
     return int(result[0][0])
 

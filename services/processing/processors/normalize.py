@@ -28,6 +28,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from schemas.domain.records import ColumnInfo
 from services.processing.json_values import json_safe
+from services.processing.processors.aggregates import Aggregate, Quantiles, aggregate_columns
 from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processing.processors.columns import (
     is_numeric,
@@ -37,14 +38,17 @@ from services.processing.processors.columns import (
     value_expr,
 )
 from services.processing.processors.duck import (
-    aggregate_columns,
     connect,
     literal,
     parquet_source,
     parquet_types,
+    parse_size,
+    planned_wide,
     run_with_progress,
+    scan_width,
 )
 from services.processing.processors.fill import FillNulls, fill_expressions, fill_targets
+from services.processing.processors.groups import equal_rows
 from services.processing.processors.numeric import ColumnProfile
 from services.processing.processors.output import copy_to_file
 from services.processing.processors.profiles import numeric_profiles
@@ -123,6 +127,8 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
     """Apply the stages in order and write normalized.<format> in the dataset's row order."""
     fmt = params.output_format or step.dataset_format.value
     content_type, options = FORMATS[fmt]
+    if fmt == "parquet":
+        options += _row_groups(step, len(step.columns))
     name = artifact_name(f"normalized.{fmt}", step.artifact_suffix)
     path = step.output_dir / name
     src = parquet_source(step.parquet_path, row_numbers=True)
@@ -153,7 +159,10 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
         # Scans keep the file order (preserve_insertion_order); a join may not.
         order = " ORDER BY file_row_number" if relation != src else ""
         query = f"SELECT {select} FROM {relation}{order}"
-        sha256 = copy_to_file(con, query, path, options, step, f"writing {name}", start=0.4)
+        with planned_wide(con, len(exprs)):
+            sha256 = copy_to_file(
+                con, query, path, options, step, f"writing {name}", start=0.4, columns=len(exprs)
+            )
     summary = {
         "rows_in": rows_in,
         "rows_out": rows_out,
@@ -168,6 +177,21 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
     return StepOutput(summary=json_safe(summary), artifacts=[artifact])
 
 
+# DuckDB's Parquet writer holds a row group of every column before writing it (122,880 rows by
+# default): 1,000 columns of doubles make ~1 GB. Wider outputs get smaller row groups, a
+# quarter of DuckDB's limit at most (and at least 2,048 rows); narrower ones are unchanged.
+DEFAULT_ROW_GROUP = 122_880
+MIN_ROW_GROUP = 2_048
+
+
+def _row_groups(step: StepInput, columns: int) -> str:
+    """The COPY option bounding the output's row groups, or "" (DuckDB's default)."""
+    rows = parse_size(step.limits.memory_limit) // 4 // (8 * max(columns, 1))
+    if rows >= DEFAULT_ROW_GROUP:
+        return ""
+    return f", ROW_GROUP_SIZE {max(MIN_ROW_GROUP, rows // MIN_ROW_GROUP * MIN_ROW_GROUP)}"
+
+
 def _drop_duplicates(
     con: duckdb.DuckDBPyConnection,
     step: StepInput,
@@ -177,6 +201,8 @@ def _drop_duplicates(
 ) -> tuple[str, int]:
     """Keep the first row of every group of equal rows: (the kept relation, its row count)."""
     subset = option.subset or [c.name for c in step.columns]
+    if len(subset) > scan_width(step):
+        return _drop_duplicates_wide(con, step, src, [value_expr(n, types[n]) for n in subset])
     keys = ", ".join(value_expr(name, types[name]) for name in subset)
     sql = (
         "CREATE TEMP TABLE normalize_keep AS SELECT min(file_row_number) AS rn"
@@ -189,6 +215,26 @@ def _drop_duplicates(
     return (
         f"(SELECT * FROM {src} WHERE file_row_number IN (SELECT rn FROM normalize_keep))",
         rows_out,
+    )
+
+
+def _drop_duplicates_wide(
+    con: duckdb.DuckDBPyConnection, step: StepInput, src: str, keys: list[str]
+) -> tuple[str, int]:
+    """_drop_duplicates over more columns than one query reads: rows grouped a batch of
+    columns at a time, and every row of a group but its first dropped."""
+    table = equal_rows(
+        con, step, src, keys, "normalize_equal", message="finding duplicate rows", end=0.2
+    )
+    con.execute(f"CREATE TEMP TABLE normalize_drop AS SELECT rn FROM {table} WHERE rn <> g")
+    con.execute(f"DROP TABLE {table}")
+    counted = con.execute(
+        f"SELECT (SELECT count(*) FROM {src}) - (SELECT count(*) FROM normalize_drop)"
+    ).fetchone()
+    assert counted is not None  # a SELECT without FROM returns one row
+    return (
+        f"(SELECT * FROM {src} WHERE file_row_number NOT IN (SELECT rn FROM normalize_drop))",
+        counted[0],
     )
 
 
@@ -242,7 +288,7 @@ def _scale(
         for c in targets
     }
     xs = [f"CAST({current[c.name]} AS DOUBLE)" for c in targets]
-    aggregates = {
+    by_method: dict[str, dict[str, Aggregate]] = {
         "minmax": {"min": "min({e})", "max": "max({e})"},
         "zscore": {
             "mean": "avg({e})",
@@ -250,8 +296,9 @@ def _scale(
             "min": "min({e})",
             "max": "max({e})",
         },
-        "robust": {"quartiles": "quantile_cont({e}, [0.25, 0.5, 0.75])"},
-    }[scale.method]
+        "robust": {"quartiles": Quantiles((0.25, 0.5, 0.75))},
+    }
+    aggregates = by_method[scale.method]
     known = {
         c.name: s
         for c in targets

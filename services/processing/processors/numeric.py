@@ -138,12 +138,25 @@ class ColumnProfile:
         return self.stats.quantiles[QUANTILES.index(q)]
 
 
-class ProfileCache:
-    """Profiles by column name, for the steps of one job (they read the same Parquet copy)."""
+# A job's cache may keep arrays (extremes, repeated values) up to 1/CACHE_SHARE of its numpy
+# budget: at 5M rows the extremes of a column take ~3 MiB, so a 1 GiB budget keeps those of
+# ~20 columns; the figures of the others stay, and anomalies scans for their flags.
+CACHE_SHARE = 8
 
-    def __init__(self) -> None:
+
+class ProfileCache:
+    """Profiles by column name, for the steps of one job (they read the same Parquet copy).
+
+    The arrays a profile carries (extremes, repeated values) are kept up to `max_bytes` in
+    all; a profile put beyond it keeps its figures only, so the cache does not grow with the
+    column count.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._profiles: dict[str, ColumnProfile] = {}
         self._lock = threading.Lock()
+        self._max_bytes = max_bytes
+        self._bytes = 0
 
     def get(self, name: str) -> ColumnProfile | None:
         with self._lock:
@@ -155,7 +168,21 @@ class ProfileCache:
         if keys is not None and len(keys) > CACHED_DUP_KEYS:
             profile = replace(profile, stats=replace(profile.stats, dup_keys=None))
         with self._lock:
+            old = self._profiles.get(name)
+            held = self._bytes - (_array_bytes(old) if old is not None else 0)
+            if self._max_bytes is not None and held + _array_bytes(profile) > self._max_bytes:
+                profile = replace(profile, stats=replace(profile.stats, dup_keys=None))
+                profile = replace(profile, extremes=None)
             self._profiles[name] = profile
+            self._bytes = held + _array_bytes(profile)
+
+
+def _array_bytes(profile: ColumnProfile) -> int:
+    keys = profile.stats.dup_keys
+    size = keys.nbytes if keys is not None else 0
+    if profile.extremes is not None:
+        size += profile.extremes.positions.nbytes + profile.extremes.values.nbytes
+    return size
 
 
 def profile_values(values: np.ndarray) -> ColumnProfile:
@@ -176,32 +203,56 @@ def profile_values(values: np.ndarray) -> ColumnProfile:
 
 def quantile_sorted(values: np.ndarray, q: float) -> float:
     """numpy.quantile(values, q) (method "linear") of an already sorted array."""
-    n = len(values)
+    low, high, gamma = quantile_position(len(values), q)
+    return lerp(float(values[low]), float(values[high]), gamma)
+
+
+def quantile_position(n: int, q: float) -> tuple[int, int, float]:
+    """Where numpy.quantile(method="linear") of n sorted values reads: (the 0-based positions
+    of the two values it interpolates between, the weight of the second)."""
     # numpy's virtual index n*q + (1 - q) - 1, exact for q in quarters.
     index = n * q + (1 - q) - 1
     low = math.floor(index)
-    gamma = index - low
-    a = float(values[low])
-    b = float(values[min(low + 1, n - 1)])
-    # numpy's _lerp: interpolate from the nearer end for stability.
+    return low, min(low + 1, n - 1), index - low
+
+
+def lerp(a: float, b: float, gamma: float) -> float:
+    """numpy's _lerp: interpolate from the nearer end for stability."""
     diff = b - a
     return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
 def histogram_sorted(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, Any] | None:
     """numpy.histogram(values, bins) of a sorted array: equal-width bins, the last one closed."""
-    first, last = float(values[0]), float(values[-1])
+    edges = histogram_edges(values[0], values[-1], bins)
+    if edges is None:
+        return None
+    below = np.searchsorted(values, inner_edges(edges, values.dtype), side="left")
+    return histogram_of(edges, below.tolist(), len(values))
+
+
+def histogram_edges(minimum: Any, maximum: Any, bins: int = HISTOGRAM_BINS) -> np.ndarray | None:
+    """numpy.histogram's bin edges for values from `minimum` to `maximum` (None: not finite)."""
+    first, last = float(minimum), float(maximum)
     if not (math.isfinite(first) and math.isfinite(last)):
         return None
     if first == last:
         first, last = first - 0.5, last + 0.5
-    edges = np.linspace(first, last, bins + 1)
+    return np.linspace(first, last, bins + 1)
+
+
+def inner_edges(edges: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The edges between bins, as values of `dtype` that count the same (x < e)."""
     inner = edges[1:-1]
-    if values.dtype.kind in "iu":
+    if dtype.kind in "iu":
         # For an integer x: x < e  <=>  x < ceil(e); avoids a float copy of the column.
-        inner = np.ceil(inner).astype(values.dtype)
-    below = np.searchsorted(values, inner, side="left")
-    bounds = np.concatenate(([0], below, [len(values)]))
+        inner = np.ceil(inner).astype(dtype)
+    return inner
+
+
+def histogram_of(edges: np.ndarray, below: list[int], count: int) -> dict[str, Any]:
+    """The histogram from how many of the `count` values lie below each inner edge."""
+    bounds = np.array([0, *below, count])
     return {"edges": edges.tolist(), "counts": np.diff(bounds).tolist()}
 
 

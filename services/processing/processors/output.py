@@ -18,11 +18,16 @@ from pathlib import Path
 import duckdb
 
 from services.processing.processors.base import StepInput
-from services.processing.processors.duck import literal, run_with_progress
+from services.processing.processors.duck import literal, parse_size, run_with_progress
 from services.writeback import Writeback
 
 CHUNK_BYTES = 1024 * 1024
 PIPE_BYTES = 1024 * 1024
+# DuckDB's count of a COPY's memory per output column (it reserves vectors of 2,048 values per
+# column and operator, whatever the rows): 10,000 columns needed 600 MiB to 1 GiB. A COPY
+# expected over half its limit starts with the budget's numpy share added, instead of
+# failing first (each try of such a COPY takes seconds).
+COPY_BYTES_PER_COLUMN = 128 * 1024
 
 
 class _PipeToFile(threading.Thread):
@@ -99,11 +104,16 @@ def copy_to_file(
     *,
     start: float = 0.0,
     end: float = 1.0,
+    columns: int = 0,
 ) -> str:
-    """COPY (query) TO path (options) with progress and cancel; the file's sha256.
+    """COPY (query) TO path (options) with progress and cancel; the file's sha256. `columns`:
+    how many the query writes (0: few).
 
     An ordered COPY holds a few row groups of output per DuckDB thread: when that does not
-    fit the step's memory limit (wide rows, a small budget), it runs again on one thread.
+    fit the step's memory limit (long rows, a small budget), it runs again on one thread.
+    Rows of thousands of columns need more still (DuckDB counts a vector of 2,048 values per
+    column and operator, whatever the rows): then DuckDB also gets the numpy share of the
+    budget, which a step writing its output does not use.
     """
 
     def attempt() -> str:
@@ -115,15 +125,34 @@ def copy_to_file(
             raise pipe.error
         return pipe.digest.hexdigest()
 
-    try:
-        return attempt()
-    except duckdb.OutOfMemoryException:
-        setting = con.execute("SELECT current_setting('threads')").fetchone()
-        assert setting is not None  # a SELECT without FROM returns one row
-        threads = setting[0]
-        step.report(start, f"{message} (on one thread, to fit the memory limit)")
-        con.execute("SET threads = 1")  # the process's database: its steps run one at a time
+    limit = parse_size(step.limits.memory_limit)
+    if columns * COPY_BYTES_PER_COLUMN <= limit // 2:
         try:
             return attempt()
+        except duckdb.OutOfMemoryException:
+            pass
+    setting = con.execute("SELECT current_setting('threads')").fetchone()
+    assert setting is not None  # a SELECT without FROM returns one row
+    threads = int(setting[0])
+    wider = f"{limit + step.limits.batch_memory_bytes}B"
+    rungs = [
+        ("on one thread", 1, step.limits.memory_limit),
+        ("with more memory", threads, wider),
+        ("on one thread with more memory", 1, wider),
+    ]
+    if columns * COPY_BYTES_PER_COLUMN > limit // 2:
+        rungs = rungs[1:]  # wide rows: one thread would not help
+    for n, (how, rung_threads, rung_limit) in enumerate(rungs):
+        step.report(start, f"{message} ({how}, to fit the memory limit)")
+        # The process's database: its steps run one at a time.
+        con.execute(f"SET threads = {rung_threads}; SET memory_limit = {literal(rung_limit)}")
+        try:
+            return attempt()
+        except duckdb.OutOfMemoryException:
+            if n == len(rungs) - 1:
+                raise
         finally:
-            con.execute(f"SET threads = {int(threads)}")
+            con.execute(
+                f"SET threads = {threads}; SET memory_limit = {literal(step.limits.memory_limit)}"
+            )
+    raise AssertionError("the last rung returns or raises")

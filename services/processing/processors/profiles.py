@@ -7,6 +7,11 @@ and last the extremes (numeric.Extremes: the lowest and highest values with thei
 Every step of a job reads the same Parquet copy, so a column profiled by one step
 (metrics, say) is not read again by the next (anomalies' z-score or IQR, normalize's
 median fill or min-max scaling).
+
+A column whose values do not fit the step's numpy budget (`batch_memory_bytes`) is profiled
+by DuckDB instead, in streaming scans whose memory does not grow with the rows: the same
+figures, exact (the quartiles from `aggregates.order_statistics`), without extremes or the
+list of repeated values.
 """
 
 import os
@@ -18,11 +23,29 @@ import duckdb
 import numpy as np
 
 from schemas.domain.records import ColumnInfo
+from services.processing.processors.aggregates import fetch_limit, order_statistics
 from services.processing.processors.arrays import read_numbers
 from services.processing.processors.base import StepInput
 from services.processing.processors.columns import quote, value_expr
-from services.processing.processors.duck import map_with_progress, parquet_source
-from services.processing.processors.numeric import ColumnProfile, find_extremes, profile_values
+from services.processing.processors.duck import (
+    batched,
+    literal,
+    map_with_progress,
+    parquet_source,
+    scan_width,
+)
+from services.processing.processors.numeric import (
+    QUANTILES,
+    ColumnProfile,
+    SortedStats,
+    find_extremes,
+    histogram_edges,
+    histogram_of,
+    inner_edges,
+    lerp,
+    profile_values,
+    quantile_position,
+)
 
 SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 # Bytes per row while a column is profiled: every row's value and validity, the sorted
@@ -41,14 +64,20 @@ def fetched_expr(column: ColumnInfo, duck_type: str) -> str:
 
 
 def fetch_small(
-    con: duckdb.DuckDBPyConnection, src: str, columns: Sequence[ColumnInfo], types: dict[str, str]
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    columns: Sequence[ColumnInfo],
+    types: dict[str, str],
 ) -> list[ColumnProfile]:
-    """Profiles of columns of a small dataset, from one query."""
-    if not columns:
-        return []
-    select = ", ".join(f"{fetched_expr(c, types[c.name])} AS c{i}" for i, c in enumerate(columns))
-    arrays = con.execute(f"SELECT {select} FROM {src}").fetchnumpy()
-    return [profile_values(non_null(arrays[f"c{i}"])) for i in range(len(columns))]
+    """Profiles of columns of a small dataset, from one query (a batch of columns at a time
+    when there are many)."""
+    profiles: list[ColumnProfile] = []
+    for batch in batched(columns, scan_width(step)):
+        select = ", ".join(f"{fetched_expr(c, types[c.name])} AS c{i}" for i, c in enumerate(batch))
+        arrays = con.execute(f"SELECT {select} FROM {src}").fetchnumpy()
+        profiles += [profile_values(non_null(arrays[f"c{i}"])) for i in range(len(batch))]
+    return profiles
 
 
 def non_null(values: np.ndarray) -> np.ndarray:
@@ -84,6 +113,83 @@ def fetch_task(
     return task
 
 
+def profile_task(
+    step: StepInput, column: ColumnInfo, duck_type: str, rows: int
+) -> Callable[..., ColumnProfile]:
+    """The map_with_progress task profiling a numeric column: fetched into numpy when its
+    values fit the step's budget, else by DuckDB."""
+    if fits_in_memory(step, rows):
+        return fetch_task(step.parquet_path, column, duck_type, rows)
+    return sql_profile_task(step, column, duck_type)
+
+
+def fits_in_memory(step: StepInput, rows: int) -> bool:
+    """Whether a column of `rows` rows can be profiled in numpy within the step's budget."""
+    return BYTES_PER_VALUE * rows <= step.limits.batch_memory_bytes
+
+
+def sql_profile_task(
+    step: StepInput, column: ColumnInfo, duck_type: str
+) -> Callable[..., ColumnProfile]:
+    """A map_with_progress task: the profile of a column too long for numpy, from DuckDB's
+    streaming aggregates (figures equal to the numpy profile's; no extremes or repeated
+    values kept)."""
+    values = (
+        f"(SELECT {fetched_expr(column, duck_type)} AS v FROM {parquet_source(step.parquet_path)})"
+    )
+    integer = duck_type in SMALL_INTEGERS
+    fetch = fetch_limit(step)
+
+    def task(cursor: duckdb.DuckDBPyConnection) -> ColumnProfile:
+        # The exact sum of integers (HUGEINT); floats with compensated summation.
+        total = "sum(v)" if integer else "fsum(v)"
+        row = cursor.execute(f"SELECT count(v), min(v), max(v), {total} FROM {values}").fetchone()
+        assert row is not None  # an aggregate without GROUP BY returns one row
+        count, low, high, total_value = row
+        if not count:
+            return profile_values(np.empty(0, dtype=np.int64 if integer else np.float64))
+        mean = float(total_value / count)
+        # The sum of squared deviations from the mean, as pandas' second pass; the histogram's
+        # counts below each inner edge.
+        deviation = f"(v::DOUBLE - {literal(mean)})"
+        edges = histogram_edges(low, high)
+        inner = (
+            []
+            if edges is None
+            else inner_edges(edges, np.dtype(np.int64 if integer else np.float64)).tolist()
+        )
+        below = [f"count(*) FILTER (WHERE v < {literal(edge)})" for edge in inner]
+        select = ", ".join([f"fsum({deviation} * {deviation})", *below])
+        spread = cursor.execute(f"SELECT {select} FROM {values}").fetchone()
+        assert spread is not None
+        distinct = cursor.execute(
+            f"SELECT count(*) FROM (SELECT v FROM {values} WHERE v IS NOT NULL GROUP BY v)"
+        ).fetchone()
+        assert distinct is not None
+        positions = [quantile_position(count, q) for q in QUANTILES]
+        ranks = sorted({rank for a, b, _ in positions for rank in (a, b)})
+        ordered = order_statistics(
+            cursor, values, "v", ranks, count, low, high, fetch=fetch, report=_quiet
+        )
+        stats = SortedStats(
+            count=count,
+            distinct=distinct[0],
+            minimum=low,
+            maximum=high,
+            quantiles=[lerp(float(ordered[a]), float(ordered[b]), g) for a, b, g in positions],
+            histogram=None if edges is None else histogram_of(edges, list(spread[1:]), count),
+            dup_keys=None,
+            dup_rows=0,
+        )
+        return ColumnProfile(stats, mean, float(spread[0]))
+
+    return task
+
+
+def _quiet(fraction: float, message: str) -> None:
+    """Progress of a task in a pool: map_with_progress reports the pool's, and interrupts."""
+
+
 def profile_workers(step: StepInput, rows: int) -> int:
     """How many columns can be profiled at once within the step's memory budget."""
     budget = step.limits.batch_memory_bytes // (BYTES_PER_VALUE * max(rows, 1))
@@ -104,19 +210,38 @@ def numeric_profiles(
     """Profiles of numeric columns: from the job's cache, the missing ones computed now."""
     missing = [c for c in columns if step.profiles.get(c.name) is None]
     if rows * len(missing) <= SMALL_VALUES:
-        computed = fetch_small(con, src, missing, types)
+        for column, profile in zip(
+            missing, fetch_small(con, step, src, missing, types), strict=True
+        ):
+            step.profiles.put(column.name, profile)
     else:
-        computed = map_with_progress(
+        map_with_progress(
             con,
-            [fetch_task(step.parquet_path, c, types[c.name], rows) for c in missing],
+            [cached(step, c.name, profile_task(step, c, types[c.name], rows)) for c in missing],
             step.report,
             "profiling columns",
             workers=profile_workers(step, rows),
             start=start,
             end=end,
         )
-    found = {c.name: profile for c in columns if (profile := step.profiles.get(c.name))}
-    for column, profile in zip(missing, computed, strict=True):
-        step.profiles.put(column.name, profile)
-        found[column.name] = profile
-    return {c.name: found[c.name] for c in columns}
+    return {c.name: _cached_profile(step, c.name) for c in columns}
+
+
+def cached(
+    step: StepInput, name: str, task: Callable[..., ColumnProfile]
+) -> Callable[..., ColumnProfile]:
+    """The task, its profile put in the job's cache as soon as it is made; it returns the cached
+    one (extremes only while the cache's budget lasts), so the profiles of a step's many columns
+    do not all hold their arrays at once."""
+
+    def run(cursor: duckdb.DuckDBPyConnection) -> ColumnProfile:
+        step.profiles.put(name, task(cursor))
+        return _cached_profile(step, name)
+
+    return run
+
+
+def _cached_profile(step: StepInput, name: str) -> ColumnProfile:
+    profile = step.profiles.get(name)
+    assert profile is not None, f"{name} was profiled"
+    return profile

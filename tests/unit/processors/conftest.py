@@ -143,12 +143,35 @@ class CancelOnCall:
             raise JobCancelled()
 
 
-@pytest.fixture(params=["small", "large"])
+@pytest.fixture(params=["small", "large", "narrow", "out-of-core"])
 def data_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test on both profiling paths: one query in this thread, or a query per column."""
-    from services.processing.processors import metrics, profiles
+    """Run a test on every profiling path: one query in this thread, or a query per column;
+    `narrow`: as for thousands of columns (a few columns per query, rows grouped a batch of
+    columns at a time, flags found by shared scans, wide queries planned without CSE, a COPY
+    starting with more memory); `out-of-core`: as for columns too long for numpy (profiles
+    and quantiles from DuckDB's streaming scans, narrowed in several rounds)."""
+    from services.processing.processors import (
+        aggregates,
+        anomalies,
+        duck,
+        metrics,
+        output,
+        profiles,
+    )
 
-    if request.param == "large":
+    if request.param != "small":
         monkeypatch.setattr(profiles, "SMALL_VALUES", 0)
         monkeypatch.setattr(metrics, "SMALL_VALUES", 0)
+    if request.param == "narrow":
+        monkeypatch.setattr(duck, "MAX_SCAN_COLUMNS", 4)
+        monkeypatch.setattr(duck, "WIDE_EXPRESSIONS", 0)
+        monkeypatch.setattr(anomalies, "SCAN_GROUP", 2)
+        monkeypatch.setattr(profiles, "find_extremes", lambda *args: None)
+        monkeypatch.setattr(output, "COPY_BYTES_PER_COLUMN", 1 << 40)
+    if request.param == "out-of-core":
+        monkeypatch.setattr(profiles, "BYTES_PER_VALUE", 1 << 40)
+        monkeypatch.setattr(aggregates, "parse_size", lambda text: 1000)
+        monkeypatch.setattr(aggregates, "BUCKETS", 4)
+        monkeypatch.setattr(aggregates, "fetch_limit", lambda step: 16)
+        monkeypatch.setattr(profiles, "fetch_limit", lambda step: 16)
     return str(request.param)

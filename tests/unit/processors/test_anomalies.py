@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import anomalies, duck
+from services.processing.processors import aggregates, anomalies
 from services.processing.processors import profiles as profiles_module
 from services.processing.processors.base import JobCancelled
 from services.processing.processors.numeric import ProfileCache
@@ -144,15 +144,15 @@ def test_small_memory_budget_batches_columns(
     params = anomalies.AnomaliesParams(method="modified_zscore")
     whole = anomalies.run(make_step(), params).summary
     queries: list[str] = []
-    real = duck.run_with_progress
+    real = aggregates.run_with_progress
 
     def spy(con: Any, sql: str, *args: Any, **kwargs: Any) -> Any:
         queries.append(sql)
         return real(con, sql, *args, **kwargs)
 
     # Room for one column's quantile state (of the MAD) at a time (3000 rows * 16 bytes * 2).
-    monkeypatch.setattr(duck, "parse_size", lambda text: 100_000)
-    monkeypatch.setattr(duck, "run_with_progress", spy)
+    monkeypatch.setattr(aggregates, "parse_size", lambda text: 100_000)
+    monkeypatch.setattr(aggregates, "run_with_progress", spy)
     assert anomalies.run(make_step(), params).summary == whole
     assert sum("quantile_cont" in sql for sql in queries) == len(NUMERIC)
 

@@ -45,7 +45,11 @@ def assert_frames_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
 @pytest.mark.parametrize("method", ["minmax", "zscore", "robust"])
 @pytest.mark.parametrize("strategy", ["mean", "median"])
 def test_dedupe_fill_scale_equals_pandas_and_sklearn(
-    make_step: StepFactory, dataset: tuple[Path, list[ColumnInfo]], method: str, strategy: str
+    make_step: StepFactory,
+    dataset: tuple[Path, list[ColumnInfo]],
+    method: str,
+    strategy: str,
+    data_size: str,
 ) -> None:
     df = pd.read_parquet(dataset[0])
     want = df.drop_duplicates(keep="first").copy()

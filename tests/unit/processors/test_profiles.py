@@ -1,5 +1,6 @@
 """Column profiles: numpy's figures, and how many columns are held at once."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,21 @@ def test_columns_of_every_width_profile_like_numpy(
     assert got["i32"].extremes is not None and got["i64"].extremes is not None
     assert got["f64"].extremes is not None
     assert got["f32"].extremes is None  # a FLOAT prints differently once fetched as DOUBLE
+
+
+def test_cache_keeps_arrays_up_to_its_budget_and_figures_always() -> None:
+    rng = np.random.default_rng(9)
+    column = rng.normal(0.0, 1.0, 100_000)
+    ordered = np.sort(column)
+    profile = profile_values(column.copy())
+    profile = replace(profile, extremes=find_extremes(column, None, ordered))
+    assert profile.extremes is not None
+    size = profile.extremes.positions.nbytes + profile.extremes.values.nbytes
+    cache = ProfileCache(max_bytes=size + 100)
+    cache.put("a", profile)
+    cache.put("b", profile)  # over the budget: its figures only
+    cache.put("a", profile)  # replacing a profile frees what it held
+    a, b = cache.get("a"), cache.get("b")
+    assert a is not None and a.extremes is not None
+    assert b is not None and b.extremes is None and b.stats.dup_keys is None
+    assert (b.mean, b.stats.quantiles) == (profile.mean, profile.stats.quantiles)
