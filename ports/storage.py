@@ -57,7 +57,7 @@ class ObjectStorage(Protocol):
         ...
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove every object whose key starts with prefix."""
+        """Remove every object whose key starts with prefix, and any upload to it left unfinished."""
         ...
 
     def presigned_url(

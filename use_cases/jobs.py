@@ -233,6 +233,7 @@ def delete_job(uow: UnitOfWork, results: ObjectStorage, job_id: UUID, principal:
 def recover_jobs(
     uow: UnitOfWork,
     queue: TaskQueue,
+    results: ObjectStorage,
     *,
     heartbeat_timeout_s: float,
     grace_s: float,
@@ -241,9 +242,13 @@ def recover_jobs(
     """Requeue (or fail) running jobs whose worker went silent; re-publish unclaimed queued jobs."""
     now = datetime.now(UTC)
     to_publish: list[UUID] = []
+    ended: list[UUID] = []
     with uow:
         for job in uow.jobs.list_stale_running(now - timedelta(seconds=heartbeat_timeout_s)):
-            to_publish += _recover_running(uow, job, now, max_attempts)
+            if _recover_running(uow, job, now, max_attempts):
+                to_publish.append(job.id)
+            else:
+                ended.append(job.id)
         for job in uow.jobs.list_unclaimed_queued(now - timedelta(seconds=grace_s)):
             if job.cancel_requested:  # cancelled while it went back to the queue: finish it
                 _cancel_queued(uow, job.id, reason="cancel requested")
@@ -251,19 +256,25 @@ def recover_jobs(
             uow.jobs.touch(job.id)  # the next re-publish waits another grace period
             to_publish.append(job.id)
         uow.commit()
+    for job_id in ended:  # what its dead attempts stored (or began to) is nobody's result
+        try:
+            results.delete_prefix(f"jobs/{job_id}/")
+        except Exception:
+            log.warning("could not delete the files of ended job %s", job_id, exc_info=True)
     for job_id in to_publish:
         publish_job(uow, queue, job_id)
-    return len(to_publish)
+    return len(to_publish) + len(ended)
 
 
-def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int) -> list[UUID]:
+def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int) -> bool:
+    """Requeue a silent job's attempt (True) or end it: cancelled, or failed after its last."""
     silent = f"worker {job.worker_id} stopped sending heartbeats"
     running, attempt = JobStatus.running, job.attempts
     if job.cancel_requested:
         move_job(
             uow, job.id, running, JobStatus.cancelled, attempt=attempt, payload={"reason": silent}
         )
-        return []
+        return False
     if attempt >= max_attempts:
         error = {
             "step": job.current_step,
@@ -279,8 +290,8 @@ def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int
             error=error,
             payload={"error": error},
         )
-        return []
-    requeued = move_job(
+        return False
+    return move_job(
         uow,
         job.id,
         running,
@@ -291,4 +302,3 @@ def _recover_running(uow: UnitOfWork, job: Job, now: datetime, max_attempts: int
         worker_id=None,
         message=f"requeued: {silent}",
     )
-    return [job.id] if requeued else []

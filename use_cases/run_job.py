@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    retry,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage, StorageUnavailable
@@ -63,6 +69,9 @@ class EngineSettings:
     # and opening DuckDB in a child would cost them more than their work (~20 ms).
     in_process_bytes: int = 16 * 1024**2
     in_process_columns: int = 256
+    # How long an attempt whose completing COMMIT lost its connection keeps asking whether it
+    # took, before leaving the job to the reaper (its files are kept either way).
+    completion_read_back_s: float = 30.0
 
 
 # The child's address space may grow this much over its parent's (RLIMIT_AS), per MiB of budget
@@ -161,7 +170,13 @@ def run_job(
             else:
                 _run_in_process(run, budget, steps)
             monitor.check()
-            return _complete(uow, run, steps.summaries, steps.artifacts)
+            return _complete(new_uow, uow, run, steps, engine.completion_read_back_s)
+    except CompletionUnknown as exc:
+        # Maybe completed: its files may be the job's result, so they stay. If the commit did
+        # not take, the job's heartbeat is silent now and the reaper gives it another attempt,
+        # which removes them.
+        log.warning("job %s attempt %d: %s", job_id, attempt, exc)
+        return Outcome.lost
     except JobCancelled:
         _discard(results, job_id, attempt)
         return _cancelled(uow, claimed)
@@ -397,19 +412,61 @@ def _store(run: Attempt, index: int, output: StepOutput) -> list[Artifact]:
     return produced
 
 
+class CompletionUnknown(Exception):
+    """The completing transaction may or may not have committed, and the job cannot be read."""
+
+
 def _complete(
-    uow: UnitOfWork, run: Attempt, summaries: list[dict[str, Any]], artifacts: list[Artifact]
+    new_uow: Callable[[], UnitOfWork],
+    uow: UnitOfWork,
+    run: Attempt,
+    steps: _Steps,
+    read_back_s: float,
 ) -> Outcome:
     job = run.job
-    # The step events not written yet go in the same transaction, before `completed`.
-    with run.monitor.pending_events() as pending, uow:
-        if not complete_job(uow, job, {"steps": summaries}, artifacts, pending):
-            # Cancelled or reaped meanwhile: this attempt's files are not the result.
-            uow.rollback()
-            run.results.delete_prefix(artifact_prefix(job.id, job.attempts))
-            return Outcome.lost
-        uow.commit()
+    try:
+        # The step events not written yet go in the same transaction, before `completed`.
+        with run.monitor.pending_events() as pending, uow:
+            result = {"steps": steps.summaries}
+            if not complete_job(uow, job, result, steps.artifacts, pending):
+                # Cancelled or reaped meanwhile: this attempt's files are not the result.
+                uow.rollback()
+                run.results.delete_prefix(artifact_prefix(job.id, job.attempts))
+                return Outcome.lost
+            uow.commit()
+    except Exception as exc:
+        # A connection lost during COMMIT leaves its outcome unknown: the job says which.
+        if _completed_by(new_uow, job, exc, read_back_s):
+            log.warning("job %s: completed, though its commit reported %s", job.id, exc)
+            return Outcome.completed
+        raise
     return Outcome.completed
+
+
+def _completed_by(
+    new_uow: Callable[[], UnitOfWork], job: Job, error: Exception, read_back_s: float
+) -> bool:
+    """Whether this attempt's completing transaction committed (read back, with retries)."""
+
+    @retry(stop=stop_after_delay(read_back_s), wait=wait_exponential(0.2, max=3), reraise=True)
+    def read() -> bool:
+        with new_uow() as uow:
+            # An UPDATE, not a plain read: it waits for the row lock of a COMMIT still in
+            # flight on the server, so "still running" is final, not a view from before it.
+            if uow.jobs.heartbeat(job.id, job.attempts, datetime.now(UTC)) is not None:
+                uow.commit()
+                return False
+            current = uow.jobs.get_for_worker(job.id)
+            return (
+                current is not None
+                and current.status == JobStatus.completed
+                and current.attempts == job.attempts
+            )
+
+    try:
+        return read()
+    except Exception as exc:
+        raise CompletionUnknown(f"could not learn whether it completed: {exc}") from error
 
 
 def _end(uow: UnitOfWork, job: Job, status: JobStatus, *, message: str, **payload: Any) -> Outcome:

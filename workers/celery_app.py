@@ -99,6 +99,8 @@ def make_celery(settings: Settings, context_factory: Callable[[], Context]) -> A
         # Flower follows tasks through the worker's events (received, started, succeeded). A
         # `task-sent` event would cost every submit a second Redis publish in the request.
         worker_send_task_events=True,
+        # Reconnects within a second or two and has queued jobs published again when it did.
+        worker_consumer="workers.consumer:Consumer",
         task_send_sent_event=False,
         broker_heartbeat=30,
     )

@@ -18,22 +18,30 @@ log = logging.getLogger(__name__)
 
 VALIDATION_SILENCE_S = 300.0
 
+# Set by the worker's consumer when its broker connection came back: the next recovery pass
+# runs at once and publishes queued jobs again without waiting for their grace period.
+broker_back = threading.Event()
+# Queued jobs this old are published again after a reconnect (younger ones were sent after it).
+REPUBLISH_AFTER_RECONNECT_S = 1.0
 
-def reap_once(context: Context) -> int:
+
+def reap_once(context: Context, *, queued_grace_s: float | None = None) -> int:
     """One pass of every recovery rule; returns how many records it acted on."""
     settings = context.settings
+    grace_s = settings.reaper_grace_s if queued_grace_s is None else queued_grace_s
     datasets = recover_stuck_datasets(
         context.new_uow(),
         context.queue,
-        grace_s=settings.reaper_grace_s,
+        grace_s=grace_s,
         # Validations refresh updated_at every few seconds: minutes of silence mean a dead worker.
         validating_timeout_s=VALIDATION_SILENCE_S,
     )
     jobs = recover_jobs(
         context.new_uow(),
         context.queue,
+        context.results_storage,
         heartbeat_timeout_s=settings.heartbeat_timeout_s,
-        grace_s=settings.reaper_grace_s,
+        grace_s=grace_s,
         max_attempts=settings.job_max_attempts,
     )
     return datasets + jobs
@@ -51,9 +59,12 @@ def start_reaper_thread(context_factory: Callable[[], Context]) -> threading.Eve
         context = context_factory()
         settings = context.settings
         alive = settings.data_dir / ALIVE_FILE
-        while not stop.wait(settings.reaper_interval_s):
+        while not stop.is_set():
+            reconnected = broker_back.wait(settings.reaper_interval_s)
+            broker_back.clear()
+            grace = REPUBLISH_AFTER_RECONNECT_S if reconnected else None
             try:
-                acted = reap_once(context)
+                acted = reap_once(context, queued_grace_s=grace)
                 if acted:
                     log.info("reaper acted on %d record(s)", acted)
             except Exception:  # keep the loop alive across transient outages

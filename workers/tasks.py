@@ -77,22 +77,36 @@ def reap_task(self: Task) -> int:
     return reap_once(context_of(self))
 
 
+def claim_retry_delay(retries: int) -> float:
+    """Seconds before a job's message is delivered again after the database did not answer:
+    short, so a blip costs about a second, and capped, so an outage is noticed soon after."""
+    return min(2.0, 0.25 * float(2 ** min(retries, 4)))
+
+
 @shared_task(name=RUN_JOB_TASK, bind=True, max_retries=None)
 def run_job_task(self: Task, job_id: str) -> str:
     from use_cases.run_job import Outcome, run_job  # preloaded by each pool process
 
     context = context_of(self)
-    outcome = run_job(
-        context.new_uow,
-        context.datasets_storage,
-        context.results_storage,
-        UUID(job_id),
-        worker_id=self.request.hostname or "worker",
-        workdir=Path(context.settings.tmp_dir),
-        engine=engine_settings(context.settings),
-        compute=compute_limits(context.settings),
-        is_transient=is_transient,
-    )
+    try:
+        outcome = run_job(
+            context.new_uow,
+            context.datasets_storage,
+            context.results_storage,
+            UUID(job_id),
+            worker_id=self.request.hostname or "worker",
+            workdir=Path(context.settings.tmp_dir),
+            engine=engine_settings(context.settings),
+            compute=compute_limits(context.settings),
+            is_transient=is_transient,
+        )
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        # The database (most often) was unreachable before the claim, or at the end: the
+        # message would be acknowledged and gone, leaving the job to the reaper's grace
+        # period. Deliver it again soon instead; a claim that already took skips it.
+        raise self.retry(countdown=claim_retry_delay(self.request.retries), exc=exc) from exc
     if outcome == Outcome.retry:  # back to queued after a transient error: publish again, later
         raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
     return outcome.value

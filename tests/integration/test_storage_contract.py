@@ -522,3 +522,22 @@ def test_s3_builds_no_client_until_first_use() -> None:
     storage = S3ObjectStorage("lazy-bucket", endpoint_url="http://127.0.0.1:1")
     assert storage._client is None
     assert storage._presign_client is None
+
+
+def test_s3_delete_prefix_aborts_unfinished_multipart_uploads(s3_storage: S3ObjectStorage) -> None:
+    client = s3_storage.client
+    bucket = s3_storage.bucket
+    dead = client.create_multipart_upload(Bucket=bucket, Key="jobs/1/attempt-1/big.csv")
+    client.upload_part(
+        Bucket=bucket,
+        Key="jobs/1/attempt-1/big.csv",
+        UploadId=dead["UploadId"],
+        PartNumber=1,
+        Body=b"x" * 1024,
+    )
+    other = client.create_multipart_upload(Bucket=bucket, Key="jobs/2/attempt-1/big.csv")
+
+    s3_storage.delete_prefix("jobs/1/")
+
+    left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [other["UploadId"]]

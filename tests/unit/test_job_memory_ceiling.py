@@ -158,13 +158,13 @@ def test_a_job_in_a_child_process_gives_what_it_gives_in_process(world, tmp_path
 
 def final_memory_failure(world, job_id, budget: int) -> dict[str, Any]:
     """The job failed once for memory, and the recovery loop leaves it failed."""
-    uow, _, _, queue, _ = world
+    uow, _, results, queue, _ = world
     job = uow.jobs.get(job_id, ME)
     assert (job.status, job.attempts) == (JobStatus.failed, 1)
     assert job.error["type"] == "MemoryBudgetExceeded"
     assert job.error["message"].startswith(f"exceeded the memory budget ({budget} MiB)")
     assert "retried" not in types(uow, job_id)
-    recover_jobs(uow, queue, heartbeat_timeout_s=0, grace_s=0, max_attempts=3)
+    recover_jobs(uow, queue, results, heartbeat_timeout_s=0, grace_s=0, max_attempts=3)
     assert uow.jobs.get(job_id, ME).status == JobStatus.failed
     error: dict[str, Any] = job.error
     return error

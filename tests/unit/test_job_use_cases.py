@@ -249,21 +249,24 @@ def test_data_errors_fail_at_once_and_transient_errors_retry(world, tmp_path):
     assert "retried" in types(uow, job.id)
 
 
-def test_reaper_requeues_silent_jobs_then_gives_up(world):
-    uow, datasets, _, queue, parquet = world
+def test_reaper_requeues_silent_jobs_then_gives_up_and_removes_their_files(world):
+    uow, datasets, results, queue, parquet = world
     dataset = add_dataset(uow, datasets, parquet)
     job, _ = submit_job(uow, queue, principal=ME, dataset_id=dataset.id, steps=METRICS)
     long_ago = datetime.now(UTC) - timedelta(minutes=10)
     for attempt in (1, 2):
         claimed = uow.jobs.claim(job.id, "dead-worker", long_ago)
         assert claimed.attempts == attempt
-        assert recover_jobs(uow, queue, heartbeat_timeout_s=30, grace_s=60, max_attempts=2) == (
-            1 if attempt == 1 else 0
+        results.objects[f"jobs/{job.id}/attempt-{attempt}/half.csv"] = b"a dead attempt's"
+        acted = recover_jobs(
+            uow, queue, results, heartbeat_timeout_s=30, grace_s=60, max_attempts=2
         )
+        assert acted == 1
     failed = uow.jobs.get(job.id, ME)
     assert failed.status == JobStatus.failed
     assert failed.error["type"] == "WorkerLost"
     assert types(uow, job.id).count("requeued") == 1
+    assert not [key for key in results.objects if key.startswith(f"jobs/{job.id}/")]
 
 
 def test_a_cancel_during_a_transient_error_ends_cancelled_not_requeued(world, tmp_path):
@@ -281,14 +284,14 @@ def test_a_cancel_during_a_transient_error_ends_cancelled_not_requeued(world, tm
 
 
 def test_reaper_finishes_a_queued_job_whose_cancel_was_requested(world):
-    uow, datasets, _, queue, parquet = world
+    uow, datasets, results, queue, parquet = world
     dataset = add_dataset(uow, datasets, parquet)
     job, _ = submit_job(uow, queue, principal=ME, dataset_id=dataset.id, steps=METRICS)
     uow.jobs.request_cancel(job.id)  # as if a cancel raced a requeue
     uow.jobs.rows[job.id] = uow.jobs.rows[job.id].model_copy(
         update={"updated_at": datetime.now(UTC) - timedelta(hours=1)}
     )
-    recover_jobs(uow, queue, heartbeat_timeout_s=30, grace_s=60, max_attempts=3)
+    recover_jobs(uow, queue, results, heartbeat_timeout_s=30, grace_s=60, max_attempts=3)
     assert uow.jobs.get(job.id, ME).status == JobStatus.cancelled
 
 

@@ -3,7 +3,7 @@
 import functools
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -164,8 +164,18 @@ class S3ObjectStorage:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove every object whose key starts with prefix."""
+        """Remove every object whose key starts with prefix, and abort the multipart uploads
+        under it that never completed (a killed attempt's), whose parts S3 keeps and bills."""
         with self._errors():
+            uploads = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            )
+            for page in uploads:
+                for upload in page.get("Uploads", []):
+                    with suppress(self.client.exceptions.NoSuchUpload):  # just ended
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": _DELETE_BATCH}
             )
