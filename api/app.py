@@ -8,6 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from api.auth import get_principal
+from api.body_limit import install_body_limit
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.ratelimit import TokenBuckets, limit_writes
@@ -60,6 +61,8 @@ def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
     app.state.write_buckets = TokenBuckets(per_minute) if per_minute else None
     api_routers = (datasets.router, jobs.router, processors.router, keys.router)
     install_error_handlers(app, (health.router, *api_routers))
+    # Installed before the metrics so that they count its 413s too.
+    install_body_limit(app, settings.max_json_body_bytes, exempt=datasets.STREAMED_BODIES)
     install_metrics(app, context.new_uow)
     app.include_router(health.router)
     # Every /api/v1 route needs a principal, whether or not the route itself asks for one, and

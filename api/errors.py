@@ -45,6 +45,28 @@ STATUS_BY_ERROR: dict[type[UseCaseError], int] = {
 }
 # RFC 6750: a 401 names the scheme the client should use.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="assay"'}
+# An error quotes at most this much of a value the client sent (see `clip`).
+ECHO_CHARS = 64
+# Whatever went into an error, its body holds no longer strings than these: a message or detail
+# that quotes client input in full cannot make the answer as large as the request.
+MAX_MESSAGE_CHARS = 1024
+MAX_DETAIL_CHARS = 256
+
+
+def clip(value: str, limit: int = ECHO_CHARS) -> str:
+    """`value` cut to `limit` characters, with "…" where it was cut."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def _clipped(value: Any) -> Any:
+    """Every string in a JSON-ready value (keys included) clipped to MAX_DETAIL_CHARS."""
+    if isinstance(value, str):
+        return clip(value, MAX_DETAIL_CHARS)
+    if isinstance(value, dict):
+        return {clip(str(k), MAX_DETAIL_CHARS): _clipped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clipped(item) for item in value]
+    return value
 
 
 def error_response(
@@ -54,8 +76,14 @@ def error_response(
     details: Any = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+    body = {
+        "error": {
+            "code": code,
+            "message": clip(message, MAX_MESSAGE_CHARS),
+            "details": _clipped(jsonable_encoder(details or {})),
+        }
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def allowed_methods(request: Request, routers: Sequence[APIRouter]) -> list[str]:
@@ -86,7 +114,10 @@ def install_error_handlers(app: FastAPI, routers: Sequence[APIRouter] = ()) -> N
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             {
-                "location": list(error.get("loc", ())),
+                # A location can hold a key of the client's JSON object.
+                "location": [
+                    clip(part) if isinstance(part, str) else part for part in error.get("loc", ())
+                ],
                 "message": error.get("msg"),
                 "type": error.get("type"),
             }

@@ -5,6 +5,11 @@ hashes and writes it, in order, while the next bytes arrive. Hashing and writing
 the GIL, so on two cores receiving and spooling overlap instead of taking turns. At most
 MAX_IN_FLIGHT batches (8 MiB) wait for that thread, so a slow disk slows the client down
 instead of filling memory.
+
+Everything but the file's content is small and bounded: each other field (`name`, `format`)
+at MAX_FIELD_BYTES, and the whole body besides the file's bytes (boundaries, part headers with
+the file name, fields the route ignores) at MAX_FORM_OVERHEAD_BYTES, so no part of a form can
+grow in memory past the upload limit's reach.
 """
 
 import asyncio
@@ -18,14 +23,17 @@ from pathlib import Path
 
 from fastapi import Request
 from streaming_form_data import StreamingFormDataParser
-from streaming_form_data.targets import BaseTarget, ValueTarget
+from streaming_form_data.targets import BaseTarget
 
+from api.body_limit import declared_length
 from services.writeback import Writeback
 from use_cases.datasets import ReceivedFile
 from use_cases.errors import InvalidInput, PayloadTooLarge
 
 HAND_OFF_BYTES = 1024 * 1024  # parse in 1 MiB batches off the event loop
 MAX_IN_FLIGHT = 8  # batches received but not yet parsed, per upload
+MAX_FIELD_BYTES = 4 * 1024  # a form field other than `file`
+MAX_FORM_OVERHEAD_BYTES = 64 * 1024  # bytes of the body outside the file's content
 
 
 class _SpoolTarget(BaseTarget):
@@ -65,6 +73,30 @@ class _SpoolTarget(BaseTarget):
         self._file.close()
 
 
+class _FieldTarget(BaseTarget):
+    """Keeps a short form field in memory, refusing one longer than `max_bytes`."""
+
+    def __init__(self, field: str, max_bytes: int = MAX_FIELD_BYTES) -> None:
+        super().__init__()
+        self.field = field
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._chunks: list[bytes] = []
+
+    def on_data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge(
+                f"form field `{self.field}` is longer than {self.max_bytes} bytes",
+                {"field": self.field, "max_field_bytes": self.max_bytes},
+            )
+        self._chunks.append(chunk)
+
+    @property
+    def value(self) -> bytes:
+        return b"".join(self._chunks)
+
+
 @dataclass
 class ParsedUpload:
     received: ReceivedFile
@@ -81,18 +113,18 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
             "expected a multipart/form-data body with a `file` field",
             {"content_type": content_type or None},
         )
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+    declared = declared_length(request.headers.get("content-length"))
+    if declared is not None and declared > max_bytes + MAX_FORM_OVERHEAD_BYTES:
         raise PayloadTooLarge(
             f"request body of {declared} bytes exceeds the upload limit of {max_bytes} bytes",
-            {"max_upload_bytes": max_bytes, "request_bytes": int(declared)},
+            {"max_upload_bytes": max_bytes, "request_bytes": declared},
         )
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, spool_name = tempfile.mkstemp(prefix="upload-", dir=spool_dir)
     os.close(fd)
     spool = Path(spool_name)
     file_target = _SpoolTarget(spool, max_bytes)
-    name_target, format_target = ValueTarget(), ValueTarget()
+    name_target, format_target = _FieldTarget("name"), _FieldTarget("format")
     try:
         try:
             parser = StreamingFormDataParser(headers=dict(request.headers))
@@ -101,7 +133,7 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
         parser.register("file", file_target)
         parser.register("name", name_target)
         parser.register("format", format_target)
-        feeder = _Feeder(parser)
+        feeder = _Feeder(parser, file_target)
         try:
             batch: list[bytes] = []
             size = 0
@@ -141,8 +173,10 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
 class _Feeder:
     """Feeds batches to the parser in order, on a thread of its own, a few at a time."""
 
-    def __init__(self, parser: StreamingFormDataParser) -> None:
+    def __init__(self, parser: StreamingFormDataParser, file_target: _SpoolTarget) -> None:
         self._parser = parser
+        self._file_target = file_target
+        self._fed = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload")
         self._pending: deque[asyncio.Future[None]] = deque()
         self._stopped = False
@@ -171,7 +205,16 @@ class _Feeder:
         if self._stopped:
             return
         try:
-            _feed(self._parser, batch[0] if len(batch) == 1 else b"".join(batch))
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            _feed(self._parser, data)
+            self._fed += len(data)
+            # The parser holds part headers (the file name) in memory however long they are.
+            if self._fed - self._file_target.size > MAX_FORM_OVERHEAD_BYTES:
+                raise PayloadTooLarge(
+                    f"the multipart body holds more than {MAX_FORM_OVERHEAD_BYTES} bytes besides "
+                    "the file's content (part headers, the file name, other fields)",
+                    {"max_form_overhead_bytes": MAX_FORM_OVERHEAD_BYTES},
+                )
         except BaseException:
             self._stopped = True  # the parser is in an error state: later batches are moot
             raise
@@ -190,6 +233,6 @@ def _feed(parser: StreamingFormDataParser, data: bytes) -> None:
         raise InvalidInput(f"malformed multipart body: {exc}") from exc
 
 
-def _text(target: ValueTarget) -> str | None:
+def _text(target: _FieldTarget) -> str | None:
     value = target.value.decode("utf-8", errors="replace").strip()
     return value or None

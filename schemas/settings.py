@@ -27,6 +27,8 @@ class Settings(BaseSettings):
 
     queue_name: str = "assay"
     max_upload_bytes: int = Field(default=5 * 1024**3, gt=0)
+    # Request bodies other than uploads (JSON) are read whole: larger ones get 413 unread.
+    max_json_body_bytes: int = Field(default=1024**2, gt=0)
     # Bytes each owner's datasets may take in all (their size_bytes summed); an upload that would
     # pass it is refused (413). 0: unlimited.
     owner_quota_bytes: int = Field(default=0, ge=0)
@@ -42,9 +44,11 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(default=3600, gt=0)
     task_hard_time_limit_s: int = Field(default=3660, gt=0)
     heartbeat_interval_s: float = Field(default=0.5, gt=0)
-    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    # A killed worker's job is requeued within timeout + reaper interval (~7 s). Beats came at
+    # most 0.6 s apart while steps computed on both cores (tests/benchmarks/recovery.py).
+    heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     job_max_attempts: int = Field(default=3, ge=1)
-    reaper_interval_s: float = Field(default=15.0, gt=0)
+    reaper_interval_s: float = Field(default=2.0, gt=0)
     reaper_grace_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
     # Every /api/v1 request needs an API key. `assay serve` on a loopback address turns it off

@@ -59,8 +59,10 @@ def start_reaper_thread(context_factory: Callable[[], Context]) -> threading.Eve
         context = context_factory()
         settings = context.settings
         alive = settings.data_dir / ALIVE_FILE
+        first = True  # a worker (re)started is when recovery matters most: no wait
         while not stop.is_set():
-            reconnected = broker_back.wait(settings.reaper_interval_s)
+            reconnected = not first and broker_back.wait(settings.reaper_interval_s)
+            first = False
             broker_back.clear()
             grace = REPUBLISH_AFTER_RECONNECT_S if reconnected else None
             try:

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import PrincipalDep, WriterDep
 from api.deps import DatasetsStorageDep, FetcherDep, QueueDep, SettingsDep, UowDep
 from api.downloads import OCTET_STREAM, attachment
+from api.errors import clip
 from api.openapi import READ, WRITE, errors, file_response, upload_body
 from api.pagination import fetch_size, page_of
 from api.upload import ParsedUpload, receive_upload
@@ -34,6 +35,8 @@ from use_cases.imports import check_import_url, submit_import
 from use_cases.quotas import SizeIs, check_quota, quota_exceeded, storage_used
 
 router = APIRouter(prefix="/api/v1/datasets", tags=["datasets"])
+# (method, path) of the routes that read their body as a stream, under limits of their own.
+STREAMED_BODIES = frozenset({("POST", router.prefix)})
 
 FORMAT_BY_EXTENSION = {
     ".csv": DatasetFormat.csv,
@@ -67,6 +70,14 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
     )
 
 
+def format_suffix(filename: str | None) -> str:
+    """The extension that names the format, after a `.gz` (gzip is decompressed when read)."""
+    path = PurePath(filename or "")
+    if path.suffix.lower() == ".gz":
+        path = path.with_suffix("")
+    return path.suffix.lower()
+
+
 def resolve_format(declared: str | None, filename: str | None) -> DatasetFormat:
     """The format from the form field, else from the file name's extension."""
     supported = sorted(f.value for f in DatasetFormat)
@@ -74,17 +85,20 @@ def resolve_format(declared: str | None, filename: str | None) -> DatasetFormat:
         try:
             return DatasetFormat(declared.lower())
         except ValueError:
+            shown = clip(declared)
             raise UnsupportedFormat(
-                f"unsupported format {declared!r}; use one of {', '.join(supported)}",
-                {"field": "format", "value": declared, "supported": supported},
+                f"unsupported format {shown!r}; use one of {', '.join(supported)}",
+                {"field": "format", "value": shown, "supported": supported},
             ) from None
-    suffix = PurePath(filename or "").suffix.lower()
+    suffix = format_suffix(filename)
     if suffix in FORMAT_BY_EXTENSION:
         return FORMAT_BY_EXTENSION[suffix]
+    shown_name = clip(filename) if filename is not None else None
     raise UnsupportedFormat(
-        f"cannot tell the format of {filename!r}: unsupported extension {suffix or '(none)'}; "
-        f"name the file .csv, .json, .ndjson or .parquet, or send a `format` field",
-        {"field": "file", "filename": filename, "supported": supported},
+        f"cannot tell the format of {shown_name!r}: unsupported extension "
+        f"{clip(suffix, 16) or '(none)'}; name the file .csv, .json, .ndjson or .parquet "
+        "(gzipped or not), or send a `format` field",
+        {"field": "file", "filename": shown_name, "supported": supported},
     )
 
 
@@ -122,6 +136,8 @@ async def receive_within_quota(
     try:
         return await receive_upload(request, settings.tmp_dir, room)
     except PayloadTooLarge as exc:
+        if "max_upload_bytes" not in exc.details:  # a form field or header over its own cap
+            raise
         size_is: SizeIs = "request_body" if "request_bytes" in exc.details else "received_so_far"
         size = exc.details.get("request_bytes", exc.details.get("received_bytes", 0))
         raise quota_exceeded(
@@ -313,11 +329,12 @@ def url_filename(url: str) -> str | None:
 
 def import_format(declared: str | None, filename: str | None) -> DatasetFormat:
     """The `format` field, else the extension of the URL's file name."""
-    if declared or PurePath(filename or "").suffix.lower() in FORMAT_BY_EXTENSION:
+    if declared or format_suffix(filename) in FORMAT_BY_EXTENSION:
         return resolve_format(declared, filename)
     supported = sorted(f.value for f in DatasetFormat)
+    shown_name = clip(filename) if filename is not None else None
     raise UnsupportedFormat(
-        f"cannot tell the format from the URL's path ({filename or 'no file name'}); "
+        f"cannot tell the format from the URL's path ({shown_name or 'no file name'}); "
         f"send a `format` field: one of {', '.join(supported)}",
-        {"field": "format", "filename": filename, "supported": supported},
+        {"field": "format", "filename": shown_name, "supported": supported},
     )

@@ -168,6 +168,11 @@ def test_flower_watches_the_broker_the_app_uses_behind_a_login():
     assert "FLOWER_BASIC_AUTH" in flower
 
 
+def test_minio_drops_multipart_uploads_nobody_finished_within_a_day():
+    minio = compose()["services"]["minio"]["environment"]
+    assert minio["MINIO_API_STALE_UPLOADS_EXPIRY"] == "24h"
+
+
 def test_env_example_lists_every_variable_compose_reads():
     documented = set(
         re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M)
