@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Bytes each owner's datasets may take in all (their size_bytes summed); an upload that would
     # pass it is refused (413). 0: unlimited.
     owner_quota_bytes: int = Field(default=0, ge=0)
+    # Rows a dataset may have: one with more ends `failed` at validation, naming the limit.
+    # None: no limit.
+    max_rows: int | None = Field(default=None, gt=0)
     # Write requests (POST, DELETE) an owner may make per minute, counted per API process; more
     # get 429 with Retry-After. 0: no limit.
     rate_limit_writes_per_minute: int = Field(default=600, ge=0)

@@ -138,6 +138,7 @@ def validate_dataset(
     final_attempt: bool = True,
     keep_alive: Callable[[], UnitOfWork] | None = None,
     memory_limit: str | None = None,
+    max_rows: int | None = None,
 ) -> DatasetStatus | None:
     """Infer the schema, write the typed Parquet copy and keep failed rows; None if already taken.
 
@@ -145,7 +146,8 @@ def validate_dataset(
     propagates so that the caller retries; on the final attempt it fails the dataset instead.
     With `keep_alive` (a unit-of-work factory), `updated_at` is refreshed every few seconds, so
     the reaper can tell a long validation from one whose worker died. `memory_limit` is
-    DuckDB's while it converts the file (default: ingest's own).
+    DuckDB's while it converts the file (default: ingest's own). A dataset of more than
+    `max_rows` rows ends `failed` with an error naming the limit (None: no limit).
     """
 
     def validate(dataset: Dataset, scratch: Path) -> DatasetStatus | None:
@@ -154,7 +156,7 @@ def validate_dataset(
                 move_dataset(uow, dataset.id, DatasetStatus.validating, DatasetStatus.uploaded)
                 uow.commit()
             return None
-        return validate_claimed(uow, storage, dataset, scratch, memory_limit)
+        return validate_claimed(uow, storage, dataset, scratch, memory_limit, max_rows=max_rows)
 
     return run_claimed(
         uow,
@@ -252,9 +254,11 @@ def validate_claimed(
     scratch: Path,
     memory_limit: str | None,
     source: Path | None = None,
+    *,
+    max_rows: int | None = None,
 ) -> DatasetStatus:
     """Validate a dataset this worker claimed (`validating`), from `source` when the original is
-    already on local disk, else from storage."""
+    already on local disk, else from storage; more than `max_rows` rows fail it."""
     # Imported here: DuckDB and pyarrow are only needed where a worker validates.
     from services.processing.datasets.ingest import (
         MEMORY_LIMIT,
@@ -269,7 +273,9 @@ def validate_claimed(
     parquet_out = scratch / "data.parquet"
     try:
         limit = memory_limit or MEMORY_LIMIT
-        result = ingest(source, dataset.format, parquet_out, scratch, memory_limit=limit)
+        result = ingest(
+            source, dataset.format, parquet_out, scratch, memory_limit=limit, max_rows=max_rows
+        )
     except DatasetUnusable as exc:
         with uow:
             move_dataset(

@@ -100,6 +100,7 @@ def import_dataset(
     final_attempt: bool = True,
     keep_alive: Callable[[], UnitOfWork] | None = None,
     memory_limit: str | None = None,
+    max_rows: int | None = None,
 ) -> DatasetStatus | None:
     """Download an imported dataset, store it as its original and validate it; None if another
     worker has it. `max_bytes` is the upload limit, `quota_bytes` the owner's storage quota
@@ -116,7 +117,9 @@ def import_dataset(
             if stored.status == DatasetStatus.failed:
                 return DatasetStatus.failed
             dataset = stored
-        return validate_claimed(uow, storage, dataset, scratch, memory_limit, source)
+        return validate_claimed(
+            uow, storage, dataset, scratch, memory_limit, source, max_rows=max_rows
+        )
 
     return run_claimed(
         uow,

@@ -39,6 +39,7 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
             final_attempt=final,
             keep_alive=context.new_uow,  # the reaper tells a long validation from a dead one
             memory_limit=ingest_memory_limit(context.settings),
+            max_rows=context.settings.max_rows,
         )
     finally:  # also after a crash on the final attempt: waiting jobs must learn the outcome
         release_waiting_jobs(uow, context.queue, UUID(dataset_id))
@@ -67,6 +68,7 @@ def import_dataset_task(self: Task, dataset_id: str) -> None:
             final_attempt=self.request.retries >= VALIDATION_RETRIES,
             keep_alive=context.new_uow,
             memory_limit=ingest_memory_limit(context.settings),
+            max_rows=context.settings.max_rows,
         )
     finally:  # jobs submitted on the dataset meanwhile wait for the outcome, as for an upload
         release_waiting_jobs(uow, context.queue, UUID(dataset_id))

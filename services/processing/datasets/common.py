@@ -140,8 +140,10 @@ def copy_to_parquet(
     relation: str,
     out: Path,
     columns: list[tuple[str, str]] | None = None,
+    row_cap: int | None = None,
 ) -> list[tuple[str, str]]:
-    """COPY a relation to the Parquet copy with unique, non-empty column names."""
+    """COPY a relation to the Parquet copy with unique, non-empty column names; with `row_cap`,
+    its first rows only (the read stops there)."""
     if columns is None:
         columns = describe(con, relation)
     names = dedupe_column_names([name for name, _ in columns])
@@ -152,7 +154,10 @@ def copy_to_parquet(
         else f"{ident(old)} AS {ident(new)}"
         for (old, kind), new in zip(columns, names, strict=True)
     )
-    con.execute(f"COPY (SELECT {select} FROM {relation}) TO {lit(out)} ({PARQUET_COPY_OPTIONS})")
+    limit = "" if row_cap is None else f" LIMIT {int(row_cap)}"
+    con.execute(
+        f"COPY (SELECT {select} FROM {relation}{limit}) TO {lit(out)} ({PARQUET_COPY_OPTIONS})"
+    )
     return columns
 
 

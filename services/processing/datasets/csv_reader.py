@@ -119,11 +119,14 @@ def convert(
     parquet_out: Path,
     failed: FailedRowsWriter,
     workdir: Path,
+    row_cap: int | None = None,
 ) -> None:
-    """Write the good rows of a CSV file to `parquet_out` and the rejected ones to `failed`."""
+    """Write the good rows of a CSV file to `parquet_out` and the rejected ones to `failed`;
+    with `row_cap`, reading stops after that many good rows (the rows after it are not read)."""
     header_end = _check_header(source, scan)
     options, columns = _sniff(con, source, scan)
-    _copy(con, f"read_csv({lit(source)}, {options}, {_REJECTS})", source, parquet_out, columns)
+    relation = f"read_csv({lit(source)}, {options}, {_REJECTS})"
+    _copy(con, relation, source, parquet_out, columns, row_cap)
     segments = [_Segment(0, scan.size, source)]
     errors, scans = "ingest_errors", "ingest_scans"
     cuts = _quote_cuts(con, errors, scans, segments, source, scan.newline, header_end)
@@ -131,7 +134,7 @@ def convert(
     try:
         if cuts:
             segments, errors, scans = _read_in_segments(
-                con, source, scan, header_end, columns, cuts, parquet_out, folder
+                con, source, scan, header_end, columns, cuts, parquet_out, folder, row_cap
             )
         original = [name for name, _ in columns]
         renamed = dict(zip(original, dedupe_column_names(original), strict=True))
@@ -141,10 +144,15 @@ def convert(
 
 
 def _copy(
-    con: duckdb.DuckDBPyConnection, relation: str, source: Path, out: Path, columns: Columns
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    source: Path,
+    out: Path,
+    columns: Columns,
+    row_cap: int | None = None,
 ) -> None:
     try:
-        copy_to_parquet(con, relation, out, columns)
+        copy_to_parquet(con, relation, out, columns, row_cap)
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
         raise DatasetUnusable(
             f"could not read the file as CSV: {first_line(exc, source)}"
@@ -315,6 +323,7 @@ def _read_in_segments(
     cuts: set[int],
     parquet_out: Path,
     folder: Path,
+    row_cap: int | None = None,
 ) -> tuple[list[_Segment], str, str]:
     """Copy the file again, read as segments cut at `cuts` (and at any further broken quote
     that reading shows): the segments, and the names of the reject tables of the last read."""
@@ -336,7 +345,7 @@ def _read_in_segments(
             f"SELECT * FROM read_csv({lit(segment.path)}, {options}, {tables})"
             for segment in segments
         )
-        _copy(con, f"({union})", source, parquet_out, columns)
+        _copy(con, f"({union})", source, parquet_out, columns, row_cap)
         more = _quote_cuts(con, errors, scans, segments, source, scan.newline, header_end)
         more -= cuts
         if not more:

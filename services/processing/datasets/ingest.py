@@ -56,6 +56,7 @@ __all__ = [
     "ingest",
     "iter_failed_rows",
     "scan_text",
+    "too_many_rows",
 ]
 
 MEMORY_LIMIT = "1GB"  # DuckDB's, unless the caller (a worker, from its budget) gives one
@@ -71,12 +72,15 @@ def ingest(
     *,
     memory_limit: str = MEMORY_LIMIT,
     max_expanded_bytes: int = MAX_EXPANDED_BYTES,
+    max_rows: int | None = None,
 ) -> IngestResult:
     """Validate `source`, write its typed Parquet copy to `parquet_out`, summarise it.
 
     `memory_limit` is DuckDB's (it spills to `workdir` beyond it). `max_expanded_bytes`
     bounds a gzip upload once decompressed: a caller passes its upload limit times
-    EXPANSION_FACTOR (the default is that for the default upload limit).
+    EXPANSION_FACTOR (the default is that for the default upload limit). A dataset of more
+    than `max_rows` good rows is unusable: a Parquet file is refused from its footer before
+    anything is converted, a text file once its read passes the limit (the rest is not read).
     """
     fmt = DatasetFormat(fmt)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -85,20 +89,25 @@ def ingest(
         raise DatasetUnusable("file is empty")
     failed = FailedRowsWriter(workdir / "failed_rows.parquet")
     made: list[Path] = []  # converted copies in workdir, removed at the end
+    # One row past the limit shows that it is passed, without reading further.
+    row_cap = None if max_rows is None else max_rows + 1
     con = connect(workdir, memory_limit)
     try:
         declared = fmt
         source, fmt = detect.prepare(source, fmt, workdir, max_expanded_bytes, made)
         if fmt is DatasetFormat.parquet:
+            _check_parquet_rows(con, source, max_rows)
             _convert_parquet(con, source, declared, parquet_out)
         else:
             scan = scan_text(source)
             if fmt is DatasetFormat.csv:
-                _convert_csv(con, source, scan, parquet_out, workdir, memory_limit, failed)
+                _convert_csv(con, source, scan, parquet_out, workdir, memory_limit, failed, row_cap)
             else:
-                json_reader.convert(con, source, fmt, scan, parquet_out, workdir, failed)
+                json_reader.convert(con, source, fmt, scan, parquet_out, workdir, failed, row_cap)
         failed_path = failed.close()
         result = parquet_reader.summarize(con, parquet_out, failed.count, failed_path)
+        if max_rows is not None and result.row_count > max_rows:
+            raise too_many_rows(max_rows)
         if result.row_count == 0 and failed.first is not None:
             line, reason = failed.first
             raise DatasetUnusable(f"no row could be parsed; first error at line {line}: {reason}")
@@ -108,6 +117,28 @@ def ingest(
         con.close()
         for path in made:
             path.unlink(missing_ok=True)
+
+
+def too_many_rows(max_rows: int, rows: int | None = None) -> DatasetUnusable:
+    """The error of a dataset over the row limit; `rows` when the count is known."""
+    count = f"{rows} rows, over" if rows is not None else f"more than {max_rows} rows,"
+    return DatasetUnusable(
+        f"too many rows: {count} the limit of {max_rows} rows per dataset (ASSAY_MAX_ROWS)"
+    )
+
+
+def _check_parquet_rows(con: duckdb.DuckDBPyConnection, source: Path, max_rows: int | None) -> None:
+    """Refuse a Parquet file whose footer counts more than `max_rows` rows (it has no failed
+    rows: every row is a row of the copy); an unreadable footer is the conversion's to report."""
+    if max_rows is None:
+        return
+    try:
+        meta = con.execute("SELECT num_rows FROM parquet_file_metadata(?)", [str(source)])
+        found = meta.fetchone()
+    except duckdb.Error:
+        return
+    if found is not None and found[0] is not None and found[0] > max_rows:
+        raise too_many_rows(max_rows, int(found[0]))
 
 
 def _convert_parquet(
@@ -135,11 +166,12 @@ def _convert_csv(
     workdir: Path,
     memory_limit: str,
     failed: FailedRowsWriter,
+    row_cap: int | None,
 ) -> None:
     """CSV; read again from an LF-only copy when DuckDB fails and the line endings are mixed
     (on a connection of its own: reject tables fill up per connection)."""
     try:
-        csv_reader.convert(con, source, scan, parquet_out, failed, workdir)
+        csv_reader.convert(con, source, scan, parquet_out, failed, workdir, row_cap)
         return
     except DatasetUnusable:
         if failed.count or not detect.mixes_newlines(source):
@@ -148,7 +180,7 @@ def _convert_csv(
     retry = connect(workdir, memory_limit)
     try:
         detect.normalize_newlines(source, fixed)
-        csv_reader.convert(retry, fixed, scan_text(fixed), parquet_out, failed, workdir)
+        csv_reader.convert(retry, fixed, scan_text(fixed), parquet_out, failed, workdir, row_cap)
     finally:
         retry.close()
         fixed.unlink(missing_ok=True)

@@ -70,17 +70,19 @@ def convert(
     parquet_out: Path,
     workdir: Path,
     failed: FailedRowsWriter,
+    row_cap: int | None = None,
 ) -> None:
-    """Write the objects of a JSON array or NDJSON file to `parquet_out`, bad lines to `failed`."""
+    """Write the objects of a JSON array or NDJSON file to `parquet_out`, bad lines to `failed`;
+    with `row_cap`, DuckDB's reads stop after that many objects."""
     if fmt is DatasetFormat.json and scan.first_char == b"[":
         relation = f"read_json({lit(source)}, format='array', {_OPTIONS})"
         try:
-            copy_to_parquet(con, relation, parquet_out)
+            copy_to_parquet(con, relation, parquet_out, row_cap=row_cap)
         except _DATA_ERRORS as exc:
             raise DatasetUnusable(_array_problem(source, first_line(exc, source))) from None
         return
     try:
-        copy_to_parquet(con, _ndjson(source), parquet_out)
+        copy_to_parquet(con, _ndjson(source), parquet_out, row_cap=row_cap)
         return
     except _DATA_ERRORS:
         pass  # some line is bad: sort them out below
@@ -99,7 +101,7 @@ def convert(
     if not has_fields:
         raise DatasetUnusable("no JSON object has any field")
     try:
-        copy_to_parquet(con, _ndjson(clean), parquet_out)
+        copy_to_parquet(con, _ndjson(clean), parquet_out, row_cap=row_cap)
     except _DATA_ERRORS as exc:
         message = first_line(exc).replace(str(clean), source.name)
         message = _LINE_REF.sub(lambda m: m[1] + str(_original_line(int(m[2]), skipped)), message)

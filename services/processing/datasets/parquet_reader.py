@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -78,19 +79,32 @@ def summarize(
 ) -> IngestResult:
     """Row count, column types and null counts, and the preview, from the Parquet copy.
 
-    The counts come from the footer: the row count, and the null count DuckDB records for
-    every column chunk (exact: counted while writing). Only columns without such a count
-    (INTERVAL, nested types) are scanned, in one aggregate query over those columns.
+    A column's null count is its SQL NULLs plus, in a FLOAT or DOUBLE column, its NaN values:
+    what pandas' isna() counts, and what the metrics processor reports. The counts come from
+    the footer: the row count, and the null and NaN counts DuckDB records for every column
+    chunk (exact: counted while writing). Only columns without such counts (INTERVAL, nested
+    types; floats written without a NaN count) are scanned, in one aggregate query over those
+    columns.
     """
     relation = f"read_parquet({lit(parquet)})"
     columns = describe(con, relation)
     row_count, nulls = _footer_counts(con, parquet, columns)
-    missing = [name for name, _ in columns if name not in nulls]
+    missing = [(name, kind) for name, kind in columns if name not in nulls]
     if missing:
-        counted = ", ".join(f"count(*) - count({ident(name)})" for name in missing)
+        # NaN counted in the aggregate, never in a WHERE: a filter pushed into the scan is
+        # pruned by row-group statistics, which leave NaN out of their min and max.
+        counted = ", ".join(
+            f"count(*) - count({ident(name)})"
+            + (
+                f" + count(*) FILTER (WHERE isnan({ident(name)}))"
+                if kind.upper() in _FLOAT_TYPES
+                else ""
+            )
+            for name, kind in missing
+        )
         scanned = con.execute(f"SELECT {counted} FROM {relation}").fetchone()
         assert scanned is not None
-        nulls.update(zip(missing, scanned, strict=True))
+        nulls.update(zip([name for name, _ in missing], scanned, strict=True))
     preview_cols = ", ".join(
         f"CASE WHEN length({ident(n)}::VARCHAR) > {PREVIEW_TEXT_CHARS} "
         f"THEN left({ident(n)}::VARCHAR, {PREVIEW_TEXT_CHARS}) || '…' "
@@ -119,34 +133,55 @@ _FLAT_TYPES = re.compile(
     r"|VARCHAR|JSON|BLOB|UUID|DATE|TIME|TIME WITH TIME ZONE|TIMESTAMP(_S|_MS|_NS)?"
     r"|TIMESTAMP WITH TIME ZONE)"
 )
+_FLOAT_TYPES = {"FLOAT", "DOUBLE"}  # whose NaN values count as nulls
 
 
 def _footer_counts(
     con: duckdb.DuckDBPyConnection, parquet: Path, columns: list[tuple[str, str]]
 ) -> tuple[int, dict[str, int]]:
-    """Row count and the null counts the footer holds for every row group of a flat column.
+    """Row count, and the null counts (NaN included) the footer holds for every row group of a
+    flat column.
 
     A column is left out when its type is not flat, when a row group has no null count for
-    it, or when its name is not the path of exactly one leaf per row group (a nested field
-    can have a path that reads like another column's name).
+    it (or, for a float column, no NaN count), or when its name is not the path of exactly one
+    leaf per row group (a nested field can have a path that reads like another column's name).
     """
     meta = con.execute(
         "SELECT num_rows, num_row_groups FROM parquet_file_metadata(?)", [str(parquet)]
     ).fetchone()
     assert meta is not None
     row_count, row_groups = meta
-    stats = con.execute(
-        "SELECT path_in_schema, count(*), count(stats_null_count), sum(stats_null_count) "
-        "FROM parquet_metadata(?) GROUP BY path_in_schema",
-        [str(parquet)],
-    ).fetchall()
-    by_path = {path: (chunks, counted, total) for path, chunks, counted, total in stats}
+    by_path = _chunk_stats(con, parquet)
     nulls: dict[str, int] = {}
     for name, kind in columns:
         if not _FLAT_TYPES.fullmatch(kind.upper()):
             continue
         if row_groups == 0:
             nulls[name] = 0
-        elif by_path.get(name, (0, 0, None))[:2] == (row_groups, row_groups):
-            nulls[name] = int(by_path[name][2])
+            continue
+        chunks, null_counted, null_total, nan_counted, nan_total = by_path.get(
+            name, (0, 0, None, 0, None)
+        )
+        if (chunks, null_counted) != (row_groups, row_groups):
+            continue
+        if kind.upper() not in _FLOAT_TYPES:
+            nulls[name] = int(null_total)
+        elif nan_counted == row_groups:
+            nulls[name] = int(null_total) + int(nan_total)
     return int(row_count), nulls
+
+
+def _chunk_stats(con: duckdb.DuckDBPyConnection, parquet: Path) -> dict[str, tuple[Any, ...]]:
+    """Per leaf path: chunks, chunks with a null count, their sum, chunks with a NaN count,
+    their sum."""
+    query = (
+        "SELECT path_in_schema, count(*), count(stats_null_count), sum(stats_null_count), {nan} "
+        "FROM parquet_metadata(?) GROUP BY path_in_schema"
+    )
+    try:
+        rows = con.execute(
+            query.format(nan="count(stats_nan_count), sum(stats_nan_count)"), [str(parquet)]
+        ).fetchall()
+    except duckdb.BinderException:  # a DuckDB before stats_nan_count: floats are scanned
+        rows = con.execute(query.format(nan="0, NULL"), [str(parquet)]).fetchall()
+    return {path: tuple(rest) for path, *rest in rows}

@@ -16,7 +16,8 @@
 Nulls (and float NaN) are ignored. A column whose scale (std, MAD and MeanAD, or IQR)
 is 0 flags nothing, since every score would divide by zero; its summary says so.
 The artifact anomalies.csv lists row_number (1-based data row of the dataset), column,
-value (as stored) and score, ordered by row then by column order.
+value (as stored) and score, ordered by row then by column order. With csv_formula_escape a
+column name starting with = + - @, tab or CR is written with a leading ' (output.py).
 
 Centre and scale come from the job's column profiles. Every rule flags the values below
 one bound and above another, so a column's flags are looked for among its profiled
@@ -54,6 +55,7 @@ from services.processing.processors.duck import (
     scan_width,
 )
 from services.processing.processors.numeric import ColumnProfile, Extremes
+from services.processing.processors.output import CsvFormulaEscape, escape_formula, force_quote
 from services.processing.processors.profiles import numeric_profiles
 
 DEFAULT_THRESHOLDS = {"zscore": 3.0, "modified_zscore": 3.5, "iqr": 1.5}
@@ -77,6 +79,7 @@ class AnomaliesParams(BaseModel):
         allow_inf_nan=False,
         description="Default 3.0 (zscore), 3.5 (modified_zscore), 1.5 (iqr: the k of the fences).",
     )
+    csv_formula_escape: CsvFormulaEscape = False
     _unique = field_validator("columns")(reject_duplicate_columns)
 
 
@@ -114,10 +117,15 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
             part = 0.4 / len(batches)
             flagging.flag(batch, stats, threshold, start=0.5 + n * part, end=0.5 + (n + 1) * part)
         counts = dict(con.execute("SELECT col, count(*) FROM flagged GROUP BY col").fetchall())
-        names = "[" + ", ".join(literal(c.name) for c in selected) + "]"
+        # Column names are the data's text; values are numbers, never escaped.
+        escape = escape_formula if params.csv_formula_escape else str
+        names = "[" + ", ".join(literal(escape(c.name)) for c in selected) + "]"
+        options = "FORMAT csv, HEADER true"
+        if params.csv_formula_escape:
+            options += force_quote(["column"])
         copy = (
             f"COPY (SELECT row_number, {names}[col + 1] AS column, value, score FROM flagged"
-            f" ORDER BY row_number, col) TO {literal(str(path))} (FORMAT csv, HEADER true)"
+            f" ORDER BY row_number, col) TO {literal(str(path))} ({options})"
         )
         run_with_progress(con, copy, step.report, f"writing {name}", start=0.9)
     columns = {}

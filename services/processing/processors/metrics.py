@@ -1,9 +1,10 @@
 """metrics: a profile of the dataset (counts, nulls, distinct, duplicates, stats, top values).
 
 Figures equal pandas on the same data: `null_count` = isna().sum() (a float NaN counts
-as null), `distinct_count` = nunique(), numeric `std` = std(ddof=1), `p25/p50/p75` =
-quantile(interpolation="linear"), `histogram` = numpy.histogram(values, bins=10) and
-`top_values` = value_counts() (ties by value ascending). `duplicate_rows` =
+as null; the dataset column's null_count from ingest is the same figure), `distinct_count` =
+nunique(), numeric `std` = std(ddof=1), `p25/p50/p75` = quantile(interpolation="linear"),
+`histogram` = numpy.histogram(values, bins=10) and `top_values` = value_counts() (ties by
+value ascending). `duplicate_rows` =
 df[columns].duplicated().sum(): rows equal to an earlier row over the selected columns
 (all dataset columns when `columns` is not given), nulls comparing equal.
 

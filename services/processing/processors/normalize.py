@@ -18,7 +18,9 @@ Stages run in this order, each computing its statistics on the output of the one
 
 Float NaN counts as null. Row order is the dataset's. The artifact normalized.<ext> is
 written in `output_format`: csv, parquet, json (one JSON array) or ndjson (one object
-per line); the default is the dataset's own format.
+per line); the default is the dataset's own format. With csv_formula_escape, a CSV output's text
+cells and header names starting with = + - @, tab or CR get a leading ' and its text columns are
+quoted (OWASP; output.py); numeric columns are written unchanged.
 """
 
 from typing import Annotated, Any, Literal
@@ -50,7 +52,14 @@ from services.processing.processors.duck import (
 from services.processing.processors.fill import FillNulls, fill_expressions, fill_targets
 from services.processing.processors.groups import equal_rows
 from services.processing.processors.numeric import ColumnProfile
-from services.processing.processors.output import copy_to_file
+from services.processing.processors.output import (
+    TEXT_TYPES,
+    CsvFormulaEscape,
+    copy_to_file,
+    escape_formula,
+    escaped_cells,
+    force_quote,
+)
 from services.processing.processors.profiles import numeric_profiles
 
 FORMATS = {
@@ -105,6 +114,7 @@ class NormalizeParams(BaseModel):
     output_format: Literal["csv", "parquet", "json", "ndjson"] | None = Field(
         default=None, description="Default: the dataset's format."
     )
+    csv_formula_escape: CsvFormulaEscape = False
 
 
 def check_columns(params: NormalizeParams, columns: list[ColumnInfo]) -> None:
@@ -155,7 +165,12 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
                 con, step, relation, params.scale, exprs, types, rows_out, profiles, filled
             )
             exprs.update(scale_exprs)
-        select = ", ".join(f"{expr} AS {quote(column)}" for column, expr in exprs.items())
+        names = {column: column for column in exprs}
+        if fmt == "csv" and params.csv_formula_escape:
+            names = {column: escape_formula(column) for column in exprs}
+            exprs = {column: escaped_cells(expr, types[column]) for column, expr in exprs.items()}
+            options += force_quote([names[c] for c in exprs if types[c] in TEXT_TYPES])
+        select = ", ".join(f"{expr} AS {quote(names[column])}" for column, expr in exprs.items())
         # Scans keep the file order (preserve_insertion_order); a join may not.
         order = " ORDER BY file_row_number" if relation != src else ""
         query = f"SELECT {select} FROM {relation}{order}"

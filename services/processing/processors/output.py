@@ -5,6 +5,13 @@ output from a FIFO instead overlaps the hash with the COPY, which leaves a core 
 idle while it orders and formats rows. The file's write-back to disk starts as it grows,
 so the fsync of storing it has little left to wait for. Every DuckDB output format (CSV,
 JSON, Parquet) is written front to back, so the bytes through the pipe are exactly the file.
+
+CSV outputs can be escaped against formula injection (OWASP, "CSV Injection"): a spreadsheet
+runs a cell starting with = + - @, a tab or a CR as a formula (`=HYPERLINK(...)`,
+`=cmd|...`). With a step's `csv_formula_escape`, every text cell (and header name) starting
+with one of them gets a leading `'`, which spreadsheets read as "this is text", and the text
+columns are written quoted. Numbers are never escaped: a negative number stays a number. It is
+off by default because it changes the data: `'-5` or `'=x` no longer reads back as `-5` or `=x`.
 """
 
 import contextlib
@@ -12,12 +19,15 @@ import fcntl
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import duckdb
+from pydantic import Field
 
 from services.processing.processors.base import StepInput
+from services.processing.processors.columns import quote
 from services.processing.processors.duck import literal, parse_size, run_with_progress
 from services.writeback import Writeback
 
@@ -28,6 +38,44 @@ PIPE_BYTES = 1024 * 1024
 # expected over half its limit starts with the budget's numpy share added, instead of
 # failing first (each try of such a COPY takes seconds).
 COPY_BYTES_PER_COLUMN = 128 * 1024
+
+# First characters that make a spreadsheet read a cell as a formula (OWASP).
+FORMULA_STARTS = "=+-@\t\r"
+# Types whose cells hold text from the data (a BLOB is written as its bytes); numbers, dates
+# and the rest are formatted by DuckDB and cannot carry a formula.
+TEXT_TYPES = frozenset({"VARCHAR", "BLOB"})
+
+CsvFormulaEscape = Annotated[
+    bool,
+    Field(
+        description="CSV output only: prefix text cells (and header names) starting with"
+        " = + - @, tab or CR with ' and quote the text columns, so that spreadsheets show them"
+        " as text instead of running them as formulas. Numbers are not changed. Off by default:"
+        " escaped values no longer read back as they were."
+    ),
+]
+
+
+def escape_formula(text: str) -> str:
+    """The text with a leading ' when a spreadsheet would read it as a formula."""
+    return "'" + text if text[:1] and text[0] in FORMULA_STARTS else text
+
+
+def escaped_cells(expr: str, duck_type: str) -> str:
+    """SQL for a column's cells as escape_formula writes them; non-text types unchanged."""
+    if duck_type not in TEXT_TYPES:
+        return expr
+    text = expr if duck_type == "VARCHAR" else f"CAST({expr} AS VARCHAR)"
+    starts = ", ".join(str(ord(c)) for c in FORMULA_STARTS)
+    # ascii() of the first character: a third of the time of left(x, 1) IN (...) or a regexp.
+    return f"CASE WHEN ascii({text}) IN ({starts}) THEN '''' || {text} ELSE {text} END"
+
+
+def force_quote(names: Sequence[str]) -> str:
+    """The CSV COPY option quoting every non-null cell of these output columns, or ""."""
+    if not names:
+        return ""
+    return f", FORCE_QUOTE ({', '.join(quote(name) for name in names)})"
 
 
 class _PipeToFile(threading.Thread):
