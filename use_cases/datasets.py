@@ -3,6 +3,7 @@
 Imports from a URL are use_cases/imports.py; they share the claim and the validation here.
 """
 
+import functools
 import json
 import logging
 import shutil
@@ -47,6 +48,16 @@ class ReceivedFile:
     path: Path
     size_bytes: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """What converting one upload may take (ASSAY_WORKER_MEMORY_BUDGET_MB, ASSAY_MAX_ROWS)."""
+
+    memory_limit: str | None = None  # DuckDB's while it converts; None: ingest's default
+    # The conversion runs in a child process killed above this (None: in-process, unwatched).
+    memory_budget_mb: int | None = None
+    max_rows: int | None = None  # more rows fail the dataset, naming the limit
 
 
 def original_key(dataset_id: UUID, fmt: DatasetFormat) -> str:
@@ -137,17 +148,15 @@ def validate_dataset(
     *,
     final_attempt: bool = True,
     keep_alive: Callable[[], UnitOfWork] | None = None,
-    memory_limit: str | None = None,
-    max_rows: int | None = None,
+    limits: IngestLimits | None = None,
 ) -> DatasetStatus | None:
     """Infer the schema, write the typed Parquet copy and keep failed rows; None if already taken.
 
     An unexpected error (storage or database down) puts the dataset back to `uploaded` and
     propagates so that the caller retries; on the final attempt it fails the dataset instead.
     With `keep_alive` (a unit-of-work factory), `updated_at` is refreshed every few seconds, so
-    the reaper can tell a long validation from one whose worker died. `memory_limit` is
-    DuckDB's while it converts the file (default: ingest's own). A dataset of more than
-    `max_rows` rows ends `failed` with an error naming the limit (None: no limit).
+    the reaper can tell a long validation from one whose worker died. `limits` bound the
+    conversion's memory and the dataset's rows (default: none but ingest's own).
     """
 
     def validate(dataset: Dataset, scratch: Path) -> DatasetStatus | None:
@@ -156,7 +165,7 @@ def validate_dataset(
                 move_dataset(uow, dataset.id, DatasetStatus.validating, DatasetStatus.uploaded)
                 uow.commit()
             return None
-        return validate_claimed(uow, storage, dataset, scratch, memory_limit, max_rows=max_rows)
+        return validate_claimed(uow, storage, dataset, scratch, limits or IngestLimits())
 
     return run_claimed(
         uow,
@@ -252,13 +261,11 @@ def validate_claimed(
     storage: ObjectStorage,
     dataset: Dataset,
     scratch: Path,
-    memory_limit: str | None,
+    limits: IngestLimits,
     source: Path | None = None,
-    *,
-    max_rows: int | None = None,
 ) -> DatasetStatus:
     """Validate a dataset this worker claimed (`validating`), from `source` when the original is
-    already on local disk, else from storage; more than `max_rows` rows fail it."""
+    already on local disk, else from storage; more than `limits.max_rows` rows fail it."""
     # Imported here: DuckDB and pyarrow are only needed where a worker validates.
     from services.processing.datasets.ingest import (
         MEMORY_LIMIT,
@@ -266,17 +273,28 @@ def validate_claimed(
         ingest,
         iter_failed_rows,
     )
+    from services.processing.processors.base import MemoryBudgetExceeded
+    from services.processing.sandbox import Ceiling, call_in_child
 
     if source is None:
         source = scratch / f"original.{FORMAT_EXTENSIONS[dataset.format]}"
         storage.download_file(dataset.storage_key, source)
     parquet_out = scratch / "data.parquet"
+    convert = functools.partial(
+        ingest,
+        source,
+        dataset.format,
+        parquet_out,
+        scratch,
+        memory_limit=limits.memory_limit or MEMORY_LIMIT,
+        max_rows=limits.max_rows,
+    )
     try:
-        limit = memory_limit or MEMORY_LIMIT
-        result = ingest(
-            source, dataset.format, parquet_out, scratch, memory_limit=limit, max_rows=max_rows
-        )
-    except DatasetUnusable as exc:
+        if limits.memory_budget_mb is None:
+            result = convert()
+        else:  # a file nobody foresaw (one that inflates, say) cannot take the host down
+            result = call_in_child(convert, Ceiling.for_budget(limits.memory_budget_mb))
+    except (DatasetUnusable, MemoryBudgetExceeded) as exc:  # the same file: no retry helps
         with uow:
             move_dataset(
                 uow, dataset.id, DatasetStatus.validating, DatasetStatus.failed, error=str(exc)

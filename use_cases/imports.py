@@ -30,6 +30,7 @@ from schemas.domain.ids import new_id
 from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus, KeyScope, Principal
 from use_cases.datasets import (
     FORMAT_EXTENSIONS,
+    IngestLimits,
     awaits_download,
     original_key,
     publish_import,
@@ -99,8 +100,7 @@ def import_dataset(
     quota_bytes: int = 0,
     final_attempt: bool = True,
     keep_alive: Callable[[], UnitOfWork] | None = None,
-    memory_limit: str | None = None,
-    max_rows: int | None = None,
+    limits: IngestLimits | None = None,
 ) -> DatasetStatus | None:
     """Download an imported dataset, store it as its original and validate it; None if another
     worker has it. `max_bytes` is the upload limit, `quota_bytes` the owner's storage quota
@@ -117,9 +117,7 @@ def import_dataset(
             if stored.status == DatasetStatus.failed:
                 return DatasetStatus.failed
             dataset = stored
-        return validate_claimed(
-            uow, storage, dataset, scratch, memory_limit, source, max_rows=max_rows
-        )
+        return validate_claimed(uow, storage, dataset, scratch, limits or IngestLimits(), source)
 
     return run_claimed(
         uow,

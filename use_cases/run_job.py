@@ -6,7 +6,6 @@ Every status write goes through use_cases/lifecycle.py; the heartbeat is use_cas
 import enum
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -72,14 +71,6 @@ class EngineSettings:
     # How long an attempt whose completing COMMIT lost its connection keeps asking whether it
     # took, before leaving the job to the reaper (its files are kept either way).
     completion_read_back_s: float = 30.0
-
-
-# The child's address space may grow this much over its parent's (RLIMIT_AS), per MiB of budget
-# and per thread: a normal 5M-row job grew it by ~260 MiB at a 1 GiB budget (DuckDB's and
-# jemalloc's reservations, 8 MiB stacks, 64 MiB glibc arenas). A backstop against one huge
-# allocation; the watched resident memory is the ceiling.
-ADDRESS_SPACE_PER_BUDGET = 2
-ADDRESS_SPACE_PER_THREAD = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -255,13 +246,7 @@ def _run_in_process(run: Attempt, budget: int | None, steps: _Steps) -> None:
 def _run_in_child(run: Attempt, budget: int, steps: _Steps) -> None:
     """Every step in a child process under the memory ceiling; this process stores what
     each step made while the next one runs, and kills the child on a cancel."""
-    threads = run.compute.threads or os.cpu_count() or 1
-    ceiling = Ceiling(
-        budget_bytes=budget * 1024**2,
-        address_space_bytes=(
-            ADDRESS_SPACE_PER_BUDGET * budget * 1024**2 + ADDRESS_SPACE_PER_THREAD * (threads + 4)
-        ),
-    )
+    ceiling = Ceiling.for_budget(budget, run.compute.threads)
 
     def work(channel: Channel) -> None:  # in the child
         def report(progress: float, message: str, step: int) -> None:

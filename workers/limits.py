@@ -6,6 +6,7 @@ from schemas.settings import Settings
 
 if TYPE_CHECKING:
     from services.processing.processors.base import ComputeLimits
+    from use_cases.datasets import IngestLimits
     from use_cases.run_job import EngineSettings
 
 
@@ -37,7 +38,14 @@ def compute_limits(settings: Settings) -> "ComputeLimits":
     )
 
 
-def ingest_memory_limit(settings: Settings) -> str:
-    """DuckDB's limit while a worker converts an upload: half the budget (the CSV -> Parquet
-    COPY is no slower with it), the rest for the interpreter and libraries."""
-    return f"{settings.worker_memory_budget_mb // 2}MiB"
+def ingest_limits(settings: Settings) -> "IngestLimits":
+    """What converting an upload may take: DuckDB gets half the budget (the CSV -> Parquet COPY
+    is no slower with it), the rest is for the interpreter and libraries; the conversion runs
+    in a child process killed above the whole budget."""
+    from use_cases.datasets import IngestLimits
+
+    return IngestLimits(
+        memory_limit=f"{settings.worker_memory_budget_mb // 2}MiB",
+        memory_budget_mb=settings.worker_memory_budget_mb,
+        max_rows=settings.max_rows,
+    )

@@ -11,7 +11,7 @@ from use_cases.jobs import release_waiting_jobs
 from workers.celery_app import context_of
 from workers.celery_queue import IMPORT_DATASET_TASK, RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from workers.errors import is_transient
-from workers.limits import compute_limits, engine_settings, ingest_memory_limit
+from workers.limits import compute_limits, engine_settings, ingest_limits
 from workers.reaper import reap_once
 
 VALIDATION_RETRIES = 3
@@ -38,8 +38,7 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
             workdir,
             final_attempt=final,
             keep_alive=context.new_uow,  # the reaper tells a long validation from a dead one
-            memory_limit=ingest_memory_limit(context.settings),
-            max_rows=context.settings.max_rows,
+            limits=ingest_limits(context.settings),
         )
     finally:  # also after a crash on the final attempt: waiting jobs must learn the outcome
         release_waiting_jobs(uow, context.queue, UUID(dataset_id))
@@ -67,8 +66,7 @@ def import_dataset_task(self: Task, dataset_id: str) -> None:
             quota_bytes=context.settings.owner_quota_bytes,
             final_attempt=self.request.retries >= VALIDATION_RETRIES,
             keep_alive=context.new_uow,
-            memory_limit=ingest_memory_limit(context.settings),
-            max_rows=context.settings.max_rows,
+            limits=ingest_limits(context.settings),
         )
     finally:  # jobs submitted on the dataset meanwhile wait for the outcome, as for an upload
         release_waiting_jobs(uow, context.queue, UUID(dataset_id))

@@ -8,6 +8,7 @@ import pytest
 from schemas.domain.records import DatasetFormat, DatasetStatus, KeyScope, Principal
 from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
 from use_cases.datasets import (
+    IngestLimits,
     ReceivedFile,
     delete_dataset,
     recover_stuck_datasets,
@@ -182,6 +183,8 @@ def test_validation_gives_duckdb_the_memory_limit_it_was_given(tmp_path: Path, m
     monkeypatch.setattr(ingest_module, "connect", spy)
     uow, storage, queue = FakeUnitOfWork(), FakeStorage(), FakeQueue()
     dataset = register(tmp_path, uow, storage, queue, b"a\n1\n")
-    status = validate_dataset(uow, storage, dataset.id, tmp_path, memory_limit="300MiB")
+    status = validate_dataset(
+        uow, storage, dataset.id, tmp_path, limits=IngestLimits(memory_limit="300MiB")
+    )
     assert status == DatasetStatus.ready
     assert limits == ["300.0 MiB"]

@@ -180,7 +180,7 @@ def test_a_child_that_outgrows_the_budget_is_killed_and_the_job_fails_for_good(
             time.sleep(0.002)
 
     fake_metrics(grow)
-    monkeypatch.setattr(run_job_module, "ADDRESS_SPACE_PER_BUDGET", 64)  # the watcher, not RLIMIT
+    monkeypatch.setattr(sandbox, "ADDRESS_SPACE_PER_BUDGET", 64)  # the watcher, not RLIMIT
     job = submit(world, [JobStep(processor="metrics")])
     assert run(world, job.id, tmp_path, engine(128)) == Outcome.failed
     final_memory_failure(world, job.id, 128)

@@ -11,7 +11,7 @@ from schemas.domain.records import DatasetFormat, DatasetStatus, KeyScope, Princ
 from schemas.settings import Settings
 from services.processing.datasets import csv_reader, ingest, parquet_reader
 from tests.fakes import FakeContext, FakeFetcher, FakeQueue, FakeStorage, FakeUnitOfWork
-from use_cases.datasets import ReceivedFile, register_dataset, validate_dataset
+from use_cases.datasets import IngestLimits, ReceivedFile, register_dataset, validate_dataset
 from use_cases.imports import import_dataset, submit_import
 
 ME = Principal(owner_id="default", scope=KeyScope.write)
@@ -57,7 +57,9 @@ def test_more_rows_than_the_limit_fail_the_dataset(
     uow, storage = FakeUnitOfWork(), FakeStorage()
     dataset = register(tmp_path, uow, storage, content, fmt)
 
-    status = validate_dataset(uow, storage, dataset.id, tmp_path / "work", max_rows=limit)
+    status = validate_dataset(
+        uow, storage, dataset.id, tmp_path / "work", limits=IngestLimits(max_rows=limit)
+    )
 
     stored = uow.datasets.rows[dataset.id]
     if ready:
@@ -83,16 +85,18 @@ def test_a_parquet_file_is_refused_from_its_footer_before_any_conversion(
     uow, storage = FakeUnitOfWork(), FakeStorage()
     dataset = register(tmp_path, uow, storage, parquet_bytes(tmp_path, 1000), "parquet")
 
-    status = validate_dataset(uow, storage, dataset.id, tmp_path / "work", max_rows=999)
+    status = validate_dataset(
+        uow, storage, dataset.id, tmp_path / "work", limits=IngestLimits(max_rows=999)
+    )
 
     assert status == DatasetStatus.failed and converted == []
     assert uow.datasets.rows[dataset.id].error == (
         "too many rows: 1000 rows, over the limit of 999 rows per dataset (ASSAY_MAX_ROWS)"
     )
     other = register(tmp_path, uow, storage, parquet_bytes(tmp_path, 1000), "parquet")
-    assert validate_dataset(uow, storage, other.id, tmp_path / "w2", max_rows=1000) == (
-        DatasetStatus.ready
-    )
+    assert validate_dataset(
+        uow, storage, other.id, tmp_path / "w2", limits=IngestLimits(max_rows=1000)
+    ) == (DatasetStatus.ready)
     assert uow.datasets.rows[other.id].row_count == 1000 and len(converted) == 1
 
 
@@ -148,7 +152,13 @@ def test_an_import_over_the_limit_fails(tmp_path: Path) -> None:
     )
 
     status = import_dataset(
-        uow, storage, fetcher, dataset.id, tmp_path / "work", max_bytes=1024, max_rows=4
+        uow,
+        storage,
+        fetcher,
+        dataset.id,
+        tmp_path / "work",
+        max_bytes=1024,
+        limits=IngestLimits(max_rows=4),
     )
 
     assert status == DatasetStatus.failed

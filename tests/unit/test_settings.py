@@ -33,8 +33,9 @@ def test_the_worker_memory_budget_is_split_between_duckdb_and_numpy_columns():
 
 
 def test_a_worker_gives_ingest_half_its_memory_budget_and_steps_three_eighths():
-    from workers.limits import compute_limits, ingest_memory_limit
+    from workers.limits import compute_limits, ingest_limits
 
     settings = Settings(worker_memory_budget_mb=512)
-    assert ingest_memory_limit(settings) == "256MiB"
+    assert ingest_limits(settings).memory_limit == "256MiB"
+    assert ingest_limits(settings).memory_budget_mb == 512  # the ceiling of its child process
     assert compute_limits(settings).memory_limit == "192MiB"
