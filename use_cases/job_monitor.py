@@ -57,6 +57,7 @@ class Monitor:
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
         self._last_event_progress = -1.0
         self._last_event_at = 0.0
+        self._started_at = time.monotonic()
 
     def __enter__(self) -> "Monitor":
         self._thread.start()
@@ -181,7 +182,20 @@ class Monitor:
                     progress=progress,
                     message=self.message,
                     step=self.step,
+                    eta_seconds=eta_seconds(progress, now - self._started_at),
                 )
             )
             self._last_event_progress, self._last_event_at = progress, now
         return True
+
+
+# Below this much progress or time, a rate says little about what remains.
+ETA_MIN_PROGRESS = 0.02
+ETA_MIN_ELAPSED_S = 1.0
+
+
+def eta_seconds(progress: float, elapsed_s: float) -> float | None:
+    """Seconds left at the attempt's average rate so far; None until it can be estimated."""
+    if progress < ETA_MIN_PROGRESS or elapsed_s < ETA_MIN_ELAPSED_S or progress >= 1.0:
+        return None
+    return round(elapsed_s * (1.0 - progress) / progress, 1)

@@ -155,7 +155,7 @@ def run_job(
                 profiles=ProfileCache(max_bytes=compute.batch_memory_bytes // CACHE_SHARE),
                 compute=compute,
             )
-            if budget is not None and not _small(source, engine):
+            if budget is not None and (_isolated(claimed) or not _small(source, engine)):
                 monitor.watch_memory(False)  # the child's memory is watched instead
                 _run_in_child(run, budget, steps)
             else:
@@ -222,6 +222,11 @@ class _Steps:
             {"processor": self.job.steps[index].processor, "summary": output.summary}
         )
         self.artifacts += produced
+
+
+def _isolated(job: Job) -> bool:
+    """Whether a step fits a model a cancel could not interrupt in this process."""
+    return any(getattr(get_processor(step.processor), "isolated", False) for step in job.steps)
 
 
 def _small(source: Path, engine: EngineSettings) -> bool:

@@ -120,6 +120,9 @@ class Processor:
     artifacts: list[str]  # artifact base names it may write, e.g. ["anomalies.csv"]
     run: Callable[[StepInput, Any], StepOutput]
     check_columns: Callable[[Any, list[ColumnInfo]], None]  # raises ParamsError
+    # Spends long stretches inside a library call that cannot see a cancel (a model fit): its
+    # jobs always run in a child process, which a cancel kills, whatever the data's size.
+    isolated: bool = False
 
 
 def artifact_name(base: str, suffix: str) -> str:
