@@ -2,15 +2,19 @@
 
 import contextlib
 import ctypes
+import errno
 import gc
 import ipaddress
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
@@ -38,6 +42,7 @@ from workers.celery_queue import CeleryTaskQueue
 from workers.reaper import start_reaper_thread, sweep_scratch
 
 if TYPE_CHECKING:
+    import uvicorn
     from fastapi import FastAPI
 
 console = Console()
@@ -139,6 +144,14 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
+# How long `serve` lets its worker finish the jobs it runs once a stop is asked; a job still
+# running then is killed, and the recovery loop requeues it.
+WORKER_STOP_GRACE_S = 60.0
+# How long the API waits for open requests (a job's event stream, a long download) to end
+# when it stops; without a bound, one open stream would keep it running.
+API_SHUTDOWN_GRACE_S = 5
+
+
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 Port = Annotated[int, typer.Option(help="TCP port to listen on.")]
 
@@ -173,6 +186,7 @@ def api(
         port=port,
         workers=workers,
         access_log=access_log,
+        timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
     )
 
 
@@ -302,33 +316,102 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
 
     from db.migrations import upgrade_to_head
 
-    settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade_to_head(settings.resolved_database_url)
-    keys_off = _open_on_loopback(settings, host)
-    if keys_off:  # read by the API's own Settings() in create_api
-        os.environ["ASSAY_AUTH_REQUIRED"] = "false"
-    worker_process = subprocess.Popen(
-        [sys.executable, "-m", "main", "worker"], preexec_fn=_die_with_parent
-    )
+    # Before anything starts: a taken port is reported at once, not after a worker is up.
+    listener = _bind(host, port)
+    # A stop asked from here on (SIGTERM, Ctrl-C) ends uvicorn, which then re-raises the signal
+    # into this handler: the worker is stopped below before `serve` exits.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _stop_requested)
+    worker_process: subprocess.Popen[bytes] | None = None
+    try:
+        settings = Settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade_to_head(settings.resolved_database_url)
+        keys_off = _open_on_loopback(settings, host)
+        if keys_off:  # read by the API's own Settings() in create_api
+            os.environ["ASSAY_AUTH_REQUIRED"] = "false"
+        worker_process = subprocess.Popen(
+            [sys.executable, "-m", "main", "worker"], preexec_fn=_die_with_parent
+        )
+        config = uvicorn.Config(
+            "main:create_api",
+            factory=True,
+            host=host,
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
+        )
+        server = _announcing_server(config, lambda: _announce(settings, host, port, keys_off))
+        server.run(sockets=[listener])
+    except _StopRequested:
+        pass
+    finally:
+        listener.close()
+        if worker_process is not None:
+            _stop(worker_process)
+        for number in (signal.SIGINT, signal.SIGTERM):  # everything has stopped
+            signal.signal(number, signal.SIG_IGN)
+        console.print("stopped")
+
+
+class _StopRequested(Exception):
+    """SIGTERM or SIGINT reached `serve`."""
+
+
+def _stop_requested(signum: int, frame: FrameType | None) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The API's address, bound but not yet accepting; a clear message and exit 1 if it cannot
+    be bound (uvicorn starts accepting once the app is up)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = f"port {port} is already in use; stop what uses it or choose another --port"
+        else:
+            reason = exc.strerror or str(exc)
+        typer.secho(f"Cannot listen on {host}:{port}: {reason}.", fg="red", err=True)
+        raise typer.Exit(1) from None
+    listener.set_inheritable(True)
+    return listener
+
+
+def _announcing_server(config: "uvicorn.Config", announce: Callable[[], None]) -> "uvicorn.Server":
+    """A uvicorn server that calls `announce` once it accepts requests."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                announce()
+
+    return AnnouncingServer(config)
+
+
+def _announce(settings: Settings, host: str, port: int, keys_off: bool) -> None:
+    shown = f"[{host}]" if ":" in host else host
     console.print(
-        f"[bold green]Assay is running at http://{host}:{port}[/bold green] "
-        f"(data in {settings.data_dir.resolve()}; API docs at /docs). Press Ctrl-C to stop."
+        f"[bold green]Assay is running at http://{shown}:{port}[/bold green] "
+        f"(data in {settings.data_dir.resolve()}; API docs at /docs). Press Ctrl-C to stop.",
+        soft_wrap=True,
     )
     if keys_off:
         console.print(
             "[yellow]No API keys needed: it listens on loopback only. Set ASSAY_AUTH_REQUIRED=true"
-            " to require them (`assay keys create --owner NAME`).[/yellow]"
+            " to require them (`assay keys create --owner NAME`).[/yellow]",
+            soft_wrap=True,
         )
     elif not settings.auth_required:
         console.print("[bold red]API keys are OFF (ASSAY_AUTH_REQUIRED=false).[/bold red]")
     else:
         console.print("API keys required: `assay keys create --owner NAME` makes one.")
-    try:
-        uvicorn.run("main:create_api", factory=True, host=host, port=port, log_level="warning")
-    finally:
-        _stop(worker_process)
-        console.print("stopped")
 
 
 def _open_on_loopback(settings: Settings, host: str) -> bool:
@@ -342,21 +425,27 @@ def _open_on_loopback(settings: Settings, host: str) -> bool:
 
 
 def _die_with_parent() -> None:
-    """Linux: the worker gets SIGTERM however `serve` ends (uvicorn re-raises SIGTERM, so no
-    `finally` runs then). Elsewhere Ctrl-C still stops both through the `finally` in serve()."""
+    """Linux: the worker gets SIGTERM however `serve` ends, even killed. Elsewhere a stop still
+    reaches it through the `finally` in serve()."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown for the worker: SIGTERM, then SIGKILL if it does not stop in time."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+    """Warm shutdown for the worker: SIGTERM, then SIGKILL if its jobs do not end within
+    WORKER_STOP_GRACE_S or a second stop is asked."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=1)  # an idle worker stops at once
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            console.print("waiting for running jobs to finish (press Ctrl-C again to stop at once)")
+            process.wait(timeout=WORKER_STOP_GRACE_S)
+    except (subprocess.TimeoutExpired, _StopRequested):
+        process.kill()
+        process.wait()
 
 
 if __name__ == "__main__":

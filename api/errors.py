@@ -43,6 +43,16 @@ STATUS_BY_ERROR: dict[type[UseCaseError], int] = {
     Unauthenticated: 401,
     Forbidden: 403,
 }
+# Outages, not bugs: a 503 that names the kind of dependency down, and the client may retry.
+# Connection-level database errors count (the driver's OperationalError, InterfaceError).
+OUTAGES: dict[type[Exception], str] = {
+    DatabaseUnavailable: "database",
+    OperationalError: "database",
+    InterfaceError: "database",
+    StorageUnavailable: "storage",
+    QueueUnavailable: "broker",
+}
+RETRY_AFTER_S = 5
 # RFC 6750: a 401 names the scheme the client should use.
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="assay"'}
 # An error quotes at most this much of a value the client sent (see `clip`).
@@ -144,18 +154,18 @@ def install_error_handlers(app: FastAPI, routers: Sequence[APIRouter] = ()) -> N
         return error_response(404, "not_found", f"stored object is missing: {exc}")
 
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("dependency unavailable: %s", exc)
-        return error_response(503, "service_unavailable", str(exc), {"retry": True})
+        dependency = next(name for kind, name in OUTAGES.items() if isinstance(exc, kind))
+        # Where it runs (hosts, ports, paths) is for the operator's log, not for clients.
+        log.warning("%s unavailable: %s: %s", dependency, type(exc).__name__, exc)
+        return error_response(
+            503,
+            "service_unavailable",
+            f"the {dependency} is unavailable; try again shortly",
+            {"dependency": dependency, "retry": True},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
-    # Connection-level database errors are outages, not bugs: the client may retry.
-    outages = (
-        DatabaseUnavailable,
-        StorageUnavailable,
-        QueueUnavailable,
-        OperationalError,
-        InterfaceError,
-    )
-    for kind in outages:
+    for kind in OUTAGES:
         app.add_exception_handler(kind, _unavailable)
 
     @app.exception_handler(Exception)

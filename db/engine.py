@@ -1,9 +1,34 @@
 """Engine and session factory; created by the composition root, never at import time."""
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+
+# A PostgreSQL server that vanishes without closing its connections (a network partition, a NAT
+# timeout, a proxy that drops one side) would leave a query waiting for its reply forever, and
+# the process that sent it with it. TCP keepalives probe a connection that has been silent for
+# KEEPALIVES_IDLE_S and give up after KEEPALIVES_COUNT unanswered probes; TCP_USER_TIMEOUT_MS
+# bounds how long sent data may stay unacknowledged. Either way such a query fails within
+# about 25 s (10 + 3 x 5), and a live server, however long its query runs, answers the probes.
+CONNECT_TIMEOUT_S = 5
+KEEPALIVES_IDLE_S = 10
+KEEPALIVES_INTERVAL_S = 5
+KEEPALIVES_COUNT = 3
+TCP_USER_TIMEOUT_MS = 25_000
+
+
+def postgres_connect_args() -> dict[str, int]:
+    """libpq connection parameters that bound connecting and detect a dead server."""
+    return {
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE_S,
+        "keepalives_interval": KEEPALIVES_INTERVAL_S,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
 
 
 def make_engine(url: str) -> Engine:
@@ -26,12 +51,13 @@ def make_engine(url: str) -> Engine:
     # pool_size covers the API's busy threads: connections above it (the overflow) are closed
     # when returned, and opening a PostgreSQL connection costs milliseconds, so a pool smaller
     # than the concurrency opens and closes connections all the time under load.
+    postgres = make_url(url).get_backend_name() == "postgresql"
     return create_engine(
         url,
         pool_pre_ping=True,
         pool_size=20,
         max_overflow=10,
-        connect_args={"connect_timeout": 5},
+        connect_args=postgres_connect_args() if postgres else {},
     )
 
 

@@ -1,8 +1,9 @@
 """Object storage on S3 or an S3-compatible server (MinIO, moto) through boto3."""
 
 import functools
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,7 +18,17 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from ports.storage import ObjectNotFound, StorageUnavailable
 
+log = logging.getLogger(__name__)
+
 _MiB = 1024 * 1024
+# A store that vanishes without closing its connections (a partition, a NAT or proxy that drops
+# one side) must fail a request within about 30 s instead of hanging its worker: connecting
+# gives up after CONNECT_TIMEOUT_S, a reply silent for READ_TIMEOUT_S fails the attempt, and
+# MAX_ATTEMPTS bounds the tries (15 + 2 x 5 s plus backoff). S3 and MinIO send a reply's first
+# bytes within a second or two, and keep a long CompleteMultipartUpload alive with whitespace.
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 15
+MAX_ATTEMPTS = 3
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _NO_BUCKET_CODES = {"404", "NoSuchBucket", "NotFound"}
 _DELETE_BATCH = 1000  # the DeleteObjects limit
@@ -35,9 +46,9 @@ class S3ObjectStorage:
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         region: str = "us-east-1",
-        connect_timeout: float = 10,
-        read_timeout: float = 60,
-        max_attempts: int = 5,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+        max_attempts: int = MAX_ATTEMPTS,
         presign_downloads: bool = True,
     ) -> None:
         self.bucket = bucket
@@ -55,9 +66,12 @@ class S3ObjectStorage:
             region_name=region,
             signature_version="s3v4",
             s3={"addressing_style": "path"},
-            retries={"max_attempts": max_attempts, "mode": "standard"},
+            # total_max_attempts counts the first try (botocore's max_attempts does not).
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            # Connections idle in the pool are probed, so a dead one is noticed and not reused.
+            tcp_keepalive=True,
             # Newer botocore adds CRC checksums by default, which older MinIO rejects.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -69,7 +83,7 @@ class S3ObjectStorage:
         )
         # Readiness probes answer fast: one try, short timeouts.
         self._probe_config = self._config.merge(
-            Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1})
+            Config(connect_timeout=2, read_timeout=5, retries={"total_max_attempts": 1})
         )
         self._client: BaseClient | None = None
         self._presign_client: BaseClient | None = None
@@ -100,44 +114,66 @@ class S3ObjectStorage:
             except ClientError as exc:
                 if _error_code(exc) not in _NO_BUCKET_CODES:
                     raise
-            params: dict[str, Any] = {"Bucket": self.bucket}
-            if self.region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
-                params["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
-            try:
-                self.client.create_bucket(**params)
-            except ClientError as exc:
-                # Another process started at the same time and won the race.
-                if _error_code(exc) != "BucketAlreadyOwnedByYou":
-                    raise
+            self._create_bucket(self.client)
 
     def check(self) -> None:
-        """Raise StorageUnavailable unless the bucket is reachable (one quick try)."""
+        """Raise StorageUnavailable unless the bucket is reachable (one quick try).
+
+        A missing bucket fails this check once and is created again, so the next one passes
+        (what was stored in it is gone, which the log says).
+        """
         if self._probe_client is None:
             self._probe_client = _new_client(
                 self.endpoint_url, self._credentials, self._probe_config
             )
         with self._errors():
-            self._probe_client.head_bucket(Bucket=self.bucket)
+            try:
+                self._probe_client.head_bucket(Bucket=self.bucket)
+                return
+            except ClientError as exc:
+                if _error_code(exc) not in _NO_BUCKET_CODES:
+                    raise
+                missing = exc
+            log.warning("%s does not exist: creating it", self._where())
+            self._create_bucket(self._probe_client)
+            raise StorageUnavailable(
+                f"{self._where()} does not exist; it was created for the next try"
+            ) from missing
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
         """Upload a local file (multipart above 16 MiB)."""
-        with self._errors(key):
+
+        def upload() -> None:
             self.client.upload_file(
                 str(path), self.bucket, key, ExtraArgs=_extra(content_type), Config=self._transfer
             )
 
+        with self._errors(key):
+            self._into_the_bucket(upload, repeatable=True)
+
     def put_stream(self, key: str, stream: BinaryIO, content_type: str | None = None) -> None:
         """Upload from a binary stream, seekable or not, in bounded memory."""
         source: BinaryIO | _FullReads = stream if _seekable(stream) else _FullReads(stream)
-        with self._errors(key):
+
+        def upload() -> None:
             self.client.upload_fileobj(
                 source, self.bucket, key, ExtraArgs=_extra(content_type), Config=self._transfer
             )
 
+        # Not repeatable: the transfer manager has read (and closed) the stream.
+        with self._errors(key):
+            self._into_the_bucket(upload, repeatable=False)
+
     def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         """Stream an object's bytes; raises ObjectNotFound at call time, not on first next()."""
         with self._errors(key):
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            except ClientError as exc:
+                if not _bucket_missing(exc):
+                    raise
+                self._create_bucket_again()
+                raise ObjectNotFound(key) from exc  # a bucket made anew holds nothing
         return self._read_body(body, key, chunk_size)
 
     def download_file(self, key: str, path: Path) -> None:
@@ -161,7 +197,11 @@ class S3ObjectStorage:
     def delete(self, key: str) -> None:
         """Remove one object; a missing key is not an error (S3 answers 204 either way)."""
         with self._errors(key):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if not _bucket_missing(exc):  # without its bucket, the object is gone too
+                    raise
 
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object whose key starts with prefix, and abort the multipart uploads
@@ -215,6 +255,45 @@ class S3ObjectStorage:
         finally:
             body.close()
 
+    def _into_the_bucket(self, upload: Callable[[], None], *, repeatable: bool) -> None:
+        """Run `upload`; if the bucket went missing, create it again and upload once more, or,
+        when the data cannot be read twice, fail so that the caller sends it again."""
+        try:
+            upload()
+        except (ClientError, Boto3Error) as exc:
+            if not _bucket_missing(exc):
+                raise
+            self._create_bucket_again()
+            if not repeatable:
+                raise StorageUnavailable(
+                    f"{self._where()} was missing and was created again; send the data again"
+                ) from exc
+            upload()
+
+    def _create_bucket_again(self) -> None:
+        """Recreate a bucket found missing mid-operation; a failure is logged, and the
+        operation's own error then says the storage is unavailable."""
+        log.warning(
+            "%s is missing: creating it again (objects stored in it before are gone)",
+            self._where(),
+        )
+        try:
+            with self._errors():
+                self._create_bucket(self.client)
+        except StorageUnavailable as exc:
+            log.warning("could not create %s again: %s", self._where(), exc)
+
+    def _create_bucket(self, client: BaseClient) -> None:
+        params: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            client.create_bucket(**params)
+        except ClientError as exc:
+            # Another process started at the same time and won the race.
+            if _error_code(exc) != "BucketAlreadyOwnedByYou":
+                raise
+
     def _where(self) -> str:
         return f"S3 bucket {self.bucket!r} at {self.endpoint_url or 'AWS ' + self.region}"
 
@@ -264,6 +343,14 @@ def _new_client(
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _bucket_missing(exc: BaseException) -> bool:
+    """Whether S3 answered NoSuchBucket (the transfer manager wraps it, as cause or context)."""
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, ClientError) and _error_code(error) == "NoSuchBucket":
+            return True
+    return False
 
 
 def _extra(content_type: str | None) -> dict[str, str]:

@@ -10,7 +10,8 @@ backend, a network cut noticed by a health check), the listener logs a warning a
 with exponential backoff (0.1 s doubling to 5 s). Notifications sent while it was not listening
 are lost, so after every (re)connect it wakes every subscriber once; in the meantime readers
 fall back to their slow poll (`poll_interval_s`). The connection is probed with `SELECT 1`
-every `health_check_s` (and TCP keepalives are on), so a silently dead one is noticed.
+every `health_check_s`, and TCP keepalives and a TCP user timeout are on (db.engine's), so a
+silently dead one is noticed.
 """
 
 import asyncio
@@ -22,6 +23,9 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from db.engine import postgres_connect_args
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +141,13 @@ class PostgresJobWakeups:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     async def _listen(self) -> None:
+        parameters: dict[str, str | int] = {
+            **postgres_connect_args(),
+            "connect_timeout": max(1, round(self._connect_timeout_s)),
+            "application_name": "assay-job-wakeups",
+        }
         connection = await psycopg.AsyncConnection.connect(
-            self._conninfo,
-            autocommit=True,
-            connect_timeout=max(1, round(self._connect_timeout_s)),
-            keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
-            keepalives_count=3,
-            application_name="assay-job-wakeups",
+            make_conninfo(self._conninfo, **parameters), autocommit=True
         )
         try:
             await connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
