@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from ports.repositories import UnitOfWork
+from ports.repositories import DatabaseUnavailable, UnitOfWork
 from ports.storage import ObjectStorage, StorageUnavailable
 from schemas.domain.records import Artifact, Dataset, DatasetStatus, Job, JobStatus
 from services.processing.processors.base import (
@@ -191,6 +191,8 @@ def run_job(
     except Exception as exc:
         _discard(results, job_id, attempt)
         error = _error(claimed, steps.index, exc)
+        if is_transient(exc):  # its text names hosts, ports or paths: those go to the log only
+            error["message"] = f"{_dependency(exc)} was unavailable ({error['type']})"
         if is_transient(exc) and attempt < engine.max_attempts:
             log.warning("job %s attempt %d hit a transient error: %s", job_id, attempt, exc)
             return _requeue(uow, claimed, error)
@@ -475,6 +477,20 @@ def _end(uow: UnitOfWork, job: Job, status: JobStatus, *, message: str, **payloa
             return Outcome.lost
         uow.commit()
     return Outcome(status.value)
+
+
+def _dependency(exc: BaseException) -> str:
+    """Which dependency a transient error came from, as a client may be told."""
+    if isinstance(exc, StorageUnavailable):
+        return "storage"
+    if isinstance(exc, DatabaseUnavailable) or type(exc).__name__ in DATABASE_ERRORS:
+        return "the database"
+    return "a service"
+
+
+# The database driver's and SQLAlchemy's connection errors, by name: the engine does not
+# import the driver.
+DATABASE_ERRORS = {"OperationalError", "InterfaceError"}
 
 
 def _error(job: Job, step_index: int | None, exc: BaseException) -> dict[str, Any]:

@@ -331,3 +331,26 @@ def test_idempotency_keys_are_per_owner(world):
         uow, queue, principal=THEM, dataset_id=theirs.id, steps=METRICS, idempotency_key="k"
     )
     assert created and other.id != first.id and other.owner_id == THEM.owner_id
+
+
+def test_a_job_failed_by_an_outage_says_what_was_down_but_not_where(world, tmp_path, monkeypatch):
+    from ports.storage import StorageUnavailable
+    from use_cases import run_job as run_job_module
+
+    monkeypatch.setattr(run_job_module, "storage_retry", lambda call: call)  # no waits in place
+
+    uow, datasets, results, queue, parquet = world
+    dataset = add_dataset(uow, datasets, parquet)
+    job, _ = submit_job(uow, queue, principal=ME, dataset_id=dataset.id, steps=METRICS)
+
+    def down(key, path):
+        raise StorageUnavailable("could not reach http://10.1.2.3:9000/datasets: timed out")
+
+    datasets.download_file = down
+    transient = {"is_transient": lambda exc: isinstance(exc, StorageUnavailable)}
+    outcomes = [run(uow, datasets, results, job.id, tmp_path, **transient) for _ in range(3)]
+
+    assert outcomes == [Outcome.retry, Outcome.retry, Outcome.failed]
+    error = uow.jobs.get(job.id, ME).error
+    assert error["message"] == "storage was unavailable (StorageUnavailable)"
+    assert "10.1.2.3" not in str(uow.job_events.list_for_job(ME, job.id))
