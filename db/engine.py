@@ -1,10 +1,14 @@
 """Engine and session factory; created by the composition root, never at import time."""
 
+from typing import Any
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from db.reply_guard import GuardedConnection
 
 # A PostgreSQL server that vanishes without closing its connections (a network partition, a NAT
 # timeout, a proxy that drops one side) would leave a query waiting for its reply forever, and
@@ -51,14 +55,23 @@ def make_engine(url: str) -> Engine:
     # pool_size covers the API's busy threads: connections above it (the overflow) are closed
     # when returned, and opening a PostgreSQL connection costs milliseconds, so a pool smaller
     # than the concurrency opens and closes connections all the time under load.
-    postgres = make_url(url).get_backend_name() == "postgresql"
-    return create_engine(
+    parsed = make_url(url)
+    postgres = parsed.get_backend_name() == "postgresql"
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_size=20,
         max_overflow=10,
         connect_args=postgres_connect_args() if postgres else {},
     )
+    if postgres and parsed.get_driver_name() == "psycopg":
+
+        @event.listens_for(engine, "do_connect")
+        def _guarded(dialect: Any, record: Any, cargs: Any, cparams: Any) -> DBAPIConnection:
+            # Keepalives cannot see a path that answers TCP but passes nothing: see reply_guard.
+            return GuardedConnection.connect(*cargs, **cparams)  # type: ignore[return-value]
+
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

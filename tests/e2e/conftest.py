@@ -67,8 +67,14 @@ class Stack:
         )
 
 
-def assay(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start an `assay` command the way a user would, with its output in a log file."""
+def assay(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path, *, new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start an `assay` command the way a user would, with its output in a log file.
+
+    `new_session`: in a process group of its own, so os.killpg reaches its children too (a
+    worker's pool processes), as systemd or a container runtime would.
+    """
     out = open(log, "wb")  # noqa: SIM115 - closed when the process ends
     return subprocess.Popen(
         [sys.executable, "-m", "main", *args],
@@ -76,6 +82,7 @@ def assay(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> subproc
         cwd=cwd,
         stdout=out,
         stderr=subprocess.STDOUT,
+        start_new_session=new_session,
     )
 
 
