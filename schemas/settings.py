@@ -47,11 +47,11 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(default=3600, gt=0)
     task_hard_time_limit_s: int = Field(default=3660, gt=0)
     heartbeat_interval_s: float = Field(default=0.5, gt=0)
-    # A killed worker's job is requeued within timeout + reaper interval (~7 s). Beats came at
+    # A killed worker's job is requeued within timeout + reaper interval (~6 s). Beats came at
     # most 0.6 s apart while steps computed on both cores (tests/benchmarks/recovery.py).
     heartbeat_timeout_s: float = Field(default=5.0, gt=0)
     job_max_attempts: int = Field(default=3, ge=1)
-    reaper_interval_s: float = Field(default=2.0, gt=0)
+    reaper_interval_s: float = Field(default=1.0, gt=0)
     reaper_grace_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
     # Every /api/v1 request needs an API key. `assay serve` on a loopback address turns it off
