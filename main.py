@@ -1,5 +1,6 @@
 """Composition root: settings -> adapters -> FastAPI app, Celery app and the `assay` CLI."""
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -8,11 +9,14 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -20,16 +24,18 @@ from uuid import UUID
 
 import typer
 from rich.console import Console
-from sqlalchemy.engine import make_url
+from sqlalchemy import case, func, select
+from sqlalchemy.engine import Engine, make_url
 
 from db.engine import make_engine
+from db.models import ArtifactRow, DatasetRow, JobRow
 from ports.context import Context
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
 from ports.wakeups import JobWakeups
 from repositories.jobs import JOB_EVENTS_CHANNEL
 from repositories.unit_of_work import SqlUnitOfWork
-from schemas.domain.records import KeyScope
+from schemas.domain.records import JobStatus, KeyScope
 from schemas.settings import Settings
 from services.adapters.http_fetcher import HttpUrlFetcher
 from services.adapters.storage.local import LocalObjectStorage
@@ -37,13 +43,15 @@ from services.adapters.wakeups.polling import PollingJobWakeups
 from services.adapters.wakeups.postgres import PostgresJobWakeups
 from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
 from use_cases.errors import UseCaseError
-from workers.celery_app import AssayCelery, make_celery
+from workers.celery_app import AssayCelery, JobLogContext, make_celery
 from workers.celery_queue import CeleryTaskQueue
 from workers.reaper import start_reaper_thread, sweep_scratch
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
+
+    from api.metrics import DatabaseStats
 
 console = Console()
 cli = typer.Typer(help="Assay: asynchronous dataset processing.", no_args_is_help=True)
@@ -74,10 +82,12 @@ def build_celery(settings: Settings) -> AssayCelery:
     return app
 
 
-def bootstrap(settings: Settings, celery_app: AssayCelery | None = None) -> Context:
+def bootstrap(
+    settings: Settings, celery_app: AssayCelery | None = None, engine: Engine | None = None
+) -> Context:
     """Choose the adapters for the settings and wire them into a Context."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    engine = engine or make_engine(settings.resolved_database_url)
     return Context(
         settings=settings,
         new_uow=lambda: SqlUnitOfWork(engine),
@@ -125,28 +135,184 @@ def make_job_wakeups(settings: Settings) -> JobWakeups:
 def create_api() -> "FastAPI":
     """ASGI factory used by uvicorn (`assay api`, `assay serve`)."""
     from api.app import create_app  # here, so that worker processes never load the web stack
+    from api.logging import RequestLogContext
 
     settings = Settings()
-    configure_logging(settings)
-    context = bootstrap(settings)
+    configure_logging(settings, RequestLogContext())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    context = bootstrap(settings, engine=engine)
     prepare_storage(context)
-    app = create_app(context, make_job_wakeups(settings))
+    stats = database_stats_reader(engine, settings.heartbeat_timeout_s)
+    app = create_app(context, make_job_wakeups(settings), read_stats=stats)
     # The modules and app built so far live as long as the process: out of the collector's
     # sight, a full collection no longer walks them, which paused requests under load.
     gc.freeze()
     return app
 
 
-def configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def database_stats_reader(
+    engine: Engine, heartbeat_timeout_s: float
+) -> Callable[[], "DatabaseStats"]:
+    """What /metrics reports of the database: four aggregate queries, on indexed statuses
+    (the datasets' and artifacts' sums read their tables)."""
+    from api.metrics import DatabaseStats
+
+    datasets, jobs, artifacts = DatasetRow.__table__, JobRow.__table__, ArtifactRow.__table__
+    queued, running = JobStatus.queued.value, JobStatus.running.value
+
+    def read() -> DatabaseStats:
+        cutoff = datetime.now(UTC) - timedelta(seconds=heartbeat_timeout_s)
+        with engine.connect() as connection:
+            dataset_rows = connection.execute(
+                select(
+                    datasets.c.status,
+                    func.count(),
+                    func.coalesce(func.sum(datasets.c.size_bytes), 0),
+                ).group_by(datasets.c.status)
+            ).all()
+            job_rows = connection.execute(
+                select(jobs.c.status, func.count()).group_by(jobs.c.status)
+            ).all()
+            oldest_queued = connection.execute(
+                select(func.min(jobs.c.created_at)).where(jobs.c.status == queued)
+            ).scalar_one()
+            stalest, stale = connection.execute(
+                select(
+                    func.min(jobs.c.heartbeat_at),
+                    func.coalesce(func.sum(case((jobs.c.heartbeat_at < cutoff, 1), else_=0)), 0),
+                ).where(jobs.c.status == running)
+            ).one()
+            artifact_count, artifact_bytes = connection.execute(
+                select(func.count(), func.coalesce(func.sum(artifacts.c.size_bytes), 0))
+            ).one()
+        return DatabaseStats(
+            datasets={status: count for status, count, _ in dataset_rows},
+            jobs={status: count for status, count in job_rows},
+            dataset_bytes={status: int(size) for status, _, size in dataset_rows},
+            artifacts=artifact_count,
+            artifact_bytes=int(artifact_bytes),
+            oldest_queued_at=oldest_queued,
+            stalest_heartbeat_at=stalest,
+            stale_running=int(stale),
+        )
+
+    return read
+
+
+# Attributes every LogRecord has; the others on a record are the call's `extra` and the context.
+_RECORD_ATTRIBUTES = frozenset(
+    {
+        *vars(logging.LogRecord("", 0, "", 0, "", None, None)),
+        "message",
+        "asctime",
+        "taskName",
+        "color_message",  # uvicorn's message with terminal colours
+    }
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, pid, then the context fields
+    (request_id, owner, dataset_id, job_id, attempt, step) and any `extra`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            # client, method, path, HTTP version, status
+            entry |= {"client": args[0], "method": args[1], "path": args[2], "status": args[4]}
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def log_format(settings: Settings) -> str:
+    """`json` or `text`: as set, else text on a terminal and JSON anywhere else."""
+    if settings.log_format != "auto":
+        return settings.log_format
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def configure_logging(settings: Settings, *context: logging.Filter) -> None:
+    """Logs to stderr, as text or one JSON object a line (`context` adds the fields of what
+    is being served: a request, a job)."""
+    level = settings.log_level.upper()
+    if log_format(settings) == "text":
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    for context_filter in context:  # on the handler: records of every logger pass through it
+        handler.addFilter(context_filter)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)  # a library's warning becomes a JSON line too
+
+
+def _uvicorn_log_config(settings: Settings) -> dict[str, object] | None:
+    """uvicorn's own (text) log set-up, or none for JSON: its loggers then reach the root's."""
+    import uvicorn.config
+
+    return uvicorn.config.LOGGING_CONFIG if log_format(settings) == "text" else None
+
+
+# prometheus_client's multiprocess mode: every process of an `assay api` or `assay worker`
+# writes its samples in one folder, which a scrape adds up.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_DIR_PREFIX = "assay-metrics-"
+
+
+def use_metrics_folder(role: str) -> Path:
+    """A new folder for this run's metrics, set as PROMETHEUS_MULTIPROC_DIR for this process and
+    its children, removed at exit; folders of earlier runs whose process is gone go too.
+
+    Set before prometheus_client is first imported: it chooses its mode at import.
+    """
+    if "prometheus_client" in sys.modules and MULTIPROC_DIR_ENV not in os.environ:
+        raise RuntimeError("prometheus_client was imported before its multiprocess folder was set")
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{METRICS_DIR_PREFIX}*"):
+        parts = old.name.split("-")  # assay-metrics-<role>-<pid>-<random>
+        owner = int(parts[3]) if len(parts) > 4 and parts[3].isdigit() else None
+        # Our own pid on an old folder: a container restarted with the same pid.
+        if owner is not None and (owner == os.getpid() or not _process_alive(owner)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{role}-{os.getpid()}-", dir=base))
+    os.environ[MULTIPROC_DIR_ENV] = str(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 # How long `serve` lets its worker finish the jobs it runs once a stop is asked; a job still
 # running then is killed, and the recovery loop requeues it.
 WORKER_STOP_GRACE_S = 60.0
+# How long a process of `assay api --workers N` may take to answer its supervisor's health
+# check before it is killed and replaced. A new process answers only once it has imported the
+# app; with uvicorn's 5 s, a busy 2-core host restarted processes in a loop and never served.
+API_WORKER_HEALTHCHECK_S = 30
 # How long the API waits for open requests (a job's event stream, a long download) to end
 # when it stops; without a bound, one open stream would keep it running.
 API_SHUTDOWN_GRACE_S = 5
@@ -176,9 +342,12 @@ def api(
     ] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
-    """Run the HTTP API."""
+    """Run the HTTP API (GET /metrics adds up every process's figures)."""
     import uvicorn
 
+    use_metrics_folder("api")
+    settings = Settings()
+    configure_logging(settings)
     uvicorn.run(
         "main:create_api",
         factory=True,
@@ -187,6 +356,8 @@ def api(
         workers=workers,
         access_log=access_log,
         timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
+        timeout_worker_healthcheck=API_WORKER_HEALTHCHECK_S,
+        log_config=_uvicorn_log_config(settings),
     )
 
 
@@ -194,10 +365,23 @@ def api(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     reaper: Annotated[bool, typer.Option(help="Run the recovery loop here.")] = True,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics of every worker process on this port."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface for --metrics-port (0.0.0.0 in a container).")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a background worker (Celery) that validates datasets and runs jobs."""
+    if metrics_port is not None:
+        use_metrics_folder("worker")
     settings = Settings()
-    configure_logging(settings)
+    configure_logging(settings, JobLogContext())
+    if metrics_port is not None:
+        from workers.metrics import serve_metrics
+
+        serve_metrics(metrics_host, metrics_port)
     app = build_celery(settings)
     prepare_storage(app.context())
     sweep_scratch(settings.tmp_dir, older_than_s=settings.task_hard_time_limit_s)
@@ -205,6 +389,8 @@ def worker(
         start_reaper_thread(app.context)
     app.worker_main(
         [
+            # The start-up banner is plain text: in JSON, the `ready` line says as much.
+            *(["--quiet"] if log_format(settings) == "json" else []),
             "worker",
             f"--loglevel={settings.log_level}",
             f"--concurrency={concurrency or settings.worker_concurrency}",
@@ -333,6 +519,7 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         worker_process = subprocess.Popen(
             [sys.executable, "-m", "main", "worker"], preexec_fn=_die_with_parent
         )
+        configure_logging(settings)
         config = uvicorn.Config(
             "main:create_api",
             factory=True,
@@ -340,6 +527,7 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
             port=port,
             log_level="warning",
             timeout_graceful_shutdown=API_SHUTDOWN_GRACE_S,
+            log_config=_uvicorn_log_config(settings),
         )
         server = _announcing_server(config, lambda: _announce(settings, host, port, keys_off))
         server.run(sockets=[listener])

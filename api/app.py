@@ -1,16 +1,18 @@
 """FastAPI application factory."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp
 
-from api.auth import get_principal
+from api.auth import PrincipalDep, get_principal
 from api.body_limit import install_body_limit
 from api.errors import install_error_handlers
-from api.metrics import install_metrics
+from api.logging import REQUEST_ID_HEADER, RequestId, bind_owner
+from api.metrics import DatabaseStats, forget_this_process, install_metrics
 from api.ratelimit import TokenBuckets, limit_writes
 from api.routes import datasets, health, jobs, keys, processors
 from ports.context import Context
@@ -25,14 +27,25 @@ CORS_EXPOSED_HEADERS = [
     "Content-Disposition",
     "ETag",
     "WWW-Authenticate",
+    REQUEST_ID_HEADER,
 ]
 
 
-def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
+async def _log_owner(principal: PrincipalDep) -> None:
+    """The caller's owner joins the request's log context (async: see bind_owner)."""
+    bind_owner(principal)
+
+
+def create_app(
+    context: Context,
+    job_wakeups: JobWakeups,
+    read_stats: Callable[[], DatabaseStats] | None = None,
+) -> FastAPI:
     """The HTTP API over the given ports.
 
     `job_wakeups` tells job streams when to read again. It is started with the app (and
-    lazily by the first stream) and closed at shutdown.
+    lazily by the first stream) and closed at shutdown. `read_stats` reads the database's
+    figures for /metrics (default: counts by status through the ports).
     """
 
     @asynccontextmanager
@@ -42,6 +55,7 @@ def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
             yield
         finally:
             await job_wakeups.aclose()
+            forget_this_process()
 
     # /docs and /redoc load their scripts and styles from this app (DOCS_ASSETS), never a CDN.
     app = FastAPIOffline(
@@ -63,12 +77,15 @@ def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
     install_error_handlers(app, (health.router, *api_routers))
     # Installed before the metrics so that they count its 413s too.
     install_body_limit(app, settings.max_json_body_bytes, exempt=datasets.STREAMED_BODIES)
-    install_metrics(app, context.new_uow)
+    install_metrics(app, context.new_uow, read_stats)
     app.include_router(health.router)
     # Every /api/v1 route needs a principal, whether or not the route itself asks for one, and
     # an owner's writes are rate limited.
     for router in api_routers:
-        app.include_router(router, dependencies=[Depends(get_principal), Depends(limit_writes)])
+        app.include_router(
+            router,
+            dependencies=[Depends(get_principal), Depends(limit_writes), Depends(_log_owner)],
+        )
     if settings.cors_origin_list:
         # Off unless configured: without these headers browsers refuse cross-site calls. Keys
         # travel in the Authorization header, never in cookies, so no credentials mode.
@@ -76,9 +93,27 @@ def create_app(context: Context, job_wakeups: JobWakeups) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "Last-Event-ID",
+                REQUEST_ID_HEADER,
+            ],
             expose_headers=CORS_EXPOSED_HEADERS,
             allow_credentials=False,
             max_age=600,
         )
+    _outermost(app, RequestId)
     return app
+
+
+def _outermost(app: FastAPI, middleware: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Wrap the whole stack, outside Starlette's ServerErrorMiddleware: a 500 carries the
+    request id too, and the error handler's log line has it (add_middleware goes inside)."""
+    build = app.build_middleware_stack
+
+    def build_wrapped() -> ASGIApp:
+        return middleware(build())
+
+    app.build_middleware_stack = build_wrapped  # type: ignore[method-assign]

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=1.0, gt=0)
     reaper_grace_s: float = Field(default=60.0, gt=0)
     log_level: str = "INFO"
+    # Logs as one JSON object a line (`json`) or as text; `auto`: text on a terminal, else JSON.
+    log_format: Literal["auto", "json", "text"] = "auto"
     # Every /api/v1 request needs an API key. `assay serve` on a loopback address turns it off
     # unless this is set explicitly (see main.serve).
     auth_required: bool = True

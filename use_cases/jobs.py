@@ -67,9 +67,11 @@ def submit_job(
     steps: list[JobStep],
     name: str | None = None,
     idempotency_key: str | None = None,
+    request_id: str | None = None,
 ) -> tuple[Job, bool]:
-    """Record a queued job of the principal on one of its datasets, with its `created` event,
-    then publish it; returns (job, created). Another owner's dataset is NotFound."""
+    """Record a queued job of the principal on one of its datasets, with its `created` event
+    (holding `request_id`, the submitting request's id, for the worker's logs), then publish
+    it; returns (job, created). Another owner's dataset is NotFound."""
     fingerprint = request_fingerprint(dataset_id, steps, name)
     with uow:
         if idempotency_key:
@@ -101,7 +103,7 @@ def submit_job(
             updated_at=now,
         )
         try:
-            create_job(uow, job)
+            create_job(uow, job, request_id=request_id)
         except IdempotencyConflict:  # a concurrent request with the same key won the race
             uow.rollback()
             existing = uow.jobs.get_by_idempotency_key(principal, idempotency_key or "")

@@ -45,13 +45,15 @@ def event(job_id: UUID, type_: str, **payload: Any) -> JobEvent:
     return JobEvent(job_id=job_id, type=type_, payload=payload, created_at=datetime.now(UTC))
 
 
-def create_job(uow: UnitOfWork, job: Job) -> None:
-    """Insert a queued job with its `created` event (IdempotencyConflict from the insert)."""
+def create_job(uow: UnitOfWork, job: Job, *, request_id: str | None = None) -> None:
+    """Insert a queued job with its `created` event (IdempotencyConflict from the insert);
+    `request_id`, the id of the request that submitted it, goes into the event."""
     if job.status != JOB_INITIAL_STATUS:
         raise IllegalTransition(f"a job starts {JOB_INITIAL_STATUS.value}, not {job.status.value}")
     uow.jobs.add(job)
+    traced = {"request_id": request_id} if request_id else {}
     uow.job_events.add(
-        event(job.id, "created", steps=len(job.steps), dataset_id=str(job.dataset_id))
+        event(job.id, "created", steps=len(job.steps), dataset_id=str(job.dataset_id), **traced)
     )
 
 

@@ -7,9 +7,11 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
-from types import FrameType
+from types import FrameType, MappingProxyType
 
 from billiard.process import active_children
 from celery import Celery, Task
@@ -39,6 +41,32 @@ def context_of(task: Task) -> Context:
 
 
 log = logging.getLogger(__name__)
+
+# What a task is working on (job_id, attempt, owner, dataset_id, request_id), for its log lines.
+_log_fields: ContextVar[Mapping[str, object]] = ContextVar(
+    "worker_log_fields", default=MappingProxyType({})
+)
+
+
+@contextmanager
+def log_context(**fields: object) -> Iterator[None]:
+    """Add fields (None ones are left out) to every log line written inside the block."""
+    added = {key: value for key, value in fields.items() if value is not None}
+    token = _log_fields.set(MappingProxyType({**_log_fields.get(), **added}))
+    try:
+        yield
+    finally:
+        _log_fields.reset(token)
+
+
+class JobLogContext(logging.Filter):
+    """Puts the fields of log_context() on every record (its own `extra` wins)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _log_fields.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
 
 
 # Connected before _load_the_engine, so it runs first: the signal is blocked before any import

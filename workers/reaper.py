@@ -44,6 +44,11 @@ def reap_once(context: Context, *, queued_grace_s: float | None = None) -> int:
         grace_s=grace_s,
         max_attempts=settings.job_max_attempts,
     )
+    # Imported here: prometheus_client must load after the CLI chose its metrics folder.
+    from workers.metrics import REAPER_ACTIONS
+
+    REAPER_ACTIONS.labels("datasets").inc(datasets)
+    REAPER_ACTIONS.labels("jobs").inc(jobs)
     return datasets + jobs
 
 

@@ -1,5 +1,7 @@
-"""Celery tasks: thin calls into use cases."""
+"""Celery tasks: thin calls into use cases, with their log context and metrics."""
 
+import logging
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -12,7 +14,10 @@ from workers.celery_app import context_of
 from workers.celery_queue import IMPORT_DATASET_TASK, RUN_JOB_TASK, VALIDATE_DATASET_TASK
 from workers.errors import is_transient
 from workers.limits import compute_limits, engine_settings, ingest_limits
+from workers.metrics import observe_attempt, traced_job, traced_validation
 from workers.reaper import reap_once
+
+log = logging.getLogger(__name__)
 
 VALIDATION_RETRIES = 3
 
@@ -30,18 +35,22 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
     workdir = Path(context.settings.tmp_dir)
     final = self.request.retries >= VALIDATION_RETRIES
     uow = context.new_uow()
-    try:
-        validate_dataset(
-            uow,
-            context.datasets_storage,
-            UUID(dataset_id),
-            workdir,
-            final_attempt=final,
-            keep_alive=context.new_uow,  # the reaper tells a long validation from a dead one
-            limits=ingest_limits(context.settings),
-        )
-    finally:  # also after a crash on the final attempt: waiting jobs must learn the outcome
-        release_waiting_jobs(uow, context.queue, UUID(dataset_id))
+    with traced_validation(context.new_uow, UUID(dataset_id), "validate") as done:
+        status = "retry"
+        try:
+            result = validate_dataset(
+                uow,
+                context.datasets_storage,
+                UUID(dataset_id),
+                workdir,
+                final_attempt=final,
+                keep_alive=context.new_uow,  # the reaper tells a long validation from a dead one
+                limits=ingest_limits(context.settings),
+            )
+            status = result.value if result is not None else "skipped"
+        finally:  # also after a crash on the final attempt: waiting jobs must learn the outcome
+            done(status)
+            release_waiting_jobs(uow, context.queue, UUID(dataset_id))
 
 
 @shared_task(
@@ -55,21 +64,25 @@ def validate_dataset_task(self: Task, dataset_id: str) -> None:
 def import_dataset_task(self: Task, dataset_id: str) -> None:
     context = context_of(self)
     uow = context.new_uow()
-    try:
-        import_dataset(
-            uow,
-            context.datasets_storage,
-            context.fetcher,
-            UUID(dataset_id),
-            Path(context.settings.tmp_dir),
-            max_bytes=context.settings.max_upload_bytes,
-            quota_bytes=context.settings.owner_quota_bytes,
-            final_attempt=self.request.retries >= VALIDATION_RETRIES,
-            keep_alive=context.new_uow,
-            limits=ingest_limits(context.settings),
-        )
-    finally:  # jobs submitted on the dataset meanwhile wait for the outcome, as for an upload
-        release_waiting_jobs(uow, context.queue, UUID(dataset_id))
+    with traced_validation(context.new_uow, UUID(dataset_id), "import") as done:
+        status = "retry"
+        try:
+            result = import_dataset(
+                uow,
+                context.datasets_storage,
+                context.fetcher,
+                UUID(dataset_id),
+                Path(context.settings.tmp_dir),
+                max_bytes=context.settings.max_upload_bytes,
+                quota_bytes=context.settings.owner_quota_bytes,
+                final_attempt=self.request.retries >= VALIDATION_RETRIES,
+                keep_alive=context.new_uow,
+                limits=ingest_limits(context.settings),
+            )
+            status = result.value if result is not None else "skipped"
+        finally:  # jobs submitted on the dataset meanwhile wait for the outcome, as for an upload
+            done(status)
+            release_waiting_jobs(uow, context.queue, UUID(dataset_id))
 
 
 @shared_task(name="assay.reap", bind=True)
@@ -88,25 +101,36 @@ def run_job_task(self: Task, job_id: str) -> str:
     from use_cases.run_job import Outcome, run_job  # preloaded by each pool process
 
     context = context_of(self)
-    try:
-        outcome = run_job(
-            context.new_uow,
-            context.datasets_storage,
-            context.results_storage,
-            UUID(job_id),
-            worker_id=self.request.hostname or "worker",
-            workdir=Path(context.settings.tmp_dir),
-            engine=engine_settings(context.settings),
-            compute=compute_limits(context.settings),
-            is_transient=is_transient,
-        )
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        # The database (most often) was unreachable before the claim, or at the end: the
-        # message would be acknowledged and gone, leaving the job to the reaper's grace
-        # period. Deliver it again soon instead; a claim that already took skips it.
-        raise self.retry(countdown=claim_retry_delay(self.request.retries), exc=exc) from exc
+    with traced_job(context.new_uow, UUID(job_id)) as trace:
+        started = time.monotonic()
+        try:
+            outcome = run_job(
+                context.new_uow,
+                context.datasets_storage,
+                context.results_storage,
+                UUID(job_id),
+                worker_id=self.request.hostname or "worker",
+                workdir=Path(context.settings.tmp_dir),
+                engine=engine_settings(context.settings),
+                compute=compute_limits(context.settings),
+                is_transient=is_transient,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # The database (most often) was unreachable before the claim, or at the end: the
+            # message would be acknowledged and gone, leaving the job to the reaper's grace
+            # period. Deliver it again soon instead; a claim that already took skips it.
+            raise self.retry(countdown=claim_retry_delay(self.request.retries), exc=exc) from exc
+        seconds = time.monotonic() - started
+        if outcome != Outcome.skipped:  # one line per attempt, in the job's log context
+            log.info(
+                "job attempt ended %s in %.3f s",
+                outcome.value,
+                seconds,
+                extra={"outcome": outcome.value, "seconds": round(seconds, 3)},
+            )
+        observe_attempt(context.new_uow, trace, outcome.value, seconds)
     if outcome == Outcome.retry:  # back to queued after a transient error: publish again, later
         raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
     return outcome.value

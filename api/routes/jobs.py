@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import PrincipalDep, WriterDep
 from api.deps import ContextDep, QueueDep, ResultsStorageDep, UowDep, WakeupsDep
 from api.downloads import attachment
+from api.logging import current_request_id
 from api.openapi import (
     EVENT_STREAM,
     READ,
@@ -95,6 +96,7 @@ def create_job(
         steps=[JobStep(processor=s.processor, params=s.params) for s in body.steps],
         name=body.name,
         idempotency_key=idempotency_key,
+        request_id=current_request_id(),
     )
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     if not created:

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 from kombu import Connection
-from sqlalchemy import event
 
 from db import engine as db_engine
 from db.engine import make_engine, postgres_connect_args
+from db.reply_guard import GuardedConnection
 from schemas.settings import Settings
 from services.adapters.storage import s3
 from tests.fixtures.storage import make_s3_storage
@@ -31,23 +31,22 @@ class _Captured(Exception):
     """Raised instead of connecting: the test only wants the connection's parameters."""
 
 
-def connect_params(url: str) -> dict[str, Any]:
+def connect_params(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The keyword arguments the engine would hand the driver to connect."""
-    engine = make_engine(url)
     seen: dict[str, Any] = {}
 
-    @event.listens_for(engine, "do_connect")
-    def _capture(dialect: Any, record: Any, cargs: Any, cparams: dict[str, Any]) -> None:
-        seen.update(cparams)
+    def capture(*args: Any, **kwargs: Any) -> None:
+        seen.update(kwargs)
         raise _Captured
 
+    monkeypatch.setattr(GuardedConnection, "connect", capture)
     with pytest.raises(_Captured):
-        engine.connect()
+        make_engine(url).connect()
     return seen
 
 
-def test_postgres_connections_carry_keepalives_and_timeouts():
-    params = connect_params("postgresql+psycopg://postgres@127.0.0.1:5432/assay")
+def test_postgres_connections_carry_keepalives_and_timeouts(monkeypatch):
+    params = connect_params("postgresql+psycopg://postgres@127.0.0.1:5432/assay", monkeypatch)
     assert params["keepalives"] == 1
     assert params["keepalives_idle"] == db_engine.KEEPALIVES_IDLE_S
     assert params["keepalives_interval"] == db_engine.KEEPALIVES_INTERVAL_S
