@@ -57,7 +57,7 @@ class ObjectStorage(Protocol):
         ...
 
     def delete_prefix(self, prefix: str) -> None:
-        """Remove every object whose key starts with prefix, and any upload to it left unfinished."""
+        """Remove every object whose key starts with prefix, and unfinished uploads under it."""
         ...
 
     def presigned_url(
