@@ -14,7 +14,7 @@ ZSCORE = [JobStep(processor="anomalies", params={"method": "zscore"})]  # writes
 
 def cut_after_completing(uow, job_id) -> list[int]:
     """Make the commit that completes the job raise once, after it took (as a lost reply)."""
-    real_commit, cuts = uow.commit, []
+    real_commit, cuts = uow.commit, list[int]()
 
     def commit(*, durable: bool = True) -> None:
         real_commit(durable=durable)
