@@ -91,7 +91,7 @@ def submit(world, steps=STEPS):
 def fake_metrics(monkeypatch: pytest.MonkeyPatch):
     """Replace what the `metrics` step runs with a function of the StepInput."""
 
-    def install(work) -> None:
+    def install(work, *, isolated: bool = False) -> None:
         real = PROCESSORS["metrics"]
 
         def fake(step: StepInput, params: Any) -> StepOutput:
@@ -105,6 +105,7 @@ def fake_metrics(monkeypatch: pytest.MonkeyPatch):
             artifacts=[],
             run=fake,
             check_columns=real.check_columns,
+            isolated=isolated,
         )
         monkeypatch.setattr(run_job_module, "get_processor", lambda name: processor)
 

@@ -3,45 +3,21 @@
 import threading
 import time
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from schemas.domain.records import JobStatus, JobStep
-from services.processing.processors.base import Processor, StepInput, StepOutput
-from services.processing.processors.registry import PROCESSORS
+from services.processing.processors.base import StepInput
 from tests.unit.test_job_memory_ceiling import (  # noqa: F401
     children,
     engine,
+    fake_metrics,
     gone,
     run,
     submit,
     world,
 )
 from tests.unit.test_job_use_cases import ME, types
-from use_cases import run_job as run_job_module
 from use_cases.job_monitor import eta_seconds
 from use_cases.run_job import Outcome
-
-
-def install(monkeypatch: pytest.MonkeyPatch, work, *, isolated: bool) -> None:
-    """Run `work(step)` as the `metrics` step, declared isolated or not."""
-    real = PROCESSORS["metrics"]
-
-    def fake(step: StepInput, params: Any) -> StepOutput:
-        work(step)
-        return StepOutput(summary={"ok": True}, artifacts=[])
-
-    processor = Processor(
-        name=real.name,
-        description=real.description,
-        params_model=real.params_model,
-        artifacts=[],
-        run=fake,
-        check_columns=real.check_columns,
-        isolated=isolated,
-    )
-    monkeypatch.setattr(run_job_module, "get_processor", lambda name: processor)
 
 
 def test_eta_is_the_time_left_at_the_average_rate_once_it_means_something() -> None:
@@ -51,13 +27,13 @@ def test_eta_is_the_time_left_at_the_average_rate_once_it_means_something() -> N
     assert eta_seconds(1.0, 10.0) is None
 
 
-def test_progress_events_carry_an_eta(world, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+def test_progress_events_carry_an_eta(world, tmp_path: Path, fake_metrics) -> None:  # noqa: F811
     def steady(step: StepInput) -> None:
         for i in range(1, 31):
             time.sleep(0.1)
             step.report(i / 30, f"{i}/30")
 
-    install(monkeypatch, steady, isolated=False)
+    fake_metrics(steady)
     job = submit(world, [JobStep(processor="metrics")])
     assert run(world, job.id, tmp_path, engine(None)) == Outcome.completed
 
@@ -71,13 +47,13 @@ def test_progress_events_carry_an_eta(world, tmp_path: Path, monkeypatch) -> Non
 def test_a_cancel_stops_an_isolated_fit_inside_a_library_call_within_two_seconds(
     world,  # noqa: F811
     tmp_path: Path,
-    monkeypatch,
+    fake_metrics,  # noqa: F811
     children,  # noqa: F811
 ) -> None:
     def library_call(step: StepInput) -> None:
         time.sleep(60)  # never reports: a fit inside its own loop
 
-    install(monkeypatch, library_call, isolated=True)
+    fake_metrics(library_call, isolated=True)
     job = submit(world, [JobStep(processor="metrics")])
     uow = world[0]
     asked: list[float] = []
