@@ -6,10 +6,10 @@ the GIL, so on two cores receiving and spooling overlap instead of taking turns.
 MAX_IN_FLIGHT batches (8 MiB) wait for that thread, so a slow disk slows the client down
 instead of filling memory.
 
-Everything but the file's content is small and bounded: each other field (`name`, `format`)
-at MAX_FIELD_BYTES, and the whole body besides the file's bytes (boundaries, part headers with
-the file name, fields the route ignores) at MAX_FORM_OVERHEAD_BYTES, so no part of a form can
-grow in memory past the upload limit's reach.
+Everything but the file's content is small and bounded: each other field (`name`, `format`,
+`null_values`) at MAX_FIELD_BYTES, and the whole body besides the file's bytes (boundaries, part
+headers with the file name, fields the route ignores) at MAX_FORM_OVERHEAD_BYTES, so no part of a
+form can grow in memory past the upload limit's reach.
 """
 
 import asyncio
@@ -81,7 +81,11 @@ class _FieldTarget(BaseTarget):
         self.field = field
         self.max_bytes = max_bytes
         self.size = 0
+        self.seen = False  # sent, even empty
         self._chunks: list[bytes] = []
+
+    def on_start(self) -> None:
+        self.seen = True
 
     def on_data_received(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -103,10 +107,12 @@ class ParsedUpload:
     filename: str | None
     name: str | None
     format: str | None
+    null_values: str | None = None  # as sent ("" when sent empty); None when not sent
 
 
 async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> ParsedUpload:
-    """Parse a multipart body (fields file, name, format); the caller removes the spool file."""
+    """Parse a multipart body (fields file, name, format, null_values); the caller removes the
+    spool file."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise InvalidInput(
@@ -125,6 +131,7 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
     spool = Path(spool_name)
     file_target = _SpoolTarget(spool, max_bytes)
     name_target, format_target = _FieldTarget("name"), _FieldTarget("format")
+    nulls_target = _FieldTarget("null_values")
     try:
         try:
             parser = StreamingFormDataParser(headers=dict(request.headers))
@@ -133,6 +140,7 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
         parser.register("file", file_target)
         parser.register("name", name_target)
         parser.register("format", format_target)
+        parser.register("null_values", nulls_target)
         feeder = _Feeder(parser, file_target)
         try:
             batch: list[bytes] = []
@@ -167,6 +175,7 @@ async def receive_upload(request: Request, spool_dir: Path, max_bytes: int) -> P
         filename=file_target.multipart_filename,
         name=_text(name_target),
         format=_text(format_target),
+        null_values=nulls_target.value.decode("utf-8", "replace") if nulls_target.seen else None,
     )
 
 

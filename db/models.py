@@ -83,6 +83,7 @@ class DatasetRow(Base):
     failed_row_count: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     source_url: Mapped[str | None] = mapped_column(Text)
+    null_values: Mapped[list[Any] | None]  # CSV null tokens of the upload; NULL: the default
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -1,10 +1,11 @@
 """HTTP request and response bodies."""
 
+import json
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from schemas.domain.records import (
     ColumnInfo,
@@ -14,6 +15,45 @@ from schemas.domain.records import (
     JobStep,
     KeyScope,
 )
+
+MAX_NULL_VALUES = 100
+MAX_NULL_VALUE_CHARS = 100
+NULL_VALUES_HELP = (
+    "CSV null tokens: fields that are null where a number, date or boolean is read (text "
+    "columns keep them as text; empty fields are always null). A JSON list of strings or a "
+    "comma-separated list (items trimmed); an empty value: only empty fields are null. "
+    "Default: pandas' list (NA, N/A, n/a, NULL, null, None, nan, NaN, -nan, #N/A, ...). "
+    f"At most {MAX_NULL_VALUES} tokens of at most {MAX_NULL_VALUE_CHARS} characters."
+)
+
+
+def parse_null_values(value: str | list[str]) -> list[str]:
+    """The null tokens of a `null_values` field: a JSON list of strings, or a comma-separated
+    list (each item trimmed, empty items left out); ValueError saying what is wrong."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"null_values is not a valid JSON list: {exc}") from None
+            if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+                raise ValueError("null_values must be a JSON list of strings")
+            tokens = parsed
+        else:
+            tokens = [item.strip() for item in text.split(",") if item.strip()]
+    else:
+        tokens = list(value)
+    if len(tokens) > MAX_NULL_VALUES:
+        raise ValueError(f"null_values holds {len(tokens)} tokens; at most {MAX_NULL_VALUES}")
+    for token in tokens:
+        if len(token) > MAX_NULL_VALUE_CHARS:
+            raise ValueError(
+                f"a null value is {len(token)} characters long; at most {MAX_NULL_VALUE_CHARS}"
+            )
+        if any(ch in token for ch in "\x00\r\n"):
+            raise ValueError("a null value may not hold a NUL byte or a line break")
+    return list(dict.fromkeys(tokens))
 
 
 class ErrorDetail(BaseModel):
@@ -44,6 +84,9 @@ class DatasetOut(BaseModel):
     columns: list[ColumnInfo] | None
     failed_row_count: int
     error: str | None
+    null_values: list[str] | None = Field(
+        default=None, description="The CSV null tokens given at upload; null: the default list."
+    )
     created_at: datetime
     updated_at: datetime
     links: DatasetLinks
@@ -195,6 +238,12 @@ class DatasetImport(BaseModel):
         default=None,
         description="csv, json, ndjson or parquet, when the URL's path does not end in one.",
     )
+    null_values: list[str] | str | None = Field(default=None, description=NULL_VALUES_HELP)
+
+    @field_validator("null_values")
+    @classmethod
+    def _tokens(cls, value: list[str] | str | None) -> list[str] | None:
+        return None if value is None else parse_null_values(value)
 
 
 class DatasetImported(DatasetOut):

@@ -81,9 +81,10 @@ def register_dataset(
     name: str,
     fmt: DatasetFormat,
     received: ReceivedFile,
+    null_values: list[str] | None = None,
 ) -> Dataset:
     """Store an uploaded file as the principal's dataset, record it as uploaded and ask a worker
-    to validate it."""
+    to validate it; `null_values` are its CSV null tokens (None: the default list)."""
     dataset_id = new_id()
     key = original_key(dataset_id, fmt)
     storage.put_file(key, received.path)
@@ -97,6 +98,7 @@ def register_dataset(
         size_bytes=received.size_bytes,
         sha256=received.sha256,
         storage_key=key,
+        null_values=null_values,
         created_at=now,
         updated_at=now,
     )
@@ -288,6 +290,7 @@ def validate_claimed(
         scratch,
         memory_limit=limits.memory_limit or MEMORY_LIMIT,
         max_rows=limits.max_rows,
+        null_values=dataset.null_values,
     )
     try:
         if limits.memory_budget_mb is None:

@@ -64,9 +64,10 @@ def submit_import(
     url: str,
     name: str,
     fmt: DatasetFormat,
+    null_values: list[str] | None = None,
 ) -> Dataset:
     """Record the principal's dataset to import from `url` (checked by check_import_url) and ask
-    a worker to download it."""
+    a worker to download it; `null_values` are its CSV null tokens (None: the default list)."""
     dataset_id = new_id()
     now = datetime.now(UTC)
     dataset = Dataset(
@@ -79,6 +80,7 @@ def submit_import(
         sha256="",
         storage_key=original_key(dataset_id, fmt),
         source_url=url,
+        null_values=null_values,
         created_at=now,
         updated_at=now,
     )

@@ -26,6 +26,7 @@ from schemas.api import (
     FailedRowOut,
     FailedRowPage,
     PreviewOut,
+    parse_null_values,
 )
 from schemas.domain.records import Dataset, DatasetFormat, DatasetStatus, Principal
 from schemas.settings import Settings
@@ -112,6 +113,16 @@ def dataset_name(declared: str | None, filename: str | None) -> str:
     return name or "dataset"
 
 
+def null_values_field(value: str | None) -> list[str] | None:
+    """The `null_values` form field as tokens (None when not sent: the default list)."""
+    if value is None:
+        return None
+    try:
+        return parse_null_values(value)
+    except ValueError as exc:
+        raise InvalidParams(str(exc), {"field": "null_values"}) from None
+
+
 def _get_dataset(uow: UowDep, dataset_id: UUID, principal: Principal) -> Dataset:
     """One of the caller's datasets; 404 for another owner's, exactly as for a missing one."""
     with uow:
@@ -159,7 +170,8 @@ async def upload_dataset(
     settings: SettingsDep,
     principal: WriterDep,
 ) -> DatasetOut:
-    """Upload a dataset (multipart `file`, optional `name`, `format`); a worker validates it."""
+    """Upload a dataset (multipart `file`, optional `name`, `format`, `null_values`); a worker
+    validates it."""
     quota = settings.owner_quota_bytes
     upload = await receive_within_quota(request, uow, principal, settings)
     try:
@@ -169,6 +181,7 @@ async def upload_dataset(
             )
         fmt = resolve_format(upload.format, upload.filename)
         name = dataset_name(upload.name, upload.filename)
+        null_values = null_values_field(upload.null_values)
         dataset = await run_in_threadpool(
             register_dataset,
             uow,
@@ -178,6 +191,7 @@ async def upload_dataset(
             name=name,
             fmt=fmt,
             received=upload.received,
+            null_values=null_values,
         )
     finally:
         upload.received.path.unlink(missing_ok=True)
@@ -314,6 +328,7 @@ def import_dataset(
         url=body.url,
         name=dataset_name(body.name, filename),
         fmt=import_format(body.format, filename),
+        null_values=None if body.null_values is None else parse_null_values(body.null_values),
     )
     return DatasetImported(**dataset_out(dataset).model_dump(), source_url=body.url)
 

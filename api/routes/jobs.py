@@ -45,6 +45,7 @@ ARTIFACT_TYPES = [
     "application/vnd.apache.parquet",
     "application/json",
     "application/x-ndjson",
+    "image/png",
     "application/octet-stream",
 ]
 EVENTS_PER_READ = 500

@@ -62,6 +62,8 @@ class Dataset(Record):
     # Imported from this URL (POST /datasets/import); None for an upload. Until the import has
     # stored the file, sha256 is "" and size_bytes counts the bytes received so far.
     source_url: str | None = None
+    # The CSV null tokens the upload gave (`null_values`); None: the default list.
+    null_values: list[str] | None = None
     created_at: datetime
     updated_at: datetime
 

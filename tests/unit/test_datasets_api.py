@@ -3,10 +3,11 @@
 import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from urllib.parse import unquote
 from uuid import UUID
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -322,3 +323,94 @@ def test_metrics_count_requests_by_route_and_records_by_status(client: TestClien
     route = 'route="/api/v1/datasets/{dataset_id}"'
     assert f'assay_http_requests_total{{method="GET",{route},status="200"}} 1.0' in text
     assert f'assay_http_requests_total{{method="GET",{route},status="404"}} 1.0' in text
+
+
+# --- null_values: the CSV null tokens of an upload or import ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "stored"),
+    [
+        ("-, ?,  n.a. ", ["-", "?", "n.a."]),  # comma-separated, trimmed
+        ('["NA", " padded ", "a,b"]', ["NA", " padded ", "a,b"]),  # JSON: exactly as given
+        ("", []),  # sent empty: only empty fields are null
+        ("NA,NA,,", ["NA"]),
+    ],
+)
+def test_upload_stores_the_null_values_field(
+    client: TestClient, fake_context: FakeContext, sent: str, stored: list[str]
+):
+    response = upload(client, null_values=sent)
+    assert response.status_code == 201, response.text
+    assert response.json()["null_values"] == stored
+    dataset = fake_context.new_uow().datasets.rows[UUID(response.json()["id"])]
+    assert dataset.null_values == stored
+
+
+def test_upload_without_null_values_keeps_the_default(
+    client: TestClient, fake_context: FakeContext
+):
+    response = upload(client)
+    assert response.json()["null_values"] is None
+    assert fake_context.new_uow().datasets.rows[UUID(response.json()["id"])].null_values is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "words"),
+    [
+        ('["NA", 3]', "list of strings"),
+        ("[oops", "not a valid JSON list"),
+        (",".join(f"t{i}" for i in range(101)), "at most 100"),
+        ('["' + "x" * 101 + '"]', "at most 100"),
+        ('["a\\nb"]', "line break"),
+    ],
+)
+def test_a_bad_null_values_field_is_422_and_nothing_is_kept(
+    client: TestClient, fake_context: FakeContext, sent: str, words: str
+):
+    error = assert_error(upload(client, null_values=sent), 422, "invalid_params")
+    assert error["details"]["field"] == "null_values"
+    assert words in error["message"]
+    assert fake_context.datasets_storage.objects == {}
+    assert fake_context.queue.validations == []
+
+
+def test_a_null_values_field_over_4_kib_is_413(client: TestClient, fake_context: FakeContext):
+    error = assert_error(upload(client, null_values="x," * 3000), 413, "payload_too_large")
+    assert error["details"]["field"] == "null_values"
+    assert fake_context.datasets_storage.objects == {}
+
+
+@pytest.mark.parametrize(("sent", "stored"), [(["-", "?"], ["-", "?"]), ("-,?", ["-", "?"])])
+def test_an_import_takes_null_values_too(
+    client: TestClient, fake_context: FakeContext, sent: object, stored: list[str]
+):
+    body = {"url": "https://data.example/x.csv", "null_values": sent}
+    response = client.post("/api/v1/datasets/import", json=body)
+    assert response.status_code == 202, response.text
+    assert response.json()["null_values"] == stored
+    bad = client.post("/api/v1/datasets/import", json={**body, "null_values": [1]})
+    assert bad.status_code == 422
+
+
+def test_the_worker_reads_the_upload_with_its_null_values(
+    client: TestClient, fake_context: FakeContext, tmp_path: Path
+):
+    from use_cases.datasets import validate_dataset
+
+    content = b"x,y\n1,-\nNA,2\n3,4\n"
+    ids = [
+        UUID(upload(client, content, **form).json()["id"]) for form in ({}, {"null_values": "-"})
+    ]
+    uow = fake_context.new_uow()
+    for i, dataset_id in enumerate(ids):
+        validate_dataset(uow, fake_context.datasets_storage, dataset_id, tmp_path / f"w{i}")
+    default, dashes = (uow.datasets.rows[i] for i in ids)
+    assert [(c.name, c.type, c.null_count) for c in default.columns or []] == [
+        ("x", "integer", 1),
+        ("y", "string", 0),
+    ]
+    assert [(c.name, c.type, c.null_count) for c in dashes.columns or []] == [
+        ("x", "string", 0),
+        ("y", "integer", 1),
+    ]

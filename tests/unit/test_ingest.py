@@ -346,8 +346,14 @@ def test_one_million_row_csv_speed(run: Ingest, tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-def test_dedupe_column_names_fills_empty_names_and_renames_repeats_ignoring_case() -> None:
-    from services.processing.datasets.common import dedupe_column_names
+def test_dedupe_column_names_fills_empty_names_and_renames_exact_repeats_only() -> None:
+    from services.processing.datasets.common import dedupe_column_names, storage_names
 
-    names = ["a", "A", " ", "a", "a_1", "b"]
-    assert dedupe_column_names(names) == ["a", "A_1", "column2", "a_2", "a_1_1", "b"]
+    names = ["a", "A", " ", "a", "a_1", "b", "__line__"]
+    shown = dedupe_column_names(names)
+    assert shown == ["a", "A", "column2", "a_1", "a_1_1", "b", "__line___1"]
+    # The copy's own names tell columns apart ignoring case, as DuckDB reads them; a column's
+    # place in the copy is its place in the dataset.
+    stored = storage_names(shown)
+    assert stored == ["a", "A_1", "column2", "a_1_1", "a_1_1_1", "b", "__line___1"]
+    assert len({name.lower() for name in stored}) == len(stored)

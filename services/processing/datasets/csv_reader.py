@@ -1,5 +1,9 @@
 """CSV to Parquet with DuckDB's sniffer and read_csv(store_rejects=true).
 
+The rows are copied straight to the typed copy, then checked and numbered with their source
+lines (lines.py, joined by parquet_patch); a file that needs more is read into the staging table
+instead (see convert), typed there (column_types) and written out (common.write_copy).
+
 DuckDB (2.0) behaviour this module relies on, each pinned by a test in
 tests/unit/test_ingest_csv.py:
 
@@ -34,7 +38,14 @@ tests/unit/test_ingest_csv.py:
 - Types come from the whole file when it is small (sample_size=-1 on a big file takes much
   longer than a sample); in larger files a value that does not fit the sampled type makes
   its row a failed row.
-- The BOM is stripped; duplicate header names get _1, _2 suffixes, empty ones columnN.
+- The BOM is stripped; duplicate header names get _1, _2 suffixes, empty ones columnN, and
+  names that differ only in case count as duplicates ("a,A" reads as a, A_1). The header is
+  read again here, so that only exact repeats are renamed (common.dedupe_column_names).
+- Empty fields after a row's last one are dropped without a reject ("3,12.0,c," under a
+  three-field header reads as three fields, strict_mode or not): lines.py finds such rows and
+  they become failed rows, as rows with extra values are.
+- force_not_null turns a field matching a null string into '' rather than keeping its text, so
+  null tokens are not given to the reader (see _intended_types).
 - With blank lines before the header DuckDB takes the names from the header but reads
   it again as a data row (a CAST failure), so skip= is set to the number of blank lines.
 - Old Mac files (CR only) are read by DuckDB; line numbers then count "\r".
@@ -48,29 +59,66 @@ tests/unit/test_ingest_csv.py:
 
 from __future__ import annotations
 
+import csv
+import logging
 import re
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import BinaryIO
 
 import duckdb
+import numpy as np
 
+from services.processing.datasets import column_types
+from services.processing.datasets.column_types import (
+    WIDE_INTEGERS,
+    nullstr_option,
+    parse_as,
+    refine,
+    suspect_temporal,
+    temporal_overrides,
+    text_checks,
+)
 from services.processing.datasets.common import (
+    BOM,
     CHUNK_BYTES,
     MAX_ROW_BYTES,
     RAW_TEXT_LIMIT,
+    STAGE,
+    Column,
     DatasetUnusable,
     FailedRowsWriter,
+    Lines,
     TextScan,
-    copy_to_parquet,
-    dedupe_column_names,
+    columns_of,
+    copy_options,
     describe,
     first_line,
+    ident,
+    join_lines,
     lit,
+    select_list,
+    stage,
+    staged_rows,
+    staged_value,
+    write_copy,
 )
+from services.processing.datasets.lines import (
+    Dialect,
+    Overlong,
+    counted,
+    data_lines,
+    mapped,
+    match_rows,
+    scan_records,
+)
+from services.processing.datasets.parquet_patch import PatchError, row_group_sizes
 from services.processing.datasets.parquet_reader import friendly_type
+
+log = logging.getLogger(__name__)
 
 SAMPLE_ROWS = 20480
 MAX_HEADER_BYTES = 1024 * 1024
@@ -88,7 +136,6 @@ _BASE = "header=true, comment='', store_rejects=true"
 # memory: it is raised only for files with a line over CHUNK_BYTES, and with a buffer smaller
 # than DuckDB would choose.
 _LONG_LINES = f"max_line_size={MAX_ROW_BYTES}, buffer_size={2 * MAX_ROW_BYTES}"
-_REJECTS = "rejects_table='ingest_errors', rejects_scan='ingest_scans'"
 _FIELDS = re.compile(r"Expected Number of Columns: (\d+) Found: (\d+)")
 _CAST = re.compile(r"Could not convert string \"(.*)\" to '(.+?)'", re.S)
 _STRUCTURAL = {"MISSING COLUMNS", "TOO MANY COLUMNS", "UNQUOTED VALUE", "LINE SIZE OVER MAXIMUM"}
@@ -112,6 +159,42 @@ class _Segment:
         return position - 1 - self.prefix + self.start
 
 
+@dataclass
+class _Read:
+    """What a read of the file needs and leaves behind."""
+
+    con: duckdb.DuckDBPyConnection
+    source: Path
+    scan: TextScan
+    header_end: int
+    options: str  # the sniffed read_csv options
+    nulls: list[str]  # the null tokens
+    out: Path
+    workdir: Path
+    row_cap: int | None
+    direct: bool = True  # straight to the copy; False: into the staging table
+    segments: list[_Segment] = field(default_factory=list)
+    errors: str = "ingest_errors"
+    scans: str = "ingest_scans"
+    cuts: set[int] = field(default_factory=set)
+    over_cap: bool = False
+    sniffed: dict[str, str] = field(default_factory=dict)  # source name -> sniffed type
+    dialect: Dialect | None = None  # None: not one byte each (line numbers are then left out)
+    trailing: bool = False  # the header ends with a delimiter
+
+    @property
+    def folder(self) -> Path:
+        return self.workdir / "segments"
+
+    def typed(self, columns: list[Column]) -> str:
+        """The read options given the columns' types where they differ from the sniffed ones."""
+        changed = {c.source: c.kind for c in columns if c.kind != self.sniffed.get(c.source)}
+        if not changed:
+            return self.options
+        struct = ", ".join(f"{lit(n)}: {lit(k)}" for n, k in changed.items())
+        return self.options + f", types={{{struct}}}"
+
+
 def convert(
     con: duckdb.DuckDBPyConnection,
     source: Path,
@@ -120,43 +203,397 @@ def convert(
     failed: FailedRowsWriter,
     workdir: Path,
     row_cap: int | None = None,
+    null_values: Sequence[str] | None = None,
 ) -> None:
     """Write the good rows of a CSV file to `parquet_out` and the rejected ones to `failed`;
-    with `row_cap`, reading stops after that many good rows (the rows after it are not read)."""
+    with `row_cap`, reading stops after that many good rows (the rows after it are not read).
+    `null_values` are the null tokens (None: column_types.DEFAULT_NULL_VALUES).
+
+    The rows go straight to the copy, their line numbers joined to it afterwards. A file that
+    needs more than that is read again into the staging table, where everything is possible:
+    a date word in a date column, a row with extra empty fields to leave out, text of numbers,
+    integers past int64, a token column whose later value is not of its type (see
+    column_types), a header ending with a delimiter."""
     header_end = _check_header(source, scan)
-    options, columns = _sniff(con, source, scan)
-    relation = f"read_csv({lit(source)}, {options}, {_REJECTS})"
-    _copy(con, relation, source, parquet_out, columns, row_cap)
-    segments = [_Segment(0, scan.size, source)]
-    errors, scans = "ingest_errors", "ingest_scans"
-    cuts = _quote_cuts(con, errors, scans, segments, source, scan.newline, header_end)
-    folder = workdir / "segments"
+    nulls = column_types.null_values(null_values)
+    options, described = _sniff(con, source, scan)
+    dialect, tokened = _sniff_again(con, source, scan, options, nulls)
+    names, trailing = _header_names(source, scan, dialect, [n for n, _ in described])
+    columns = columns_of(described, names)
+    _intended_types(columns, tokened)
+    read = _Read(con, source, scan, header_end, options, nulls, parquet_out, workdir, row_cap)
+    read.sniffed, read.dialect, read.trailing = dict(described), dialect, trailing
     try:
-        if cuts:
-            segments, errors, scans = _read_in_segments(
-                con, source, scan, header_end, columns, cuts, parquet_out, folder, row_cap
-            )
-        original = [name for name, _ in columns]
-        renamed = dict(zip(original, dedupe_column_names(original), strict=True))
-        _collect_rejects(con, errors, scans, segments, source, scan.newline, renamed, failed)
+        if _convert_directly(read, columns, failed):
+            return
+        failed.reset()
+        read.direct = False
+        _convert_staged(read, columns, failed)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(read.folder, ignore_errors=True)
 
 
-def _copy(
+def _convert_directly(read: _Read, columns: list[Column], failed: FailedRowsWriter) -> bool:
+    """The common way: one COPY from the file to the copy, checks on the copy, line numbers
+    joined. False when the file needs the staged way (nothing of this read is kept then)."""
+    con, source, scan = read.con, read.source, read.scan
+    if read.trailing or any(c.kind.upper() in WIDE_INTEGERS for c in columns):
+        return False
+    for c in columns:  # token columns: converted on the way (an error sends it the staged way)
+        if c.intended:
+            c.target, c.parse, c.null_tokens = c.intended, c.intended_parse, tuple(read.nulls)
+    try:
+        _read(read, columns, 0)
+    except DatasetUnusable:
+        if any(c.intended for c in columns):
+            _reset(columns)
+            return False  # a token column's later value is not of its type (or the file is bad)
+        raise
+    if read.over_cap:  # a dataset over its row limit: written, for the count only
+        return True
+    copy = f"read_parquet({lit(read.out)})"
+    stored = lambda c: ident(c.stored)  # noqa: E731 - a column's value in the copy
+    suspects = suspect_temporal(con, columns, copy, stored, read.out)
+    overrides = temporal_overrides(
+        con, suspects, lambda cs: _as_text(read, columns, cs), read.nulls
+    )
+    if overrides:
+        _reset(columns)
+        for c in columns:
+            if c.source in overrides:
+                c.kind, c.intended, c.intended_parse = overrides[c.source], None, None
+        return False
+    numbers, empty = text_checks(con, columns, read.nulls, copy, stored)
+    if numbers:
+        _reset(columns)
+        return False
+    rejected = _collect_rejects(
+        con,
+        read.errors,
+        read.scans,
+        read.segments,
+        source,
+        scan.newline,
+        {c.source: c.name for c in columns},
+        failed,
+        read.dialect.delimiter.decode() if read.dialect is not None else "",
+    )
+    rows = sum(row_group_sizes(read.out))
+    lines, overlong = _line_numbers(read, columns, rejected, rows, copy, stored)
+    if overlong:
+        _reset(columns)
+        return False
+    try:  # a file without rows keeps text columns
+        join_lines(read.out, lines, empty if rows else [], read.workdir)
+    except PatchError as exc:
+        log.warning("%s: line numbers not joined (%s); reading it again", source.name, exc)
+        _reset(columns)
+        return False
+    return True
+
+
+def _reset(columns: list[Column]) -> None:
+    """Forget the types a direct read gave: the staged way decides them again."""
+    for c in columns:
+        c.target, c.parse, c.null_tokens = None, None, ()
+
+
+def _convert_staged(read: _Read, columns: list[Column], failed: FailedRowsWriter) -> None:
+    """Read the file into the staging table, type it there (column_types), write the copy."""
+    con, source, scan = read.con, read.source, read.scan
+    checked: set[str] = set()
+    attempt = 1
+    while True:  # ends: a column read again as DOUBLE or text is never suspect again
+        _read(read, columns, attempt)
+        attempt += 1
+        if read.over_cap:  # a dataset over its row limit: written, for the count only
+            return
+        suspects = [
+            c
+            for c in suspect_temporal(con, columns, STAGE, staged_value)
+            if c.source not in checked
+        ]
+        checked.update(c.source for c in suspects)
+        overrides = temporal_overrides(
+            con, suspects, lambda cs: _as_text(read, columns, cs), read.nulls
+        )
+        if not overrides:
+            break
+        for c in columns:
+            if c.source in overrides:
+                c.kind, c.intended, c.intended_parse = overrides[c.source], None, None
+    rejected = _collect_rejects(
+        con,
+        read.errors,
+        read.scans,
+        read.segments,
+        source,
+        scan.newline,
+        {c.source: c.name for c in columns},
+        failed,
+        read.dialect.delimiter.decode() if read.dialect is not None else "",
+    )
+    _drop_trailing_column(con, columns, read.trailing)
+    lines, overlong = _line_numbers(read, columns, rejected, staged_rows(con), STAGE, staged_value)
+    if overlong:
+        _fail_overlong(con, overlong, len(columns), failed)
+    refine(con, columns, read.nulls, staged_rows(con))
+    write_copy(con, columns, read.out, lines)
+
+
+def _read(read: _Read, columns: list[Column], attempt: int) -> None:
+    """Read the file (again, after a broken quote, in segments cut after it) to the copy or the
+    staging table; the reject tables are the attempt's own."""
+    con, source, scan = read.con, read.source, read.scan
+    suffix = f"_{attempt}" if attempt else ""
+    read.errors, read.scans = f"ingest_errors{suffix}", f"ingest_scans{suffix}"
+    if read.cuts:  # a read before found broken quotes: read the segments again
+        _read_in_segments(read, columns, set(read.cuts), attempt)
+        return
+    rejects = f"rejects_table={lit(read.errors)}, rejects_scan={lit(read.scans)}"
+    relation = f"read_csv({lit(source)}, {read.typed(columns)}, {rejects})"
+    read.segments = [_Segment(0, scan.size, source)]
+    read.over_cap = _write(read, relation, columns)
+    if read.over_cap:
+        return
+    cuts = _quote_cuts(
+        con, read.errors, read.scans, read.segments, source, scan.newline, read.header_end
+    )
+    if cuts:
+        _read_in_segments(read, columns, cuts, attempt)
+
+
+def _write(read: _Read, relation: str, columns: list[Column]) -> bool:
+    """Read a relation of the file to the copy or the staging table; True when the read
+    reached the row cap."""
+    try:
+        if read.direct:
+            return copy_to_parquet(read.con, relation, read.out, columns, read.row_cap)
+        stage(read.con, relation, read.row_cap)
+    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        raise DatasetUnusable(f"could not read the file as CSV: {first_line(exc)}") from None
+    if read.row_cap is None or staged_rows(read.con) < read.row_cap:
+        return False
+    write_copy(read.con, columns, read.out, Lines(None))  # over the row limit: for the count
+    return True
+
+
+def copy_to_parquet(
     con: duckdb.DuckDBPyConnection,
     relation: str,
-    source: Path,
     out: Path,
-    columns: Columns,
+    columns: list[Column],
     row_cap: int | None = None,
-) -> None:
+) -> bool:
+    """COPY a read of the file straight to the copy (with `row_cap`, its first rows only: the
+    read stops there); True when it reached `row_cap` rows, a dataset over its row limit."""
+    select = select_list(columns, lambda c: ident(c.source))
+    limit = "" if row_cap is None else f" LIMIT {int(row_cap)}"
+    con.execute(
+        f"COPY (SELECT {', '.join(select)} FROM {relation}{limit}) TO {lit(out)} "
+        f"({copy_options(columns)})"
+    )
+    return row_cap is not None and sum(row_group_sizes(out)) >= row_cap
+
+
+def _as_text(read: _Read, columns: list[Column], text: list[Column]) -> str:
+    """The file read with the `text` columns as text, bad rows skipped (for a look at values)."""
+    sources = {c.source for c in text}
+    struct = ", ".join(
+        f"{lit(c.source)}: {lit('VARCHAR' if c.source in sources else c.kind)}" for c in columns
+    )
+    options = read.options + f", types={{{struct}}}, store_rejects=false, ignore_errors=true"
+    return f"read_csv({lit(read.source)}, {options.replace('store_rejects=true, ', '')})"
+
+
+def _header_names(
+    source: Path, scan: TextScan, dialect: Dialect | None, duck: list[str]
+) -> tuple[list[str] | None, bool]:
+    """The header's own names, where DuckDB renamed some (it makes names unique ignoring case:
+    "a,A" reads as a, A_1, and names empty ones columnN), and whether the header ends with a
+    delimiter (an unnamed last column). None when the header does not read as DuckDB read it."""
+    if dialect is None:
+        return None, False
+    delimiter, quote, escape = (
+        v.decode() for v in (dialect.delimiter, dialect.quote, dialect.escape)
+    )
+    with source.open("rb") as f:
+        f.seek(scan.first_offset)
+        line = f.read(MAX_HEADER_BYTES + 1).split(scan.newline, 1)[0]
+    text = line.removeprefix(BOM).decode("utf-8", "replace").removesuffix("\r")
     try:
-        copy_to_parquet(con, relation, out, columns, row_cap)
-    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        raise DatasetUnusable(
-            f"could not read the file as CSV: {first_line(exc, source)}"
-        ) from None
+        fields = next(
+            csv.reader(
+                [text],
+                delimiter=delimiter,
+                quotechar=quote or None,
+                quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE,
+                escapechar=escape if escape and escape != quote else None,
+                doublequote=escape == quote,
+                strict=False,
+            )
+        )
+    except (csv.Error, StopIteration):
+        return None, False
+    trailing = len(fields) > 1 and fields[-1] == "" and text.endswith(delimiter)
+    if len(fields) != len(duck):
+        return None, trailing
+    for i, (own, read) in enumerate(zip(fields, duck, strict=True)):
+        renamed = re.fullmatch(re.escape(own) + r"(_\d+)*", read) is not None
+        if not (renamed or (not own.strip() and read == f"column{i}")):
+            return None, trailing
+    return fields, trailing
+
+
+def _drop_trailing_column(
+    con: duckdb.DuckDBPyConnection, columns: list[Column], trailing: bool
+) -> None:
+    """Leave out the unnamed last column a header ending with a delimiter makes, when no row has
+    a value there: each row ends with the delimiter as the header does."""
+    if not trailing or len(columns) < 2:
+        return
+    last = columns[-1]
+    found = con.execute(f"SELECT count({staged_value(last)}) FROM {STAGE}").fetchone()
+    if found is not None and found[0] == 0:
+        last.dropped = True
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    """What the failed rows of the read hold: their lines, and their delimiters (to count a
+    file's fields against); `whole` is False when a raw text was cut before it was counted."""
+
+    lines: list[int]
+    delimiters: int
+    whole: bool
+
+
+def _line_numbers(
+    read: _Read,
+    columns: list[Column],
+    rejected: _Rejected,
+    rows: int,
+    relation: str,
+    value: Callable[[Column], str],
+) -> tuple[Lines, list[Overlong]]:
+    """The lines of the `rows` rows read (into `relation`, `value` giving a column there), and
+    the rows with more fields than the header (empty ones, which DuckDB drops silently)."""
+    source, scan = read.source, read.scan
+    base = scan.first_line + 1  # the line after the header
+    dialect = read.dialect
+    one_column = len(columns) == 1
+    before = _count_bytes(source, 0, read.header_end, scan.newline)
+    lines_after, blank_end = data_lines(
+        source, scan.size, read.header_end, scan.newlines - before, scan.newline
+    )
+    records = lines_after if one_column else lines_after - blank_end
+    simple = records == rows + len(rejected.lines)
+    if simple and dialect is not None and rejected.whole:
+        simple = _fields_add_up(read, columns, rejected, rows, dialect, relation, value)
+    if simple:
+        return counted(rejected.lines, base, rows), []
+    if dialect is None:
+        return Lines(None), []
+    found = scan_records(
+        source, read.header_end, scan.size, base, dialect, sorted(read.cuts), len(columns) - 1
+    )
+    matched = match_rows(
+        found, rejected.lines, rows, one_column, len(columns), source, scan.newline
+    )
+    if matched is None:
+        log.warning("%s: rows and records do not match up; line numbers left out", source.name)
+        return Lines(None), []
+    lines, overlong = matched
+    return mapped(lines, base, [o.row for o in overlong]), overlong
+
+
+def _fields_add_up(
+    read: _Read,
+    columns: list[Column],
+    rejected: _Rejected,
+    rows: int,
+    dialect: Dialect,
+    relation: str,
+    value: Callable[[Column], str],
+) -> bool:
+    """Whether the file's delimiters are those of its header, its rows (one fewer than the
+    fields) and its failed rows, and those inside text values: no row has extra fields."""
+    con, source, scan = read.con, read.source, read.scan
+    if scan.delimiter == dialect.delimiter:
+        total = scan.delimiters
+    else:
+        total = _count_bytes(source, scan.first_offset, scan.size, dialect.delimiter)
+    header = _count_bytes(source, scan.first_offset, read.header_end, dialect.delimiter)
+    structure = header + (len(columns) - 1) * rows + rejected.delimiters
+    if total == structure:
+        return True
+    text = [c for c in columns if c.kind == "VARCHAR" and c.target is None and not c.dropped]
+    if total < structure or not text:
+        return False
+    d = lit(dialect.delimiter.decode())
+    inside = " + ".join(
+        f"coalesce(sum(length({value(c)}) - length(replace({value(c)}, {d}, ''))), 0)" for c in text
+    )
+    found = con.execute(f"SELECT {inside} FROM {relation}").fetchone()
+    return found is not None and total == structure + int(found[0])
+
+
+def _fail_overlong(
+    con: duckdb.DuckDBPyConnection, overlong: list[Overlong], fields: int, failed: FailedRowsWriter
+) -> None:
+    """Make rows with extra empty fields failed rows, as rows with extra values are."""
+    for row in overlong:
+        reason = f"expected {fields} fields, found {row.fields}"
+        failed.add(row.line, row.raw, reason, row.size)
+    ids = ", ".join(str(row.row) for row in overlong)
+    con.execute(f"DELETE FROM {STAGE} WHERE rowid IN ({ids})")
+
+
+def _sniff_again(
+    con: duckdb.DuckDBPyConnection, source: Path, scan: TextScan, options: str, nulls: list[str]
+) -> tuple[Dialect | None, _Tokened | None]:
+    """The delimiter, quote and escape the sniffer chose, when each is one byte at most, and
+    the columns it finds with the null tokens set aside (see _intended_types). This sniff looks
+    at the first SAMPLE_ROWS rows even of a file typed from all of its rows (sniffing all of a
+    32 MiB file costs half its conversion again): the type it gives a text column is a guess
+    that the conversion checks."""
+    newline = scan.newline
+    options = options.replace("sample_size=-1", f"sample_size={SAMPLE_ROWS}")
+    tokens = f", {nullstr_option(nulls)}" if len(nulls) > 1 else ""
+    try:
+        row = con.execute(
+            "SELECT Delimiter, Quote, Escape, Columns, DateFormat, TimestampFormat "
+            f"FROM sniff_csv({lit(source)}, {options}{tokens})"
+        ).fetchone()
+    except duckdb.Error:
+        return None, None
+    if row is None:
+        return None, None
+    tokened = _Tokened(row[3], row[4], row[5]) if tokens else None
+    delimiter, quote, escape = (_char(v).encode() for v in row[:3])
+    if len(delimiter) != 1 or len(quote) > 1 or len(escape) > 1:
+        return None, tokened
+    return Dialect(delimiter, quote, escape, newline), tokened
+
+
+@dataclass(frozen=True)
+class _Tokened:
+    """What the sniffer finds with the null tokens set aside."""
+
+    columns: list[dict[str, str]]
+    date_format: str | None
+    timestamp_format: str | None
+
+
+def _count_bytes(path: Path, start: int, end: int, byte: bytes) -> int:
+    """How many `byte` the file holds in [start, end)."""
+    count = 0
+    with path.open("rb") as f:
+        f.seek(start)
+        while start < end and (chunk := f.read(min(CHUNK_BYTES * 16, end - start))):
+            count += int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == byte[0]))
+            start += len(chunk)
+    return count
 
 
 def _check_header(source: Path, scan: TextScan) -> int:
@@ -210,6 +647,22 @@ def _sniff(con: duckdb.DuckDBPyConnection, source: Path, scan: TextScan) -> tupl
         raise DatasetUnusable(f"could not detect the CSV layout: {error or free_error}")
     _raise_on_broken_quote(con, source, scan, free_options, len(free))
     return free_options, free
+
+
+def _intended_types(columns: list[Column], tokened: _Tokened | None) -> None:
+    """A text column that the sniffer types otherwise with the null tokens set aside (numbers
+    with "NA" among them) is read as text and turned into that type on the way to the copy
+    (column_types), the tokens becoming NULL. Reading it typed with the tokens as DuckDB's null
+    strings would cost every field a match against each token, and the tokens of a real text
+    column would be lost (force_not_null turns them into ''). A float column keeps its NaN
+    ("nan", "NaN": a float value, missing as a null is, as in pandas)."""
+    if tokened is None or len(tokened.columns) != len(columns):
+        return
+    for c, typed in zip(columns, tokened.columns, strict=True):
+        kind = typed["type"]
+        if typed["name"] == c.source and c.kind == "VARCHAR" and kind != "VARCHAR":
+            c.intended = kind
+            c.intended_parse = parse_as(kind, tokened.date_format, tokened.timestamp_format)
 
 
 def _too_long(long_line: tuple[int, int]) -> DatasetUnusable:
@@ -314,23 +767,12 @@ def _line_end(f: BinaryIO, offset: int, newline: bytes) -> int:
     return offset
 
 
-def _read_in_segments(
-    con: duckdb.DuckDBPyConnection,
-    source: Path,
-    scan: TextScan,
-    header_end: int,
-    columns: Columns,
-    cuts: set[int],
-    parquet_out: Path,
-    folder: Path,
-    row_cap: int | None = None,
-) -> tuple[list[_Segment], str, str]:
-    """Copy the file again, read as segments cut at `cuts` (and at any further broken quote
-    that reading shows): the segments, and the names of the reject tables of the last read."""
-    options = _explicit_options(con, "ingest_scans", columns, scan)
-    segments: list[_Segment] = []
-    errors = scans = ""
-    for attempt in range(MAX_SEGMENT_READS):
+def _read_in_segments(read: _Read, columns: list[Column], cuts: set[int], attempt: int) -> None:
+    """Read the file again as segments cut at `cuts` (and at any further broken quote that
+    reading shows); the read keeps the segments and the reject tables of the last read."""
+    con, source, scan = read.con, read.source, read.scan
+    options = _explicit_options(con, _first_scans(con), columns, scan)
+    for k in range(MAX_SEGMENT_READS):
         if len(cuts) > MAX_QUOTE_CUTS:
             with source.open("rb") as f:
                 first = _LineLocator(f, scan.newline).line_at(min(cuts) - 1)
@@ -338,24 +780,38 @@ def _read_in_segments(
                 f"more than {MAX_QUOTE_CUTS} quoted fields never close (the first at line "
                 f"{first}): is '\"' really this file's quote character?"
             )
-        segments = _write_segments(source, scan.size, header_end, sorted(cuts), folder)
-        errors, scans = f"segment_errors_{attempt}", f"segment_scans_{attempt}"
+        segments = _write_segments(source, scan.size, read.header_end, sorted(cuts), read.folder)
+        errors, scans = f"segment_errors_{attempt}_{k}", f"segment_scans_{attempt}_{k}"
         tables = f"store_rejects=true, rejects_table={lit(errors)}, rejects_scan={lit(scans)}"
         union = " UNION ALL ".join(
             f"SELECT * FROM read_csv({lit(segment.path)}, {options}, {tables})"
             for segment in segments
         )
-        _copy(con, f"({union})", source, parquet_out, columns, row_cap)
-        more = _quote_cuts(con, errors, scans, segments, source, scan.newline, header_end)
+        read.segments, read.errors, read.scans, read.cuts = segments, errors, scans, set(cuts)
+        read.over_cap = _write(read, f"({union})", columns)
+        if read.over_cap:
+            return
+        more = _quote_cuts(con, errors, scans, segments, source, scan.newline, read.header_end)
         more -= cuts
         if not more:
             break
         cuts |= more
-    return segments, errors, scans
+
+
+def _first_scans(con: duckdb.DuckDBPyConnection) -> str:
+    """The reject-scan table of the first whole-file read of this connection."""
+    found = con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'ingest_scans%' "
+        "ORDER BY length(table_name), table_name LIMIT 1"
+    ).fetchone()
+    return str(found[0]) if found else "ingest_scans"
 
 
 def _explicit_options(
-    con: duckdb.DuckDBPyConnection, scans: str, columns: Columns, scan: TextScan
+    con: duckdb.DuckDBPyConnection,
+    scans: str,
+    columns: list[Column],
+    scan: TextScan,
 ) -> str:
     """read_csv options that repeat what the sniffer chose for the first read, without sniffing."""
     (row,) = con.execute(
@@ -363,7 +819,7 @@ def _explicit_options(
         f"timestamp_format FROM {scans} ORDER BY scan_id DESC LIMIT 1"
     ).fetchall()
     delim, quote, escape, newline, skip, date_format, timestamp_format = row
-    struct = ", ".join(f"{lit(name)}: {lit(kind)}" for name, kind in columns)
+    struct = ", ".join(f"{lit(c.source)}: {lit(c.kind)}" for c in columns)
     options = [
         "auto_detect=false, header=true, comment=''",
         f"delim={lit(delim)}, quote={lit(_char(quote))}, escape={lit(_char(escape))}",
@@ -414,8 +870,10 @@ def _collect_rejects(
     newline: bytes,
     renamed: dict[str, str],
     failed: FailedRowsWriter,
-) -> None:
-    """Turn DuckDB's reject rows into failed rows, one per record, in file order."""
+    delimiter: str = "",
+) -> _Rejected:
+    """Turn DuckDB's reject rows into failed rows, one per record, in file order; count the
+    `delimiter` in them."""
     columns = (
         "min(line_byte_position), any_value(csv_line), "
         "list(error_type::VARCHAR ORDER BY column_idx), "
@@ -425,6 +883,9 @@ def _collect_rejects(
     quotes = _quote_chars(con, scans)  # before the cursor: a query in between would end it
     cursor = con.execute(_rejects(errors, scans, columns))
     by_path = {str(segment.path): segment for segment in segments}
+    lines: list[int] = []
+    delimiters = 0
+    whole = True
     with source.open("rb") as f:
         locator = _LineLocator(f, newline)
         while batch := cursor.fetchmany(10_000):
@@ -442,6 +903,10 @@ def _collect_rejects(
                     unquoted = UNCLOSED_REASON.format(line=quote_line)
                 reason, total = _reason(kinds, messages, names, renamed, unquoted)
                 failed.add(line, raw, reason, size or total)
+                lines.append(line)
+                delimiters += raw.count(delimiter) if delimiter else 0
+                whole = whole and not cut and total is None
+    return _Rejected(lines, delimiters, whole)
 
 
 def _quote_chars(con: duckdb.DuckDBPyConnection, scans: str) -> tuple[str, str]:

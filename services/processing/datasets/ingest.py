@@ -11,21 +11,29 @@ Parquet, broken JSON array, no parsable row, ...); otherwise bad rows become fai
 rows (physical 1-based line number, raw text capped at 64 KiB, reason) and the good
 rows land in the copy.
 
-Before that, detect.prepare looks at what the file really is: gzip is decompressed, Parquet
-is read as Parquet whatever the declared format, UTF-16/32 with a byte-order mark is
-transcoded, and archives, spreadsheets and other binary files are refused by name. A CSV
-file that DuckDB cannot read and whose line endings are mixed is read again from a copy
-with LF endings only (detect.normalize_newlines): a fallback, so that files with one kind of
-line ending (and CR or LF inside quoted fields) are read as they are.
+The copy holds the dataset's columns, in order, and last LINE_COLUMN: BIGINT, the row's line
+in the source (lines.py), which is not one of the dataset's columns (summarize leaves it out of
+the columns and the preview). The copy's own column names differ from the dataset's only where
+two of those differ only in case (common.storage_names); its footer keeps the dataset's
+(NAMES_KEY). A text file is copied straight from DuckDB's parallel read; what is known only
+once the whole file is read is then looked at on the copy: each row's line, joined to the
+copy as a column of its own (parquet_patch: the other columns are not written again), and the
+typing rules of column_types (a text column without a value becomes DOUBLE the same way). The
+few files that need more (a date word in a date column, a row with a trailing delimiter,
+numbers with a "+", integers past int64) are read again into a staging table, where those
+rules have everything they need.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow.parquet as pq
 
 from schemas.domain.records import DatasetFormat
@@ -60,6 +68,7 @@ __all__ = [
 ]
 
 MEMORY_LIMIT = "1GB"  # DuckDB's, unless the caller (a worker, from its budget) gives one
+CSV_DELIMITERS = b",;\t|"  # what a CSV header is looked at for while the file is scanned
 EXPANSION_FACTOR = detect.EXPANSION_FACTOR
 MAX_EXPANDED_BYTES = detect.MAX_EXPANDED_BYTES
 
@@ -73,6 +82,7 @@ def ingest(
     memory_limit: str = MEMORY_LIMIT,
     max_expanded_bytes: int = MAX_EXPANDED_BYTES,
     max_rows: int | None = None,
+    null_values: Sequence[str] | None = None,
 ) -> IngestResult:
     """Validate `source`, write its typed Parquet copy to `parquet_out`, summarise it.
 
@@ -81,6 +91,7 @@ def ingest(
     EXPANSION_FACTOR (the default is that for the default upload limit). A dataset of more
     than `max_rows` good rows is unusable: a Parquet file is refused from its footer before
     anything is converted, a text file once its read passes the limit (the rest is not read).
+    `null_values` are a CSV file's null tokens (None: column_types.DEFAULT_NULL_VALUES).
     """
     fmt = DatasetFormat(fmt)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -98,12 +109,14 @@ def ingest(
         if fmt is DatasetFormat.parquet:
             _check_parquet_rows(con, source, max_rows)
             _convert_parquet(con, source, declared, parquet_out)
+        elif fmt is DatasetFormat.csv:
+            scan = scan_text(source, CSV_DELIMITERS)
+            _convert_csv(
+                con, source, scan, parquet_out, workdir, memory_limit, failed, row_cap, null_values
+            )
         else:
             scan = scan_text(source)
-            if fmt is DatasetFormat.csv:
-                _convert_csv(con, source, scan, parquet_out, workdir, memory_limit, failed, row_cap)
-            else:
-                json_reader.convert(con, source, fmt, scan, parquet_out, workdir, failed, row_cap)
+            json_reader.convert(con, source, fmt, scan, parquet_out, workdir, failed, row_cap)
         failed_path = failed.close()
         result = parquet_reader.summarize(con, parquet_out, failed.count, failed_path)
         if max_rows is not None and result.row_count > max_rows:
@@ -167,11 +180,12 @@ def _convert_csv(
     memory_limit: str,
     failed: FailedRowsWriter,
     row_cap: int | None,
+    null_values: Sequence[str] | None,
 ) -> None:
     """CSV; read again from an LF-only copy when DuckDB fails and the line endings are mixed
     (on a connection of its own: reject tables fill up per connection)."""
     try:
-        csv_reader.convert(con, source, scan, parquet_out, failed, workdir, row_cap)
+        csv_reader.convert(con, source, scan, parquet_out, failed, workdir, row_cap, null_values)
         return
     except DatasetUnusable:
         if failed.count or not detect.mixes_newlines(source):
@@ -180,7 +194,8 @@ def _convert_csv(
     retry = connect(workdir, memory_limit)
     try:
         detect.normalize_newlines(source, fixed)
-        csv_reader.convert(retry, fixed, scan_text(fixed), parquet_out, failed, workdir, row_cap)
+        again = scan_text(fixed, CSV_DELIMITERS)
+        csv_reader.convert(retry, fixed, again, parquet_out, failed, workdir, row_cap, null_values)
     finally:
         retry.close()
         fixed.unlink(missing_ok=True)
@@ -209,11 +224,12 @@ def connect(workdir: Path, memory_limit: str = MEMORY_LIMIT) -> duckdb.DuckDBPyC
     return con
 
 
-def scan_text(path: Path) -> TextScan:
+def scan_text(path: Path, delimiters: bytes = b"") -> TextScan:
     """Check UTF-8 and emptiness in one streaming pass; raise DatasetUnusable if either fails.
 
-    Newlines are not counted on the way (that would slow the whole pass down for a few
-    numbers): the line numbers reported (first non-blank line, first overlong line, first
+    On the way, numpy counts the newline bytes (line numbers of the copy's rows are checked
+    against them) and, given candidate `delimiters`, the bytes of the one the first line holds
+    most of. The line numbers reported (first non-blank line, first overlong line, first
     invalid byte) are counted afterwards, up to their offset.
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -222,10 +238,14 @@ def scan_text(path: Path) -> TextScan:
     first_char = b""
     first_line = first_offset = 0
     long_line: tuple[int, int] | None = None
-    with path.open("rb") as f:
+    delimiter = b""
+    with path.open("rb") as f, _ByteCounter() as counter:
         while chunk := f.read(CHUNK_BYTES):
             if offset == 0 and b"\n" not in chunk and b"\r" in chunk:
                 nl = b"\r"
+            counter.add(chunk, nl, 0)
+            if delimiter:
+                counter.add(chunk, delimiter, 1)
             pending = decoder.getstate()[0]
             if pending or not chunk.isascii():
                 try:
@@ -242,6 +262,9 @@ def scan_text(path: Path) -> TextScan:
                     first_line = _count_lines(path, offset, nl) + chunk.count(nl, 0, at) + 1
                     before = chunk.rfind(nl, 0, at)
                     first_offset = offset + before + 1 if before >= 0 else line_start
+                    delimiter = _likeliest(chunk, at, nl, delimiters)
+                    if delimiter:
+                        counter.add(chunk[before + 1 :], delimiter, 1)
             last = chunk.rfind(nl)
             if last >= 0:
                 length = run + chunk.find(nl)
@@ -259,12 +282,70 @@ def scan_text(path: Path) -> TextScan:
             base = offset - len(exc.object)
             newlines = _count_lines(path, base, nl)
             raise _not_utf8(path, exc, base, nl, newlines, line_start) from None
+        newlines, counted = counter.totals()
     if not first_char:
         raise DatasetUnusable("file is empty")
     if long_line is None and run > MAX_ROW_BYTES:
         long_line = (_count_lines(path, offset, nl) + 1, run)
     longest = max(longest, run)
-    return TextScan(offset, nl, first_char, first_line, first_offset, longest, long_line)
+    return TextScan(
+        offset,
+        nl,
+        first_char,
+        first_line,
+        first_offset,
+        longest,
+        long_line,
+        newlines,
+        delimiter,
+        counted,
+    )
+
+
+class _ByteCounter:
+    """Counts bytes of the scanned chunks on a thread of its own, while the scan reads on
+    (numpy releases the GIL): the counts cost the scan next to nothing on a second core."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-count")
+        self._pending: deque[Future[tuple[int, int]]] = deque()
+        self._totals = [0, 0]
+
+    def __enter__(self) -> _ByteCounter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, data: bytes, byte: bytes, slot: int) -> None:
+        """Count `byte` in `data` into total `slot`."""
+        self._pending.append(self._pool.submit(_count, data, byte[0], slot))
+        while len(self._pending) > 4:  # chunks waiting to be counted stay few
+            self._take(self._pending.popleft())
+
+    def totals(self) -> tuple[int, int]:
+        while self._pending:
+            self._take(self._pending.popleft())
+        return self._totals[0], self._totals[1]
+
+    def _take(self, future: Future[tuple[int, int]]) -> None:
+        slot, count = future.result()
+        self._totals[slot] += count
+
+
+def _count(data: bytes, byte: int, slot: int) -> tuple[int, int]:
+    return slot, int(np.count_nonzero(np.frombuffer(data, np.uint8) == byte))
+
+
+def _likeliest(chunk: bytes, at: int, nl: bytes, candidates: bytes) -> bytes:
+    """The candidate byte the line holding chunk[at] has most of (b"" for none of them)."""
+    if not candidates:
+        return b""
+    end = chunk.find(nl, at)
+    line = chunk[chunk.rfind(nl, 0, at) + 1 : end if end >= 0 else len(chunk)]
+    counts = {line.count(c): bytes([c]) for c in reversed(candidates)}
+    best = max(counts)
+    return counts[best] if best else b""
 
 
 def _count_lines(path: Path, end: int, nl: bytes) -> int:

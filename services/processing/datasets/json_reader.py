@@ -28,26 +28,45 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import duckdb
+import numpy as np
 import orjson
 
 from schemas.domain.records import DatasetFormat
+from services.processing.datasets.column_types import (
+    WIDE_INTEGERS,
+    refine,
+    suspect_temporal,
+    temporal_overrides,
+)
 from services.processing.datasets.common import (
     BOM,
     CHUNK_BYTES,
     MAX_ROW_BYTES,
     RAW_TEXT_LIMIT,
+    Column,
     DatasetUnusable,
     FailedRowsWriter,
+    Lines,
     TextScan,
-    copy_to_parquet,
+    columns_of,
+    copy_options,
+    describe,
     first_line,
+    ident,
+    join_lines,
     lit,
+    select_list,
+    stage,
+    staged_rows,
+    write_copy,
 )
+from services.processing.datasets.lines import counted
+from services.processing.datasets.parquet_patch import PatchError, row_group_sizes
 
 ORJSON_CHECK_BYTES = 32 * 1024 * 1024  # parsing builds Python objects, many times the file
 MAX_DEPTH = 128  # DuckDB's "maximum recursion depth" for one record
@@ -60,6 +79,7 @@ _OPTIONS = (
 )
 _DATA_ERRORS = (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.BinderException)
 _LINE_REF = re.compile(r"(in line |record/value )(\d+)")
+_BLANKS = np.array([32, 9, 13, 10], dtype=np.uint8)  # bytes of a line DuckDB skips as blank
 
 
 def convert(
@@ -77,12 +97,18 @@ def convert(
     if fmt is DatasetFormat.json and scan.first_char == b"[":
         relation = f"read_json({lit(source)}, format='array', {_OPTIONS})"
         try:
-            copy_to_parquet(con, relation, parquet_out, row_cap=row_cap)
+            _stage_and_write(con, relation, parquet_out, row_cap, lambda rows: Lines(1))
         except _DATA_ERRORS as exc:
             raise DatasetUnusable(_array_problem(source, first_line(exc, source))) from None
         return
     try:
-        copy_to_parquet(con, _ndjson(source), parquet_out, row_cap=row_cap)
+        _stage_and_write(
+            con,
+            _ndjson(source),
+            parquet_out,
+            row_cap,
+            lambda rows: _direct_lines(source, scan, rows),
+        )
         return
     except _DATA_ERRORS:
         pass  # some line is bad: sort them out below
@@ -101,13 +127,158 @@ def convert(
     if not has_fields:
         raise DatasetUnusable("no JSON object has any field")
     try:
-        copy_to_parquet(con, _ndjson(clean), parquet_out, row_cap=row_cap)
+        _stage_and_write(
+            con,
+            _ndjson(clean),
+            parquet_out,
+            row_cap,
+            lambda rows: counted(skipped.tolist(), 1, rows),
+        )
     except _DATA_ERRORS as exc:
         message = first_line(exc).replace(str(clean), source.name)
         message = _LINE_REF.sub(lambda m: m[1] + str(_original_line(int(m[2]), skipped)), message)
         raise DatasetUnusable(f"could not convert the JSON lines: {message}") from None
     finally:
         clean.unlink(missing_ok=True)
+
+
+def _stage_and_write(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    parquet_out: Path,
+    row_cap: int | None,
+    lines: Callable[[int], Lines],
+) -> None:
+    """Write the copy of a relation: straight, its line numbers joined afterwards, unless a
+    column needs the staged way (_staged)."""
+    if _write_directly(con, relation, parquet_out, row_cap, lines):
+        return
+    _staged(con, relation, parquet_out, row_cap, lines)
+
+
+def _write_directly(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    parquet_out: Path,
+    row_cap: int | None,
+    lines: Callable[[int], Lines],
+) -> bool:
+    """COPY the relation straight to the copy; False, with nothing kept, when a column needs
+    the staged way: integers past int64, or a date column holding a special word."""
+    columns = columns_of(describe(con, relation))
+    if any(c.kind.upper() in WIDE_INTEGERS for c in columns):
+        return False
+    for c in columns:
+        if c.kind == '"NULL"':
+            c.target = "DOUBLE"  # a key that is always null: numeric-compatible nulls
+    limit = "" if row_cap is None else f" LIMIT {int(row_cap)}"
+    select = select_list(columns, lambda c: ident(c.source))
+    con.execute(
+        f"COPY (SELECT {', '.join(select)} FROM {relation}{limit}) TO {lit(parquet_out)} "
+        f"({copy_options(columns)})"
+    )
+    rows = sum(row_group_sizes(parquet_out))
+    if row_cap is not None and rows >= row_cap:  # over the row limit: only the count matters
+        return True
+    copy = f"read_parquet({lit(parquet_out)})"
+    suspects = suspect_temporal(con, columns, copy, lambda c: ident(c.stored))
+    if temporal_overrides(con, suspects, lambda text: _as_text(relation, columns, text), [""]):
+        return False
+    try:
+        join_lines(parquet_out, lines(rows), [], parquet_out.parent)
+    except PatchError:
+        return False
+    return True
+
+
+def _staged(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    parquet_out: Path,
+    row_cap: int | None,
+    lines: Callable[[int], Lines],
+) -> None:
+    """Read the relation into the staging table and write the copy, its columns typed by the
+    rules of column_types (a date column holding a special word read again as text)."""
+    described = stage(con, relation, row_cap)
+    columns = columns_of(described)
+    rows = staged_rows(con)
+    if row_cap is not None and rows >= row_cap:  # over the row limit: only the count matters
+        write_copy(con, columns, parquet_out, Lines(None))
+        return
+    suspects = suspect_temporal(con, columns)
+    if suspects:
+        overrides = temporal_overrides(
+            con, suspects, lambda text: _as_text(relation, columns, text), [""]
+        )
+        if overrides:
+            kinds = {c.source: overrides.get(c.source, c.kind) for c in columns}
+            described = stage(con, _typed(relation, columns, kinds), row_cap)
+            columns = columns_of(described)
+    refine(con, columns, [""], rows, numbers_in_text=False)
+    write_copy(con, columns, parquet_out, lines(rows))
+
+
+def _typed(relation: str, columns: list[Column], kinds: dict[str, str]) -> str:
+    """The read_json relation with each column's type given (the keys are DuckDB's names,
+    which are the JSON keys unless two differ only in case)."""
+    struct = ", ".join(f"{lit(c.source)}: {lit(kinds[c.source])}" for c in columns)
+    return relation[: relation.rindex(")")] + f", columns={{{struct}}})"
+
+
+def _as_text(relation: str, columns: list[Column], text: list[Column]) -> str:
+    """The relation with the `text` columns read as text."""
+    sources = {c.source for c in text}
+    return _typed(
+        relation, columns, {c.source: "VARCHAR" if c.source in sources else c.kind for c in columns}
+    )
+
+
+def _direct_lines(source: Path, scan: TextScan, rows: int) -> Lines:
+    """Lines of the rows of an NDJSON file DuckDB read whole: the file's lines less the blank
+    ones (which it skips); NULL when they do not add up to the rows."""
+    total = scan.newlines + (0 if _ends_with(source, b"\n") else 1)
+    if total == rows:
+        return Lines(1)
+    blank = _blank_lines(source)
+    if total - len(blank) != rows:
+        return Lines(None)
+    return counted(blank, 1, rows)
+
+
+def _ends_with(path: Path, suffix: bytes) -> bool:
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(size - len(suffix), 0))
+        return f.read() == suffix
+
+
+def _blank_lines(path: Path) -> list[int]:
+    """The 1-based numbers of the lines holding nothing but spaces, tabs and CRs."""
+    blank: list[int] = []
+    line = 1
+    pending = True  # the current line has shown nothing but blanks so far
+    last = b""
+    with path.open("rb") as f:
+        while chunk := f.read(16 * CHUNK_BYTES):
+            a = np.frombuffer(chunk, np.uint8)
+            breaks = np.flatnonzero(a == 10)
+            filled = np.flatnonzero(~np.isin(a, _BLANKS))
+            # a line is blank when no non-blank byte lies between its start and its break
+            starts = np.concatenate(([0], breaks[:-1] + 1)) if len(breaks) else breaks
+            seen = np.searchsorted(filled, breaks) - np.searchsorted(filled, starts)
+            empty = seen == 0
+            if len(breaks):
+                empty[0] = empty[0] and pending
+                blank.extend((line + np.flatnonzero(empty)).tolist())
+                pending = int(np.searchsorted(filled, breaks[-1] + 1)) == len(filled)
+            else:
+                pending = pending and len(filled) == 0
+            line += len(breaks)
+            last = chunk[-1:]
+    if pending and last not in (b"", b"\n"):  # a last line without a break, of blanks only
+        blank.append(line)
+    return blank
 
 
 def _ndjson(path: Path) -> str:

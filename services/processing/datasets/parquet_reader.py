@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from schemas.domain.records import ColumnInfo
 from services.processing.datasets.common import (
+    LINE_COLUMN,
+    NAMES_KEY,
     PREVIEW_ROWS,
     PREVIEW_TEXT_CHARS,
+    STAGE,
+    Column,
     DatasetUnusable,
     IngestResult,
-    copy_to_parquet,
+    Lines,
+    columns_of,
     describe,
     first_line,
     ident,
     lit,
+    stage,
+    write_copy,
 )
 from services.processing.json_values import json_safe
 
@@ -26,7 +36,11 @@ MAGIC = b"PAR1"
 
 
 def convert(con: duckdb.DuckDBPyConnection, source: Path, parquet_out: Path) -> None:
-    """Rewrite a Parquet file as the typed copy (LZ4, fixed row groups); no failed rows."""
+    """Rewrite a Parquet file as the typed copy (LZ4, fixed row groups); no failed rows.
+
+    A row's line is its index + 1. Column names keep their case (DuckDB reads "a" and "A" as
+    a and A_1; the names come from the file's schema). A date or timestamp column holding an
+    infinite value is written as text, as ingest does for CSV: no later step converts it."""
     with source.open("rb") as f:
         head = f.read(4)
         f.seek(max(source.stat().st_size - 4, 0))
@@ -38,14 +52,46 @@ def convert(con: duckdb.DuckDBPyConnection, source: Path, parquet_out: Path) -> 
         )
     relation = f"read_parquet({lit(source)})"
     try:  # reads only the footer of a local file: any error is the file's
-        columns = describe(con, relation)
+        described = describe(con, relation)
     except duckdb.Error as exc:
         raise DatasetUnusable(f"not a readable Parquet file: {first_line(exc, source)}") from None
+    columns = columns_of(described, _own_names(source))
+    # file_row_number numbers the rows as the file holds them; a column of that name hides it.
+    numbered = all(name.lower() != "file_row_number" for name, _ in described)
     try:
-        copy_to_parquet(con, relation, parquet_out, columns)
+        if numbered:
+            relation = f"read_parquet({lit(source)}, file_row_number = true)"
+            _text_if_infinite(con, relation, columns)
+            write_copy(con, columns, parquet_out, Lines(1, index="file_row_number"), relation)
+        else:
+            stage(con, relation)
+            _text_if_infinite(con, STAGE, columns)
+            write_copy(con, columns, parquet_out, Lines(1))
     except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
         # corrupt pages; an IOException (disk full while writing, ...) is not the data's fault
         raise DatasetUnusable(f"not a readable Parquet file: {first_line(exc, source)}") from None
+
+
+def _own_names(source: Path) -> list[str] | None:
+    """The file's top-level column names as written (None when pyarrow cannot read its
+    schema, which it refuses past 100 levels of nesting)."""
+    try:
+        return [str(name) for name in pq.read_schema(source).names]
+    except (pa.ArrowException, OSError):
+        return None
+
+
+def _text_if_infinite(con: duckdb.DuckDBPyConnection, relation: str, columns: list[Column]) -> None:
+    """Write as text the date and timestamp columns that hold an infinite value."""
+    dated = [c for c in columns if c.kind.upper().startswith(("DATE", "TIMESTAMP"))]
+    if not dated:
+        return
+    checks = ", ".join(f"bool_or(isinf({ident(c.source)}))" for c in dated)
+    found = con.execute(f"SELECT {checks} FROM {relation}").fetchone()
+    assert found is not None  # an aggregate without GROUP BY returns one row
+    for c, infinite in zip(dated, found, strict=True):
+        if infinite:
+            c.target = "VARCHAR"
 
 
 _INTEGER_TYPES = {
@@ -87,7 +133,8 @@ def summarize(
     columns.
     """
     relation = f"read_parquet({lit(parquet)})"
-    columns = describe(con, relation)
+    # The copy's last column is the line number, which is not one of the dataset's.
+    columns = [(n, k) for n, k in describe(con, relation) if n != LINE_COLUMN]
     row_count, nulls = _footer_counts(con, parquet, columns)
     missing = [(name, kind) for name, kind in columns if name not in nulls]
     if missing:
@@ -114,17 +161,29 @@ def summarize(
         for n, t in columns
     )
     rows = con.execute(f"SELECT {preview_cols} FROM {relation} LIMIT {PREVIEW_ROWS}").fetchall()
-    names = [name for name, _ in columns]
+    names = _dataset_names(con, parquet, [name for name, _ in columns])
     return IngestResult(
         row_count=row_count,
         columns=[
-            ColumnInfo(name=name, type=friendly_type(kind), null_count=nulls[name])
-            for name, kind in columns
+            ColumnInfo(name=shown, type=friendly_type(kind), null_count=nulls[name])
+            for shown, (name, kind) in zip(names, columns, strict=True)
         ],
         failed_row_count=failed_count,
         failed_rows_path=failed_path,
         preview=[{k: json_safe(v) for k, v in zip(names, row, strict=True)} for row in rows],
     )
+
+
+def _dataset_names(con: duckdb.DuckDBPyConnection, parquet: Path, stored: list[str]) -> list[str]:
+    """The dataset's names of the copy's columns, from its footer (NAMES_KEY), else `stored`."""
+    found = con.execute(
+        "SELECT decode(value) FROM parquet_kv_metadata(?) WHERE decode(key) = ?",
+        [str(parquet), NAMES_KEY],
+    ).fetchone()
+    if found is None:
+        return stored
+    names = json.loads(found[0])
+    return names if isinstance(names, list) and len(names) == len(stored) else stored
 
 
 # Types stored as one leaf column whose chunk statistics hold the column's null count.

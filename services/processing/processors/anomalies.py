@@ -11,13 +11,23 @@
 - iqr (Tukey's fences): q1, q3 by linear interpolation (numpy's default), IQR = q3 - q1;
   flagged when x < q1 - k*IQR or x > q3 + k*IQR, k = threshold (default 1.5). The score
   is the signed distance beyond the fence in IQR units: (x - lower) / IQR below (< 0),
-  (x - upper) / IQR above (> 0).
+  (x - upper) / IQR above (> 0). With IQR = 0 both fences are the quartile q1 = q3 and
+  every other value is flagged, with score -inf or +inf (what the pandas computation gives).
 
-Nulls (and float NaN) are ignored. A column whose scale (std, MAD and MeanAD, or IQR)
-is 0 flags nothing, since every score would divide by zero; its summary says so.
-The artifact anomalies.csv lists row_number (1-based data row of the dataset), column,
-value (as stored) and score, ordered by row then by column order. With csv_formula_escape a
-column name starting with = + - @, tab or CR is written with a leading ' (output.py).
+Nulls (and float NaN) are ignored. A constant column (every value equal) flags nothing, and
+its summary says so, as does the summary of a column that cannot be scored: with an
+infinite value the mean and std are not finite and every z-score is NaN (scipy's result),
+so zscore flags nothing; a NaN score is never flagged. The robust methods score an infinite
+value +-inf and flag it, as pandas does, while their centre and scale stay finite.
+Differences are taken at a power-of-two scale where they would overflow or lose digits
+(values near 1e308, denormals; numeric.value_scale, moments_scale): every finite true
+score is computed finite.
+
+The artifact anomalies.csv lists row_number (1-based data row of the dataset), line (the
+row's line number in the uploaded file, from the copy's hidden `__line__` column; empty when
+the copy has none), column, value (as stored) and score, ordered by row then by column order.
+With csv_formula_escape a column name starting with = + - @, tab or CR is written with a
+leading ' (output.py).
 
 Centre and scale come from the job's column profiles. Every rule flags the values below
 one bound and above another, so a column's flags are looked for among its profiled
@@ -26,10 +36,13 @@ them, and by a scan of the Parquet copy only otherwise. Both give the same rows:
 same SQL rule is evaluated on the same values.
 """
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,7 +52,9 @@ from services.processing.processors.aggregates import Quantiles, aggregate_colum
 from services.processing.processors.arrays import to_arrow
 from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processing.processors.columns import (
+    LINE_COLUMN,
     is_numeric,
+    line_expr,
     reject_duplicate_columns,
     select_columns,
     value_expr,
@@ -53,8 +68,9 @@ from services.processing.processors.duck import (
     planned_wide,
     run_with_progress,
     scan_width,
+    values_at,
 )
-from services.processing.processors.numeric import ColumnProfile, Extremes
+from services.processing.processors.numeric import ColumnProfile, Extremes, value_scale
 from services.processing.processors.output import CsvFormulaEscape, escape_formula, force_quote
 from services.processing.processors.profiles import numeric_profiles
 
@@ -103,19 +119,19 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
         exprs = [f"CAST({e} AS DOUBLE)" for e in raw]
         rows = con.execute(f"SELECT count(*) FROM {src}").fetchall()[0][0]  # from metadata
         profiles = numeric_profiles(con, step, src, selected, types, rows, end=0.25)
-        stats = _statistics(
+        stats, rules = _statistics(
             con, step, src, selected, profiles, exprs, params.method, threshold, rows
         )
         con.execute(
             "CREATE TEMP TABLE flagged"
             " (row_number BIGINT, col INTEGER, value VARCHAR, score DOUBLE)"
         )
-        flagging = Flagging(con, step, src, selected, profiles, raw, exprs, params.method)
-        todo = [i for i, s in enumerate(stats) if _scale(params.method, s) is not None]
+        flagging = Flagging(con, step, src, selected, profiles, raw)
+        todo = [i for i, rule in enumerate(rules) if rule is not None]
         batches = batched(todo, scan_width(step))
         for n, batch in enumerate(batches):
             part = 0.4 / len(batches)
-            flagging.flag(batch, stats, threshold, start=0.5 + n * part, end=0.5 + (n + 1) * part)
+            flagging.flag(batch, rules, start=0.5 + n * part, end=0.5 + (n + 1) * part)
         counts = dict(con.execute("SELECT col, count(*) FROM flagged GROUP BY col").fetchall())
         # Column names are the data's text; values are numbers, never escaped.
         escape = escape_formula if params.csv_formula_escape else str
@@ -123,11 +139,20 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
         options = "FORMAT csv, HEADER true"
         if params.csv_formula_escape:
             options += force_quote(["column"])
+        line, lines = "NULL", ""
+        if line_expr(types, step.columns) != "NULL" and counts:
+            _register_lines(con, step)
+            line, lines = "l.line", " LEFT JOIN flagged_lines l ON l.rn = f.row_number"
         copy = (
-            f"COPY (SELECT row_number, {names}[col + 1] AS column, value, score FROM flagged"
-            f" ORDER BY row_number, col) TO {literal(str(path))} ({options})"
+            f"COPY (SELECT f.row_number, CAST({line} AS BIGINT) AS line,"
+            f" {names}[f.col + 1] AS column, f.value, f.score FROM flagged f{lines}"
+            f" ORDER BY f.row_number, f.col) TO {literal(str(path))} ({options})"
         )
-        run_with_progress(con, copy, step.report, f"writing {name}", start=0.9)
+        try:
+            run_with_progress(con, copy, step.report, f"writing {name}", start=0.9)
+        finally:
+            if lines:
+                con.unregister("flagged_lines")
     columns = {}
     for i, (column, s) in enumerate(zip(selected, stats, strict=True)):
         columns[column.name] = {"count": counts.get(i, 0), **s}
@@ -141,6 +166,42 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
     return StepOutput(summary=json_safe(summary), artifacts=[artifact])
 
 
+def _register_lines(con: duckdb.DuckDBPyConnection, step: StepInput) -> None:
+    """The view `flagged_lines` (rn, line): the flagged rows' lines in the uploaded file."""
+    # Read from the row groups holding flagged rows: a join on the whole line column would
+    # scan and hash every row of the copy.
+    found = con.execute("SELECT DISTINCT row_number FROM flagged ORDER BY 1").fetchnumpy()
+    rows = np.asarray(found["row_number"], dtype=np.int64)
+    message = "finding the lines of the flagged rows"
+    lines = values_at(
+        step.parquet_path, LINE_COLUMN, rows - 1, tick=lambda: step.report(0.9, message)
+    )
+    con.register("flagged_lines", pa.table({"rn": to_arrow(rows), "line": lines}))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The SQL of a column's flagged values (`where`) and of their score."""
+
+    where: str
+    score: str
+
+
+CONSTANT = "constant column (every value equal): nothing flagged"
+NOT_FINITE = {
+    "zscore": "the column holds infinite values: its mean and std are not finite, so every"
+    " z-score is NaN (as scipy.stats.zscore gives): nothing flagged",
+    "modified_zscore": "the median or the spread around it is not finite (the column holds"
+    " infinite values): nothing flagged",
+    "iqr": "a quartile or the IQR is not finite (the column holds infinite values):"
+    " nothing flagged",
+}
+IQR_ZERO = (
+    "IQR is 0: both fences are at q1 = q3, so every other value is flagged (score -inf or +inf)"
+)
+MAD_ZERO = "MAD is 0: scored with the mean absolute deviation, (x - median) / (1.253314 * MeanAD)"
+
+
 def _statistics(
     con: duckdb.DuckDBPyConnection,
     step: StepInput,
@@ -151,56 +212,136 @@ def _statistics(
     method: str,
     threshold: float,
     rows: int,
-) -> list[dict[str, Any]]:
-    """Per column: non-null count and the centre/scale of the method (a second pass for MAD)."""
-    stats: list[dict[str, Any]] = []
+) -> tuple[list[dict[str, Any]], list[Rule | None]]:
+    """Per column: the summary figures (non-null count, the centre/scale of the method, a note
+    when nothing can be flagged) and the rule flagging its values (None: nothing to flag)."""
+    if method == "zscore":
+        pairs = [
+            _zscore(x, profiles[c.name], threshold) for c, x in zip(selected, exprs, strict=True)
+        ]
+    elif method == "iqr":
+        pairs = [_iqr(x, profiles[c.name], threshold) for c, x in zip(selected, exprs, strict=True)]
+    else:
+        pairs = _modified_zscore(con, step, src, selected, profiles, exprs, threshold, rows)
+    return [s for s, _ in pairs], [rule for _, rule in pairs]
+
+
+def _scaled(x: str, scale: float) -> str:
+    """The value times a power of two (x itself at scale 1)."""
+    return x if scale == 1.0 else f"({x} * {literal(scale)})"
+
+
+def _constant(profile: ColumnProfile) -> bool:
+    return profile.count > 0 and profile.stats.minimum == profile.stats.maximum
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _zscore(x: str, profile: ColumnProfile, threshold: float) -> tuple[dict[str, Any], Rule | None]:
+    s: dict[str, Any] = {"non_null": profile.count, "mean": profile.mean, "std": profile.std(0)}
+    terms = profile.standardizer()
+    if terms is None:
+        return s, None
+    scale, mean, std = terms
+    if _constant(profile) or std == 0:
+        s["note"] = CONSTANT
+        return s, None
+    if not _finite(mean, std):
+        s["note"] = NOT_FINITE["zscore"]
+        return s, None
+    score = f"({_scaled(x, scale)} - {literal(mean)}) / {literal(std)}"
+    return s, Rule(f"abs({score}) > {literal(threshold)}", score)
+
+
+def _iqr(x: str, profile: ColumnProfile, k: float) -> tuple[dict[str, Any], Rule | None]:
+    q1, q3 = profile.quantile(0.25), profile.quantile(0.75)
+    s: dict[str, Any] = {"non_null": profile.count, "q1": q1, "q3": q3}
+    if not profile.count or q1 is None or q3 is None:
+        return s, None
+    scale = value_scale(profile.stats.minimum, profile.stats.maximum)
+    q1s, q3s = q1 * scale, q3 * scale
+    iqr = q3s - q1s
+    lower, upper = q1s - k * iqr, q3s + k * iqr
+    s.update(iqr=iqr / scale, lower=lower / scale, upper=upper / scale)
+    if not _finite(q1s, q3s, iqr):
+        s["note"] = NOT_FINITE["iqr"]
+        return s, None
+    if _constant(profile):
+        s["note"] = CONSTANT
+        return s, None
+    if iqr == 0:
+        s["note"] = IQR_ZERO
+    xs, lo, hi, width = _scaled(x, scale), literal(lower), literal(upper), literal(iqr)
+    # An IQR of 0 divides by zero: +-inf, the sign of the side.
+    score = f"CASE WHEN {xs} < {lo} THEN ({xs} - {lo}) ELSE ({xs} - {hi}) END / {width}"
+    return s, Rule(f"{xs} < {lo} OR {xs} > {hi}", score)
+
+
+def _modified_zscore(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    src: str,
+    selected: list[ColumnInfo],
+    profiles: dict[str, ColumnProfile],
+    exprs: list[str],
+    threshold: float,
+    rows: int,
+) -> list[tuple[dict[str, Any], Rule | None]]:
+    """The median from the profile, MAD and MeanAD from one more pass over the columns."""
+    medians, scales = [], []
     for column in selected:
         profile = profiles[column.name]
-        s: dict[str, Any] = {"non_null": profile.count}
-        if method == "zscore":
-            s.update(mean=profile.mean, std=profile.std(ddof=0))
-        elif method == "iqr":
-            s.update(q1=profile.quantile(0.25), q3=profile.quantile(0.75))
-        else:
-            s["median"] = profile.quantile(0.5)
-        stats.append(s)
-    if method == "modified_zscore":
-        deviations = [
-            f"abs({e} - {literal(s['median'])})" for e, s in zip(exprs, stats, strict=True)
-        ]
-        spread = aggregate_columns(
-            con,
-            src,
-            deviations,
-            {"mad": Quantiles(0.5), "meanad": "avg({e})"},
-            step,
-            rows,
-            start=0.25,
-            end=0.5,
+        scales.append(
+            value_scale(profile.stats.minimum, profile.stats.maximum) if profile.count else 1.0
         )
-        for s, d in zip(stats, spread, strict=True):
-            s["mad"] = d["mad"]
-            if d["mad"] == 0:
-                s["meanad"] = d["meanad"]
-    for s in stats:
-        if method == "iqr" and s["non_null"]:
-            s["iqr"] = s["q3"] - s["q1"]
-            s["lower"] = s["q1"] - threshold * s["iqr"]
-            s["upper"] = s["q3"] + threshold * s["iqr"]
-        if s["non_null"] and _scale(method, s) is None:
-            s["note"] = "scale is 0 (constant column): nothing flagged"
-    return stats
-
-
-def _scale(method: str, s: dict[str, Any]) -> float | None:
-    """The divisor of the score, or None when it is 0 (or there are no values)."""
-    if method == "zscore":
-        scale = s["std"]
-    elif method == "iqr":
-        scale = s.get("iqr")
-    else:
-        scale = s["mad"] / 0.6745 if s["mad"] else 1.253314 * (s.get("meanad") or 0.0)
-    return scale if scale else None
+        medians.append(profile.quantile(0.5))
+    centres = [None if m is None else m * sc for m, sc in zip(medians, scales, strict=True)]
+    deviations = [
+        f"abs({_scaled(x, sc)} - {literal(c)})"
+        for x, sc, c in zip(exprs, scales, centres, strict=True)
+    ]
+    spread = aggregate_columns(
+        con,
+        src,
+        deviations,
+        {"mad": Quantiles(0.5), "meanad": "avg({e})"},
+        step,
+        rows,
+        start=0.25,
+        end=0.5,
+    )
+    out: list[tuple[dict[str, Any], Rule | None]] = []
+    for column, x, scale, median, centre, d in zip(
+        selected, exprs, scales, medians, centres, spread, strict=True
+    ):
+        profile = profiles[column.name]
+        mad, meanad = d["mad"], d["meanad"]
+        s: dict[str, Any] = {"non_null": profile.count, "median": median}
+        s["mad"] = None if mad is None else mad / scale
+        if mad == 0:
+            s["meanad"] = None if meanad is None else meanad / scale
+        if not profile.count or centre is None:
+            out.append((s, None))
+            continue
+        if _constant(profile):
+            s["note"] = CONSTANT
+            out.append((s, None))
+            continue
+        divisor = mad / 0.6745 if mad else 1.253314 * (meanad or 0.0)
+        if not _finite(centre, mad, divisor) or divisor == 0:
+            s["note"] = CONSTANT if divisor == 0 else NOT_FINITE["modified_zscore"]
+            out.append((s, None))
+            continue
+        xs = _scaled(x, scale)
+        if mad:
+            score = f"{literal(0.6745)} * ({xs} - {literal(centre)}) / {literal(mad)}"
+        else:
+            s["note"] = MAD_ZERO
+            score = f"({xs} - {literal(centre)}) / ({literal(1.253314)} * {literal(meanad)})"
+        out.append((s, Rule(f"abs({score}) > {literal(threshold)}", score)))
+    return out
 
 
 SCAN_GROUP = 128  # columns whose flags one scan of the copy finds at once
@@ -224,29 +365,25 @@ class Flagging:
         selected: list[ColumnInfo],
         profiles: dict[str, ColumnProfile],
         raw: list[str],
-        exprs: list[str],
-        method: str,
     ) -> None:
         self.con, self.step, self.src, self.selected = con, step, src, selected
-        self.profiles, self.raw, self.exprs, self.method = profiles, raw, exprs, method
+        self.profiles, self.raw = profiles, raw
 
     def flag(
-        self,
-        batch: Sequence[int],
-        stats: list[dict[str, Any]],
-        threshold: float,
-        *,
-        start: float,
-        end: float,
+        self, batch: Sequence[int], rules: list[Rule | None], *, start: float, end: float
     ) -> None:
         con = self.con
         views: list[str] = []  # of extremes, registered on this connection until flagged
         try:
-            rules = {i: _rule(self.exprs[i], self.method, stats[i], threshold) for i in batch}
-            sources = {i: self._source(i, rules[i][0], views) for i in batch}
+            chosen: dict[int, Rule] = {}
+            for i in batch:
+                rule = rules[i]
+                assert rule is not None, "only columns with a rule are flagged"
+                chosen[i] = rule
+            sources = {i: self._source(i, chosen[i].where, views) for i in batch}
             scanned = [i for i in batch if sources[i] is None]
             branches = [
-                self._branch(i, sources[i] or self.src, rules[i])
+                self._branch(i, sources[i] or self.src, chosen[i])
                 for i in batch
                 if sources[i] is not None or len(scanned) == 1
             ]
@@ -254,7 +391,8 @@ class Flagging:
             inserts = [(" UNION ALL ".join(branches), len(branches))] if branches else []
             if len(scanned) > 1:
                 inserts += [
-                    (self._scan(group, rules), len(group)) for group in batched(scanned, SCAN_GROUP)
+                    (self._scan(group, chosen), len(group))
+                    for group in batched(scanned, SCAN_GROUP)
                 ]
             for n, (sql, width) in enumerate(inserts):
                 part = (end - start) / len(inserts)
@@ -271,22 +409,21 @@ class Flagging:
             for view in views:
                 con.unregister(view)
 
-    def _branch(self, i: int, source: str, rule: tuple[str, str]) -> str:
-        where, score = rule
+    def _branch(self, i: int, source: str, rule: Rule) -> str:
         return (
             f"SELECT file_row_number + 1 AS row_number, {i} AS col,"
-            f" CAST({self.raw[i]} AS VARCHAR) AS value, {score} AS score"
-            f" FROM {source} WHERE {where}"
+            f" CAST({self.raw[i]} AS VARCHAR) AS value, {rule.score} AS score"
+            f" FROM {source} WHERE {rule.where}"
         )
 
-    def _scan(self, group: Sequence[int], rules: dict[int, tuple[str, str]]) -> str:
+    def _scan(self, group: Sequence[int], rules: dict[int, Rule]) -> str:
         """One scan of the copy: every flagged value of the group's columns."""
         flags = ", ".join(
-            f"CASE WHEN {rules[i][0]} THEN {{'col': {i}, 'value':"
-            f" CAST({self.raw[i]} AS VARCHAR), 'score': {rules[i][1]}}} END"
+            f"CASE WHEN {rules[i].where} THEN {{'col': {i}, 'value':"
+            f" CAST({self.raw[i]} AS VARCHAR), 'score': {rules[i].score}}} END"
             for i in group
         )
-        where = " OR ".join(f"({rules[i][0]})" for i in group)
+        where = " OR ".join(f"({rules[i].where})" for i in group)
         return (
             "SELECT row_number, f.col, f.value, f.score FROM"
             f" (SELECT file_row_number + 1 AS row_number, unnest([{flags}]) AS f"
@@ -302,22 +439,6 @@ class Flagging:
         self.con.register(view, _candidates(self.selected[i].name, extremes))
         views.append(view)
         return view if _holds_every_flag(self.con, view, self.raw[i], extremes, where) else None
-
-
-def _rule(x: str, method: str, s: dict[str, Any], threshold: float) -> tuple[str, str]:
-    """(WHERE condition, score) of the flagged values of a column with a non-zero scale."""
-    if method == "iqr":
-        lower, upper, iqr = literal(s["lower"]), literal(s["upper"]), literal(s["iqr"])
-        score = f"CASE WHEN {x} < {lower} THEN ({x} - {lower}) ELSE ({x} - {upper}) END / {iqr}"
-        return f"{x} < {lower} OR {x} > {upper}", score
-    if method == "zscore":
-        score = f"({x} - {literal(s['mean'])}) / {literal(s['std'])}"
-    elif s["mad"]:
-        score = f"{literal(0.6745)} * ({x} - {literal(s['median'])}) / {literal(s['mad'])}"
-    else:
-        scale = f"({literal(1.253314)} * {literal(s['meanad'])})"
-        score = f"({x} - {literal(s['median'])}) / {scale}"
-    return f"abs({score}) > {literal(threshold)}", score
 
 
 def _candidates(name: str, extremes: Extremes) -> pa.Table:

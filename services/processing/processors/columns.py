@@ -25,6 +25,18 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The typed copy's hidden column holding each row's line number in the uploaded file (not one
+# of the dataset's columns; copies made before it existed lack it).
+LINE_COLUMN = "__line__"
+
+
+def line_expr(types: dict[str, str], columns: Sequence[ColumnInfo]) -> str:
+    """SQL for a row's line in the uploaded file: the copy's hidden column, or NULL."""
+    if LINE_COLUMN in types and all(c.name != LINE_COLUMN for c in columns):
+        return quote(LINE_COLUMN)
+    return "NULL"
+
+
 def value_expr(name: str, duck_type: str) -> str:
     """The column as an SQL expression where a float NaN is NULL, as pandas sees it."""
     if duck_type not in FLOAT_DUCK_TYPES:

@@ -5,6 +5,7 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -77,7 +78,11 @@ def _database(
     }
     if threads:
         config["threads"] = threads
-    return duckdb.connect(":memory:", config=config)
+    database = duckdb.connect(":memory:", config=config)
+    # Zone-aware values print (and fetch) in UTC whatever the host's zone; every cursor
+    # inherits it. Not a config key: it needs the ICU extension loaded first.
+    database.execute("SET GLOBAL TimeZone = 'UTC'")
+    return database
 
 
 # Above this many expressions a query is planned without DuckDB's common-subexpression
@@ -263,6 +268,39 @@ def _footer(path: str, mtime_ns: int, size: int) -> Any:
     import pyarrow.parquet as pq  # the worker preloads it (ingest)
 
     return pq.read_metadata(path)
+
+
+def values_at(
+    path: Path, column: str, positions: Any, tick: Callable[[], None] | None = None
+) -> Any:
+    """One column's values (a pyarrow Array, nulls kept) at sorted 0-based row positions (a
+    numpy array), reading only the row groups that hold them, one at a time: a few rows cost
+    a fraction of a scan, and memory stays a row group's. `tick` is called every POLL_SECONDS
+    (a progress report, which may raise JobCancelled)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    meta = footer(path)
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    starts = np.concatenate(([0], np.cumsum(sizes, dtype=np.int64)))
+    groups = np.searchsorted(starts, positions, side="right") - 1
+    bounds = np.flatnonzero(np.diff(groups)) + 1
+    parquet = pq.ParquetFile(path, metadata=meta)
+    parts = []
+    last = time.monotonic()
+    for at in np.split(np.arange(len(positions)), bounds):
+        if not len(at):
+            continue
+        if tick is not None and time.monotonic() - last >= POLL_SECONDS:
+            tick()
+            last = time.monotonic()
+        group = int(groups[at[0]])
+        chunk = parquet.read_row_group(group, columns=[column]).column(0).combine_chunks()
+        parts.append(pc.take(chunk, pa.array(positions[at] - starts[group])))
+    kind = meta.schema.to_arrow_schema().field(column).type
+    return pa.concat_arrays(parts) if parts else pa.array([], type=kind)
 
 
 # Bytes a value of a fixed-width Parquet type takes once decoded.

@@ -150,8 +150,19 @@ def fill_expressions(
             typed = f"CAST({literal(value)} AS {types[column.name]})"
             _check_cast(con, typed, column.name)
             filled[column.name] = f"coalesce({expr}, {typed})"
-        summary[column.name] = {"count": s["nulls"] if value is not None else 0, "value": value}
+        summary[column.name] = {
+            "count": s["nulls"] if value is not None else 0,
+            "value": _json_value(value),
+        }
     return filled, summary
+
+
+def _json_value(value: Any) -> Any:
+    """The value for a JSON summary: an integer past 64 bits as its digits, which every JSON
+    reader takes exactly (many refuse or round such a number)."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
 
 
 def _profiled(profile: ColumnProfile, strategy: str, rows: int) -> dict[str, Any]:

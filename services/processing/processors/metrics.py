@@ -10,7 +10,16 @@ df[columns].duplicated().sum(): rows equal to an earlier row over the selected c
 
 Values of the column are shown as the dataset preview shows them (json_values.json_safe):
 a decimal column's `min` and `max` are its stored values, exact strings, while the figures
-computed from it (mean, std, quartiles, histogram) are floats.
+computed from it (mean, std, quartiles, histogram) are floats; timestamps are ISO 8601, a
+zone-aware one in UTC (+00:00).
+
+Special values: a column holding +-inf has no finite mean, std or histogram (null, where
+numpy.histogram raises). The mean and std are finite wherever the true ones are: sums that
+overflow (values near 1e308) or squares that underflow (denormals) are taken again at a
+power-of-two scale. Histogram edges are always finite and strictly increasing, and the counts
+add up to the non-null count: where numpy's ten bins would repeat edges (a range too narrow
+at its magnitude: values near 2^53, one huge value, denormals) or overflow (+-1e308), the
+range gets as many equal-width bins as it has room for, one at least (numeric.histogram_edges).
 """
 
 import threading

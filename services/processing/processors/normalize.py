@@ -14,15 +14,28 @@ Stages run in this order, each computing its statistics on the output of the one
 - scale (numeric columns, default all numeric; written as DOUBLE): minmax (x - min) /
   (max - min); zscore (x - mean) / std with ddof=0 (sklearn StandardScaler); robust
   (x - median) / IQR with linear quartiles 25-75 (sklearn RobustScaler). A constant
-  column becomes 0.0; for robust an IQR of 0 is replaced by 1, as sklearn does.
+  column (std 0 included) becomes 0.0; for robust an IQR of 0 is replaced by 1, as sklearn
+  does. Where max - min or x - centre would overflow, or squares underflow (values near
+  1e308, denormals), the statistics and the scaled values are computed on the values times
+  a power of two (numeric.value_scale, moments_scale): exact, so a finite true result is
+  written finite. A column holding +-inf has no finite min/max or mean/std: minmax and zscore
+  leave it unscaled, with a note in its summary (sklearn refuses such input); robust scales
+  it when its quartiles are finite (an infinite value stays infinite).
 
 Float NaN counts as null. Row order is the dataset's. The artifact normalized.<ext> is
 written in `output_format`: csv, parquet, json (one JSON array) or ndjson (one object
-per line); the default is the dataset's own format. With csv_formula_escape, a CSV output's text
-cells and header names starting with = + - @, tab or CR get a leading ' and its text columns are
-quoted (OWASP; output.py); numeric columns are written unchanged.
+per line); the default is the dataset's own format. It holds the dataset's columns only (the
+copy's hidden `__line__` is not one). CSV and JSON cells are written as output.text_cells
+documents: ISO 8601 timestamps (zone-aware ones in UTC, +00:00), true/false, numbers in the
+shortest form that reads back to the same value; in JSON, NaN and +-inf as null and decimals
+as strings. A dataset without rows gives a CSV of the header, a Parquet file of the schema,
+`[]` (json) or an empty file (ndjson): JSON names columns only in rows. With
+csv_formula_escape, a CSV output's text cells and header names starting with = + - @, tab or
+CR get a leading ' and its text columns are quoted (OWASP; output.py); numeric columns are
+written unchanged.
 """
 
+import math
 from typing import Annotated, Any, Literal
 
 import duckdb
@@ -51,7 +64,7 @@ from services.processing.processors.duck import (
 )
 from services.processing.processors.fill import FillNulls, fill_expressions, fill_targets
 from services.processing.processors.groups import equal_rows
-from services.processing.processors.numeric import ColumnProfile
+from services.processing.processors.numeric import ColumnProfile, moments_scale, value_scale
 from services.processing.processors.output import (
     TEXT_TYPES,
     CsvFormulaEscape,
@@ -59,6 +72,7 @@ from services.processing.processors.output import (
     escape_formula,
     escaped_cells,
     force_quote,
+    text_cells,
 )
 from services.processing.processors.profiles import numeric_profiles
 
@@ -170,6 +184,24 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
             names = {column: escape_formula(column) for column in exprs}
             exprs = {column: escaped_cells(expr, types[column]) for column, expr in exprs.items()}
             options += force_quote([names[c] for c in exprs if types[c] in TEXT_TYPES])
+        if fmt != "parquet":
+            # Filled with a mean or median, or scaled: DOUBLE; else the column's own type.
+            doubles = set(scaled) | (set(filled) if _numeric_fill(params) else set())
+            # Min-max and z-scores of finite values are finite (NaN is null by then).
+            finite = {
+                c
+                for c, s in scaled.items()
+                if params.scale is not None and params.scale.method != "robust" and "note" not in s
+            }
+            exprs = {
+                column: text_cells(
+                    expr,
+                    "DOUBLE" if column in doubles else types[column],
+                    fmt,
+                    finite=column in finite,
+                )
+                for column, expr in exprs.items()
+            }
         select = ", ".join(f"{expr} AS {quote(names[column])}" for column, expr in exprs.items())
         # Scans keep the file order (preserve_insertion_order); a join may not.
         order = " ORDER BY file_row_number" if relation != src else ""
@@ -190,6 +222,10 @@ def run(step: StepInput, params: NormalizeParams) -> StepOutput:
     }
     artifact = ArtifactFile(name=name, path=path, content_type=content_type, sha256=sha256)
     return StepOutput(summary=json_safe(summary), artifacts=[artifact])
+
+
+def _numeric_fill(params: NormalizeParams) -> bool:
+    return params.fill_nulls is not None and params.fill_nulls.strategy in ("mean", "median")
 
 
 # DuckDB's Parquet writer holds a row group of every column before writing it (122,880 rows by
@@ -303,15 +339,11 @@ def _scale(
         for c in targets
     }
     xs = [f"CAST({current[c.name]} AS DOUBLE)" for c in targets]
+    ends: dict[str, Aggregate] = {"min": "min({e})", "max": "max({e})"}
     by_method: dict[str, dict[str, Aggregate]] = {
-        "minmax": {"min": "min({e})", "max": "max({e})"},
-        "zscore": {
-            "mean": "avg({e})",
-            "std": "stddev_pop({e})",
-            "min": "min({e})",
-            "max": "max({e})",
-        },
-        "robust": {"quartiles": Quantiles((0.25, 0.5, 0.75))},
+        "minmax": ends,
+        "zscore": {"mean": "avg({e})", "std": "stddev_pop({e})", **ends},
+        "robust": {"quartiles": Quantiles((0.25, 0.5, 0.75)), **ends},
     }
     aggregates = by_method[scale.method]
     known = {
@@ -322,31 +354,95 @@ def _scale(
     }
     scan = [i for i, c in enumerate(targets) if c.name not in known]
     scanned = aggregate_columns(
-        con, relation, [xs[i] for i in scan], aggregates, step, rows, start=0.35, end=0.4
+        con, relation, [xs[i] for i in scan], aggregates, step, rows, start=0.35, end=0.38
     )
     stats = [known.get(c.name, {}) for c in targets]
     for i, s in zip(scan, scanned, strict=True):
         stats[i] = s
+    if scale.method == "zscore":
+        _standardize(con, step, relation, xs, stats, rows)
     out: dict[str, str] = {}
     summary: dict[str, Any] = {}
     for column, x, s in zip(targets, xs, stats, strict=True):
-        if scale.method == "robust":
-            q1, median, q3 = s.pop("quartiles") or (None, None, None)
-            iqr = None if q1 is None else q3 - q1
-            s.update(median=median, q1=q1, q3=q3, iqr=iqr, scale=iqr or 1.0)
-            centre, divisor = median, s["scale"]
-        elif scale.method == "minmax":
-            centre, divisor = s["min"], None if s["min"] is None else s["max"] - s["min"]
-        else:
-            centre, divisor = s["mean"], s["std"]
-        if centre is None:  # no values at all
-            out[column.name] = x
-        elif s.get("min") is not None and s["min"] == s["max"]:
-            out[column.name] = f"({x} - {literal(s['min'])})"  # constant: exactly 0.0
-        else:
-            out[column.name] = f"({x} - {literal(centre)}) / {literal(divisor)}"
+        out[column.name] = _scaled_expr(scale.method, x, s)
+        s.pop("_terms", None)
         summary[column.name] = s
     return out, summary
+
+
+def _standardize(
+    con: duckdb.DuckDBPyConnection,
+    step: StepInput,
+    relation: str,
+    xs: list[str],
+    stats: list[dict[str, Any]],
+    rows: int,
+) -> None:
+    """Add each column's z-score terms (s, m, d) of (x * s - m) / d to its stats, the mean and
+    std taken again at a power-of-two scale where DuckDB's sums overflowed or underflowed."""
+    again: list[int] = []
+    for i, s in enumerate(stats):
+        if "_terms" in s or s["mean"] is None:
+            continue
+        std = s["std"]
+        variance = std * std if std is not None and math.isfinite(std) else math.inf
+        factor = moments_scale(s["min"], s["max"], s["mean"], variance)
+        s["_terms"] = (factor, s["mean"], std)
+        if factor != 1.0:
+            again.append(i)
+    exprs = [f"({xs[i]} * {literal(stats[i]['_terms'][0])})" for i in again]
+    scaled = aggregate_columns(
+        con,
+        relation,
+        exprs,
+        {"mean": "avg({e})", "std": "stddev_pop({e})"},
+        step,
+        rows,
+        start=0.38,
+        end=0.4,
+    )
+    for i, moments in zip(again, scaled, strict=True):
+        factor = stats[i]["_terms"][0]
+        stats[i]["_terms"] = (factor, moments["mean"], moments["std"])
+        stats[i].update(mean=moments["mean"] / factor, std=moments["std"] / factor)
+
+
+NOT_SCALED = "not scaled: its {} not finite (the column holds infinite values)"
+
+
+def _scaled_expr(method: str, x: str, s: dict[str, Any]) -> str:
+    """The SQL of a scaled column from its statistics; the column itself when it cannot be
+    scaled (no values, or statistics that are not finite: a note in `s` says which)."""
+    low, high = s.get("min"), s.get("max")
+    if method == "robust":
+        q1, median, q3 = s.pop("quartiles") or (None, None, None)
+        iqr = None if q1 is None else q3 - q1
+        s.update(median=median, q1=q1, q3=q3, iqr=iqr, scale=iqr or 1.0)
+        if low is None or high is None or q1 is None or median is None or q3 is None:
+            return x  # no values at all
+        if not (math.isfinite(q1) and math.isfinite(median) and math.isfinite(q3)):
+            s["note"] = NOT_SCALED.format("quartiles are")
+            return x
+        factor = value_scale(low, high)
+        # sklearn's IQR of 0 replaced by 1: at scale `factor`, the divisor is the factor.
+        centre, divisor = median * factor, (q3 * factor - q1 * factor) or factor
+    elif low is None or high is None:  # no values at all
+        return x
+    elif not (math.isfinite(low) and math.isfinite(high)):
+        which = "minimum and maximum are" if method == "minmax" else "mean and std are"
+        s["note"] = NOT_SCALED.format(which)
+        return x
+    elif low == high:
+        return f"({x} - {literal(low)})"  # constant: exactly 0.0
+    elif method == "minmax":
+        factor = value_scale(low, high)
+        centre, divisor = low * factor, high * factor - low * factor
+    else:
+        factor, centre, divisor = s["_terms"]
+        if not divisor:  # std 0: a constant column
+            return f"({x} - {literal(low)})"
+    scaled = x if factor == 1.0 else f"({x} * {literal(factor)})"
+    return f"({scaled} - {literal(centre)}) / {literal(divisor)}"
 
 
 def _profiled(
@@ -360,11 +456,18 @@ def _profiled(
     value = fill["value"] if fill and fill["count"] else None
     if profile.count == 0 or (value is not None and method != "minmax"):
         return None
-    if method == "robust":
-        return {"quartiles": [profile.quantile(q) for q in (0.25, 0.5, 0.75)]}
     low, high = float(profile.stats.minimum), float(profile.stats.maximum)
     if value is not None:
         low, high = min(low, float(value)), max(high, float(value))
+    if method == "robust":
+        quartiles = [profile.quantile(q) for q in (0.25, 0.5, 0.75)]
+        return {"quartiles": quartiles, "min": low, "max": high}
     if method == "minmax":
         return {"min": low, "max": high}
-    return {"mean": profile.mean, "std": profile.std(ddof=0), "min": low, "max": high}
+    return {
+        "mean": profile.mean,
+        "std": profile.std(ddof=0),
+        "min": low,
+        "max": high,
+        "_terms": profile.standardizer(),
+    }

@@ -4,6 +4,9 @@ Sorting once gives the exact distinct count, quantiles and histogram together an
 faster than DuckDB's hash-based count(DISTINCT) on high-cardinality columns.
 The mean and variance are taken before the sort, in file order and in two passes, as
 pandas does; DuckDB's streaming avg/stddev aggregates cost more than fetch, sum and sort.
+Where those plain sums overflow or the squares of the deviations underflow (values near
+1e300, denormals), they are taken again of the values times a power of two (`value_scale`,
+`moments_scale`): exact scaling that keeps every figure finite where the true one is.
 """
 
 import math
@@ -120,8 +123,12 @@ class ColumnProfile:
 
     stats: SortedStats
     mean: float | None
-    m2: float | None  # sum of squared deviations from the mean
+    m2: float | None  # sum of squared deviations from the mean, of the values times `scale`
     extremes: Extremes | None = None  # when the column's values were read in file order
+    # A power of two the moments were taken at (1.0 unless plain sums overflow or underflow),
+    # and the mean of the values times it.
+    scale: float = 1.0
+    scaled_mean: float | None = None
 
     @property
     def count(self) -> int:
@@ -131,7 +138,14 @@ class ColumnProfile:
         """Standard deviation with `ddof` (1: pandas' std, 0: numpy's and sklearn's)."""
         if self.m2 is None or self.count - ddof <= 0:
             return None
-        return math.sqrt(self.m2 / (self.count - ddof))
+        return math.sqrt(self.m2 / (self.count - ddof)) / self.scale
+
+    def standardizer(self) -> tuple[float, float, float] | None:
+        """(s, m, d) of z = (x * s - m) / d, the population z-score (None: no values)."""
+        if self.m2 is None or self.mean is None or not self.count:
+            return None
+        centre = self.mean if self.scaled_mean is None else self.scaled_mean
+        return self.scale, centre, math.sqrt(self.m2 / self.count)
 
     def quantile(self, q: float) -> float | None:
         """A quartile (0.25, 0.5 or 0.75), linear interpolation as numpy.quantile."""
@@ -190,15 +204,79 @@ def profile_values(values: np.ndarray) -> ColumnProfile:
     n = len(values)
     mean = m2 = None
     if n:
-        mean = float(values.sum(dtype=np.float64)) / n
-        m2 = 0.0
+        # Overflow and inf - inf give inf and NaN, checked below; numpy's warnings are noise.
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, m2 = moments(values)
+    stats = sorted_stats(values, numeric=True)
+    if mean is not None and m2 is not None:
+        scale = moments_scale(stats.minimum, stats.maximum, mean, m2 / n)
+        if scale != 1.0:
+            scaled_mean, m2 = moments(values, scale)
+            return ColumnProfile(
+                stats, scaled_mean / scale, m2, scale=scale, scaled_mean=scaled_mean
+            )
+    return ColumnProfile(stats, mean, m2)
+
+
+def moments(values: np.ndarray, scale: float = 1.0) -> tuple[float, float]:
+    """(mean, sum of squared deviations from it) of the values times `scale`, in two passes."""
+    n = len(values)
+    if scale == 1.0:
+        total = float(values.sum(dtype=np.float64))
+    else:
+        total = 0.0
         for begin in range(0, n, VARIANCE_BLOCK):
-            # One temporary per block: the values are cast to float64 by the subtraction.
-            # Squared and summed as pandas does; np.dot would wake OpenBLAS's threads, which
-            # spin on the cores the other profiles and DuckDB need.
-            block = np.subtract(values[begin : begin + VARIANCE_BLOCK], mean, dtype=np.float64)
-            m2 += float(np.square(block, out=block).sum())
-    return ColumnProfile(sorted_stats(values, numeric=True), mean, m2)
+            block = np.multiply(values[begin : begin + VARIANCE_BLOCK], scale, dtype=np.float64)
+            total += float(block.sum())
+    mean = total / n
+    m2 = 0.0
+    for begin in range(0, n, VARIANCE_BLOCK):
+        # One temporary per block: the values are cast to float64 by the subtraction.
+        # Squared and summed as pandas does; np.dot would wake OpenBLAS's threads, which
+        # spin on the cores the other profiles and DuckDB need.
+        part = values[begin : begin + VARIANCE_BLOCK]
+        if scale == 1.0:
+            block = np.subtract(part, mean, dtype=np.float64)
+        else:
+            block = np.multiply(part, scale, dtype=np.float64)
+            block -= mean
+        m2 += float(np.square(block, out=block).sum())
+    return mean, m2
+
+
+# Below 2^-900 a sum of squares may have lost terms to underflow (subnormal squares); values
+# below it, or spanning more than the largest double, are scaled by a power of two first.
+TINY = 2.0**-900
+
+
+def power_of_two_scale(top: float) -> float:
+    """A power of two bringing `top` (> 0, finite) to [0.5, 1), at most 2^1000: exact to apply."""
+    return math.ldexp(1.0, min(1000, -math.frexp(top)[1]))
+
+
+def value_scale(low: Any, high: Any) -> float:
+    """1.0, or the power of two to take differences of a column's values at: when its range
+    overflows (max - min = inf) or its values are so small that differences lose digits."""
+    low, high = float(low), float(high)
+    top = max(abs(low), abs(high))
+    if not (math.isfinite(top) and top > 0) or (math.isfinite(high - low) and top >= TINY):
+        return 1.0
+    return power_of_two_scale(top)
+
+
+def moments_scale(low: Any, high: Any, mean: float, variance: float) -> float:
+    """1.0 when the plain moments (`mean`, population `variance`) of values from `low` to
+    `high` are accurate, else the power of two to take them at: where the sum or the squares
+    overflowed, or the squares underflowed (a non-constant column of denormals has variance 0)."""
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high)) or low == high:
+        return 1.0  # infinite values have no finite moments; a constant column's are exact
+    scale = value_scale(low, high)
+    if scale != 1.0:
+        return scale
+    if math.isfinite(mean) and math.isfinite(variance) and variance >= TINY:
+        return 1.0
+    return power_of_two_scale(max(abs(low), abs(high)))
 
 
 def quantile_sorted(values: np.ndarray, q: float) -> float:
@@ -223,31 +301,69 @@ def lerp(a: float, b: float, gamma: float) -> float:
 
 
 def histogram_sorted(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, Any] | None:
-    """numpy.histogram(values, bins) of a sorted array: equal-width bins, the last one closed."""
-    edges = histogram_edges(values[0], values[-1], bins)
+    """numpy.histogram(values, bins) of a sorted array: equal-width bins, the last one closed
+    (fewer bins where the range holds fewer distinct edges: `histogram_edges`)."""
+    edges = histogram_edges(values[0].item(), values[-1].item(), bins)
     if edges is None:
         return None
-    below = np.searchsorted(values, inner_edges(edges, values.dtype), side="left")
-    return histogram_of(edges, below.tolist(), len(values))
+    thresholds = inner_edges(edges, values.dtype)
+    if values.dtype.kind == "f":
+        below = np.searchsorted(values, np.array(thresholds), side="left").tolist()
+    else:  # integer thresholds may lie beyond int64
+        below = [_count_below(values, t) for t in thresholds]
+    return histogram_of(edges, below, len(values))
+
+
+def _count_below(values: np.ndarray, threshold: int) -> int:
+    """How many of the sorted int64 values are < threshold (any Python int)."""
+    info = np.iinfo(values.dtype)
+    if threshold > info.max:
+        return len(values)
+    if threshold <= info.min:
+        return 0
+    return int(np.searchsorted(values, values.dtype.type(threshold), side="left"))
 
 
 def histogram_edges(minimum: Any, maximum: Any, bins: int = HISTOGRAM_BINS) -> np.ndarray | None:
-    """numpy.histogram's bin edges for values from `minimum` to `maximum` (None: not finite)."""
+    """numpy.histogram's bin edges for values from `minimum` to `maximum` (None: not finite).
+
+    Where numpy's edges would repeat, overflow or fail to hold an integer end (a range too
+    narrow for the bins at that magnitude, a column of one huge value, a range beyond the
+    largest double), these are strictly increasing, finite and hold every value: the range
+    from the nearest doubles at or beyond the ends, in as many equal-width bins as it allows
+    (one at least); a range that overflows is split at half scale.
+    """
     first, last = float(minimum), float(maximum)
     if not (math.isfinite(first) and math.isfinite(last)):
         return None
     if first == last:
         first, last = first - 0.5, last + 0.5
-    return np.linspace(first, last, bins + 1)
+    # An integer end may round inward (int64 max becomes 2^63): step out to a double holding it.
+    if first > minimum:
+        first = math.nextafter(first, -math.inf)
+    if last < maximum:
+        last = math.nextafter(last, math.inf)
+    if first == last:  # one value too large to widen by 0.5
+        first, last = math.nextafter(first, -math.inf), math.nextafter(last, math.inf)
+    halve = not math.isfinite(last - first)
+    for count in range(bins, 0, -1):
+        if halve:
+            edges = np.linspace(first / 2, last / 2, count + 1) * 2
+        else:
+            edges = np.linspace(first, last, count + 1)
+        if np.isfinite(edges).all() and (edges[1:] > edges[:-1]).all():
+            return edges
+    raise AssertionError("one bin from first to last is strictly increasing")
 
 
-def inner_edges(edges: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """The edges between bins, as values of `dtype` that count the same (x < e)."""
+def inner_edges(edges: np.ndarray, dtype: np.dtype) -> list[Any]:
+    """The edges between bins, as values that count the same (x < e) against values of
+    `dtype`: floats, or for an integer column the integers ceil(e) (exact, any size)."""
     inner = edges[1:-1]
     if dtype.kind in "iu":
         # For an integer x: x < e  <=>  x < ceil(e); avoids a float copy of the column.
-        inner = np.ceil(inner).astype(dtype)
-    return inner
+        return [math.ceil(e) for e in inner.tolist()]
+    return list(inner.tolist())
 
 
 def histogram_of(edges: np.ndarray, below: list[int], count: int) -> dict[str, Any]:

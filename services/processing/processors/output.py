@@ -45,6 +45,55 @@ FORMULA_STARTS = "=+-@\t\r"
 # and the rest are formatted by DuckDB and cannot carry a formula.
 TEXT_TYPES = frozenset({"VARCHAR", "BLOB"})
 
+# Types a JSON number would not hold exactly (past 2^64, or more digits than a double keeps):
+# written as JSON strings of the exact value, as the preview and summaries write decimals.
+JSON_STRING_TYPES = frozenset({"HUGEINT", "UHUGEINT"})
+FLOAT_TYPES = frozenset({"FLOAT", "DOUBLE"})
+ISO_SECONDS = "'%Y-%m-%dT%H:%M:%S'"
+ISO_MICROS = "'%Y-%m-%dT%H:%M:%S.%f'"
+
+
+def text_cells(expr: str, duck_type: str, fmt: str, *, finite: bool = False) -> str:
+    """SQL for a column's cells in a CSV or JSON output, in the forms README documents:
+    timestamps in ISO 8601 with a T (a zone-aware one in UTC, +00:00; the fraction only when
+    not zero, as Python's isoformat), and for JSON no NaN or infinity (null; `finite`: the
+    column has none) and decimals and integers past 64 bits as strings. Other types are
+    written by DuckDB as they are."""
+    if duck_type in ("TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS"):
+        # An infinite timestamp has no epoch: the ELSE branch prints it ("infinity").
+        return (
+            f"CASE WHEN epoch_us({expr}) % 1000000 = 0 THEN strftime({expr}, {ISO_SECONDS})"
+            f" ELSE strftime({expr}, {ISO_MICROS}) END"
+        )
+    if duck_type == "TIMESTAMP_NS":
+        return (
+            f"CASE WHEN epoch_ns({expr}) % 1000000000 = 0 THEN strftime({expr}, {ISO_SECONDS})"
+            f" ELSE strftime({expr}, '%Y-%m-%dT%H:%M:%S.%n') END"
+        )
+    if duck_type == "TIMESTAMP WITH TIME ZONE":
+        # The instant's UTC wall time, read from its epoch: cheaper than a zone conversion.
+        utc = f"make_timestamp(epoch_us({expr}))"
+        return (
+            f"CASE WHEN NOT isfinite({expr}) THEN CAST({expr} AS VARCHAR)"
+            f" WHEN epoch_us({expr}) % 1000000 = 0 THEN strftime({utc}, {ISO_SECONDS}) || '+00:00'"
+            f" ELSE strftime({utc}, {ISO_MICROS}) || '+00:00' END"
+        )
+    if duck_type == "TIME":
+        clock = f"(DATE '1970-01-01' + {expr})"
+        return (
+            f"CASE WHEN microsecond({expr}) % 1000000 = 0 THEN strftime({clock}, '%H:%M:%S')"
+            f" ELSE strftime({clock}, '%H:%M:%S.%f') END"
+        )
+    if duck_type == "TIME WITH TIME ZONE":  # DuckDB prints an offset of whole hours as +02
+        return f"regexp_replace(CAST({expr} AS VARCHAR), '([+-][0-9][0-9])$', '\\1:00')"
+    if fmt in ("json", "ndjson"):
+        if duck_type in FLOAT_TYPES and not finite:
+            return f"CASE WHEN isfinite({expr}) THEN {expr} END"
+        if duck_type in JSON_STRING_TYPES or duck_type.startswith("DECIMAL"):
+            return f"CAST({expr} AS VARCHAR)"
+    return expr
+
+
 CsvFormulaEscape = Annotated[
     bool,
     Field(

@@ -43,6 +43,7 @@ from services.processing.processors.numeric import (
     histogram_of,
     inner_edges,
     lerp,
+    moments_scale,
     profile_values,
     quantile_position,
 )
@@ -156,12 +157,23 @@ def sql_profile_task(
         inner = (
             []
             if edges is None
-            else inner_edges(edges, np.dtype(np.int64 if integer else np.float64)).tolist()
+            else inner_edges(edges, np.dtype(np.int64 if integer else np.float64))
         )
         below = [f"count(*) FILTER (WHERE v < {literal(edge)})" for edge in inner]
         select = ", ".join([f"fsum({deviation} * {deviation})", *below])
         spread = cursor.execute(f"SELECT {select} FROM {values}").fetchone()
         assert spread is not None
+        m2, scaled_mean = float(spread[0]), None
+        scale = moments_scale(low, high, mean, m2 / count)
+        if scale != 1.0:  # sums that overflow or squares that underflow: again, scaled
+            x = f"(v::DOUBLE * {literal(scale)})"
+            row = cursor.execute(f"SELECT fsum({x}) FROM {values}").fetchone()
+            assert row is not None
+            scaled_mean = float(row[0]) / count
+            deviation = f"({x} - {literal(scaled_mean)})"
+            row = cursor.execute(f"SELECT fsum({deviation} * {deviation}) FROM {values}").fetchone()
+            assert row is not None
+            mean, m2 = scaled_mean / scale, float(row[0])
         distinct = cursor.execute(
             f"SELECT count(*) FROM (SELECT v FROM {values} WHERE v IS NOT NULL GROUP BY v)"
         ).fetchone()
@@ -181,7 +193,7 @@ def sql_profile_task(
             dup_keys=None,
             dup_rows=0,
         )
-        return ColumnProfile(stats, mean, float(spread[0]))
+        return ColumnProfile(stats, mean, m2, scale=scale, scaled_mean=scaled_mean)
 
     return task
 

@@ -5,7 +5,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import anomalies, metrics, normalize
+from services.processing.processors import anomalies, events, latent, metrics, normalize
 from services.processing.processors.base import ParamsError, Processor, UnknownProcessor
 
 PROCESSORS: dict[str, Processor] = {
@@ -38,6 +38,8 @@ PROCESSORS: dict[str, Processor] = {
             run=normalize.run,
             check_columns=normalize.check_columns,
         ),
+        *events.PROCESSORS,
+        *latent.PROCESSORS,
     ]
 }
 

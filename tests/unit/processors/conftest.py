@@ -1,6 +1,6 @@
 """Generated datasets for the processor tests, and a StepInput factory."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import pytest
 
 from schemas.domain.records import ColumnInfo, DatasetFormat
 from services.processing.processors.base import ComputeLimits, JobCancelled, StepInput
+from services.processing.processors.columns import LINE_COLUMN
 
 ROWS = 3000
 FRIENDLY = {
@@ -85,11 +86,29 @@ def make_table(rows: int = ROWS, seed: int = 7) -> pa.Table:
 
 
 def columns_of(table: pa.Table) -> list[ColumnInfo]:
-    """The dataset schema as ingest records it (a float NaN counts as null)."""
+    """The dataset schema as ingest records it (a float NaN counts as null; the hidden line
+    column is not one of the dataset's columns)."""
     return [
-        ColumnInfo(name=f.name, type=FRIENDLY[f.type], null_count=_nulls(table[f.name]))
+        ColumnInfo(name=f.name, type=_friendly(f.type), null_count=_nulls(table[f.name]))
         for f in table.schema
+        if f.name != LINE_COLUMN
     ]
+
+
+def _friendly(kind: pa.DataType) -> str:
+    if pa.types.is_timestamp(kind):
+        return "timestamp"
+    if pa.types.is_decimal(kind):
+        return "decimal"
+    return FRIENDLY[kind]
+
+
+def with_lines(table: pa.Table, lines: Sequence[int | None] | None = None) -> pa.Table:
+    """The table with the typed copy's hidden line column (default: a header line, then one
+    line per row)."""
+    if lines is None:
+        lines = list(range(2, table.num_rows + 2))
+    return table.append_column(LINE_COLUMN, pa.array(lines, type=pa.int64()))
 
 
 def _nulls(column: pa.ChunkedArray) -> int:

@@ -45,10 +45,11 @@ def expected(df: pd.DataFrame, method: str, k: float) -> tuple[dict[str, Any], l
             iqr = q3 - q1
             lower, upper = q1 - k * iqr, q3 + k * iqr
             p.update(q1=q1, q3=q3, iqr=iqr, lower=lower, upper=upper)
-            zero_scale = iqr == 0
+            zero_scale = s.nunique() <= 1  # IQR = 0 alone still flags: the fences are q1 = q3
             score = pd.Series(np.nan, index=s.index)
-            score[s < lower] = (s[s < lower] - lower) / iqr
-            score[s > upper] = (s[s > upper] - upper) / iqr
+            with np.errstate(divide="ignore"):
+                score[s < lower] = (s[s < lower] - lower) / iqr
+                score[s > upper] = (s[s > upper] - upper) / iqr
         mask = (
             pd.Series(False, index=s.index)
             if zero_scale
@@ -62,11 +63,17 @@ def expected(df: pd.DataFrame, method: str, k: float) -> tuple[dict[str, Any], l
     return params, [(r, n, v, sc) for r, _, n, v, sc in flagged]
 
 
+HEADER = ["row_number", "line", "column", "value", "score"]
+
+
 def read_artifact(path: Path) -> list[tuple[int, str, float, float]]:
+    """The flagged (row_number, column, value, score) rows; `line` is empty without lines."""
     with path.open(newline="") as f:
         reader = csv.reader(f)
-        assert next(reader) == ["row_number", "column", "value", "score"]
-        return [(int(r), c, float(v), float(s)) for r, c, v, s in reader]
+        assert next(reader) == HEADER
+        rows = list(reader)
+    assert all(line == "" for _, line, _, _, _ in rows)
+    return [(int(r), c, float(v), float(s)) for r, _, c, v, s in rows]
 
 
 @pytest.mark.parametrize(
@@ -116,9 +123,12 @@ def test_special_columns(make_step: StepFactory) -> None:
     assert "meanad" not in columns["normal"]
     # A constant column has no scale: nothing flagged, and the summary says why.
     assert columns["constant"]["count"] == 0 and "note" in columns["constant"]
+    assert "MAD is 0" in columns["mostly_zero"]["note"]
     iqr = anomalies.run(make_step(), anomalies.AnomaliesParams(method="iqr")).summary["columns"]
-    assert iqr["mostly_zero"]["iqr"] == 0 and iqr["mostly_zero"]["count"] == 0
-    assert "note" in iqr["mostly_zero"]
+    # IQR = 0 (80% zeros): the fences collapse to 0 and every non-zero value is flagged.
+    assert iqr["mostly_zero"]["iqr"] == 0 and iqr["mostly_zero"]["count"] > 0
+    assert "IQR is 0" in iqr["mostly_zero"]["note"] and "constant" not in iqr["mostly_zero"]["note"]
+    assert "constant" in iqr["constant"]["note"] and iqr["constant"]["count"] == 0
 
 
 def test_selected_columns_suffix_and_integer_values(make_step: StepFactory) -> None:
@@ -131,9 +141,9 @@ def test_selected_columns_suffix_and_integer_values(make_step: StepFactory) -> N
     assert len(text) == result.summary["total"] + 1
     # Integer values are written as stored (no ".0"); columns keep the requested order.
     rows = [line.split(",") for line in text[1:]]
-    assert all("." not in value for _, _, value, _ in rows)
+    assert all("." not in value for _, _, _, value, _ in rows)
     by_row: dict[str, list[str]] = {}
-    for row, column, _, _ in rows:
+    for row, _, column, _, _ in rows:
         by_row.setdefault(row, []).append(column)
     assert all(cols == sorted(cols, key=["big_int", "count"].index) for cols in by_row.values())
 
@@ -161,7 +171,7 @@ def test_nothing_flagged_writes_a_header_only(make_step: StepFactory) -> None:
     params = anomalies.AnomaliesParams(method="zscore", columns=["constant"])
     result = anomalies.run(make_step(), params)
     assert result.summary["total"] == 0
-    assert result.artifacts[0].path.read_text().strip() == "row_number,column,value,score"
+    assert result.artifacts[0].path.read_text().strip() == ",".join(HEADER)
 
 
 @pytest.mark.parametrize("fail_on_call", [1, 2])

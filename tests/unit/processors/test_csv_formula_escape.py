@@ -143,8 +143,8 @@ def test_anomalies_escapes_column_names_not_values(
     header, rows = read_csv(out)
 
     name = "'" + FORMULA_NAME if escape else FORMULA_NAME
-    assert header == ["row_number", "column", "value", "score"]
-    assert [(r[0], r[1], r[2]) for r in rows] == [
+    assert header == ["row_number", "line", "column", "value", "score"]
+    assert [(r[0], r[2], r[3]) for r in rows] == [
         ("7", "n", "-1000.0"),
         ("7", name, "-1000.0"),
         ("11", "n", "1000.0"),

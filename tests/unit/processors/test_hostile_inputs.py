@@ -102,7 +102,8 @@ def expected_flags(frame: pd.DataFrame, method: str, k: float) -> set[tuple[int,
     else:
         q1, q3 = frame.quantile(0.25), frame.quantile(0.75)
         iqr = q3 - q1
-        flagged = ((frame < q1 - k * iqr) | (frame > q3 + k * iqr)) & (iqr != 0)
+        # IQR = 0 flags every value off the quartile; only a constant column flags nothing.
+        flagged = ((frame < q1 - k * iqr) | (frame > q3 + k * iqr)) & (frame.nunique() > 1)
     rows, columns = np.nonzero(flagged.to_numpy())
     return {(int(r) + 1, frame.columns[c]) for r, c in zip(rows, columns, strict=True)}
 

@@ -17,7 +17,18 @@ COLUMNS = [
 
 
 def test_registry_lists_the_processors() -> None:
-    assert list(registry.PROCESSORS) == ["metrics", "anomalies", "normalize"]
+    assert list(registry.PROCESSORS) == [
+        "metrics",
+        "anomalies",
+        "normalize",
+        "count_anomalies",
+        "count_model",
+        "count_comparison",
+        "latent_classes",
+        "nmf",
+        "correspondence",
+        "factor_analysis",
+    ]
     for name, processor in registry.PROCESSORS.items():
         assert registry.get_processor(name) is processor
         assert processor.description
