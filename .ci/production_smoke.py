@@ -19,14 +19,38 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 # Params for processors whose params model has required fields; the rest run with defaults.
-STEP_PARAMS: dict[str, dict[str, Any]] = {"anomalies": {"method": "iqr"}}
+EVENTS = {"timestamp_column": "seen_at", "group_column": "city"}
+ITEMS = ["bought_a", "bought_b", "bought_c", "bought_d"]
+STEP_PARAMS: dict[str, dict[str, Any]] = {
+    "anomalies": {"method": "iqr"},
+    "count_anomalies": EVENTS
+    | {"h3": {"lat_column": "lat", "lon_column": "lon", "resolution": 5}, "period": "month"},
+    "count_model": EVENTS | {"period": "day", "features": ["day_of_week", "trend"]},
+    "count_comparison": EVENTS | {"period": "month"},
+    "latent_classes": {"columns": ITEMS, "n_classes": 2, "n_init": 2},
+    "nmf": {"columns": ["temperature", "humidity", *ITEMS], "n_components": 2},
+    "correspondence": {"columns": ["city", "bought_a"]},
+    "factor_analysis": {"columns": ["temperature", "humidity", *ITEMS], "n_factors": 1},
+}
 
-CSV = b"city,temperature,humidity\n" + b"".join(
-    f"city{i % 7},{10 + (i * 37) % 23 / 2},{(i * 13) % 100}\n".encode() for i in range(500)
+ROWS = 2000
+
+# Events over three years (timestamps), places, and four 0/1 purchase items.
+CSV = b"city,temperature,humidity,seen_at,lat,lon," + ",".join(ITEMS).encode() + b"\n"
+CSV += b"".join(
+    (
+        f"city{i % 7},{10 + (i * 37) % 23 / 2},{(i * 13) % 100},"
+        f"{date(2023, 1, 1) + timedelta(days=i * 7 % 1100)}T{i % 24:02d}:00:00Z,"
+        f"{48 + (i % 5) / 10},{2 + (i % 3) / 10},"
+        + ",".join(str((i * (j + 3)) % (j + 2) % 2) for j in range(len(ITEMS)))
+        + "\n"
+    ).encode()
+    for i in range(ROWS)
 )
 
 
@@ -64,7 +88,7 @@ def run(base: str, server: subprocess.Popen[bytes]) -> None:
     )
     dataset = get(dataset_url) or {}
     check(dataset["status"] == "ready", f"dataset not ready: {dataset}")
-    check(dataset["row_count"] == 500, f"expected 500 rows: {dataset}")
+    check(dataset["row_count"] == ROWS, f"expected {ROWS} rows: {dataset}")
 
     processors = get(f"{base}/api/v1/processors")
     check(bool(processors), "no processors listed")

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, TypeAda
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from schemas.api import ErrorBody, JobCreate, StepIn
+from schemas.api import NULL_VALUES_HELP, ErrorBody, JobCreate, StepIn
 from services.processing.processors.registry import PROCESSORS
 
 Responses = dict[int | str, dict[str, Any]]
@@ -98,6 +98,10 @@ def upload_body(formats: list[str]) -> dict[str, Any]:
                                 "type": "string",
                                 "enum": formats,
                                 "description": "The format, when the file name does not say it.",
+                            },
+                            "null_values": {
+                                "type": "string",
+                                "description": NULL_VALUES_HELP,
                             },
                         },
                     },

@@ -35,6 +35,12 @@ from services.processing.processors.base import (
     StepInput,
     StepOutput,
 )
+from services.processing.processors.copy_names import (
+    copy_columns,
+    copy_renames,
+    renamed,
+    with_dataset_names,
+)
 from services.processing.processors.duck import decoded_size_at_most, out_of_memory
 from services.processing.processors.numeric import CACHE_SHARE, ProfileCache
 from services.processing.processors.registry import get_processor, validate_step
@@ -350,14 +356,17 @@ def _compute(
     step = job.steps[index]
     processor = get_processor(step.processor)
     assert processor is not None, "steps are validated at submit"
-    params = validate_step(step.processor, step.params, run.dataset.columns)
+    dataset_columns = run.dataset.columns or []
+    renames = copy_renames(dataset_columns)
+    columns = copy_columns(dataset_columns, renames)
+    params = validate_step(step.processor, renamed(step.params, renames), columns)
     output_dir = run.scratch / f"step-{index}"
     output_dir.mkdir()
     same_before = sum(1 for s in job.steps[:index] if s.processor == step.processor)
-    return processor.run(
+    output = processor.run(
         StepInput(
             parquet_path=run.source,
-            columns=run.dataset.columns or [],
+            columns=columns,
             dataset_format=run.dataset.format,
             output_dir=output_dir,
             artifact_suffix=f"-{same_before + 1}" if same_before else "",
@@ -370,6 +379,7 @@ def _compute(
         ),
         params,
     )
+    return with_dataset_names(output, renames)
 
 
 def _store(run: Attempt, index: int, output: StepOutput) -> list[Artifact]:

@@ -11,6 +11,7 @@ import io
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,12 @@ from services.processing.datasets.column_types import DEFAULT_NULL_VALUES
 from services.processing.datasets.common import LINE_COLUMN, MAX_STEPS, NAMES_KEY, storage_names
 from services.processing.datasets.ingest import IngestResult, ingest
 from services.processing.processors.base import ComputeLimits, StepInput
+from services.processing.processors.copy_names import (
+    copy_columns,
+    copy_renames,
+    renamed,
+    with_dataset_names,
+)
 from services.processing.processors.registry import get_processor, validate_step
 from tests.unit.test_ingest import assert_no_row_lost, failed_rows
 from tests.unit.test_ingest_hostile import CASES, Ready
@@ -394,14 +401,13 @@ def test_a_failed_row_names_the_column_as_the_dataset_does(run: Run, sampled: in
     assert failed[2] == 'column "A": cannot convert "oops" to integer'
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processors address columns by name; DuckDB reads the copy's 'A' as A_1 (ingest "
-    "names it so): they must map a dataset column to the copy's by place (storage_names)",
-)
 @pytest.mark.parametrize(
     ("processor", "params"),
-    [("metrics", {}), ("normalize", {"scale": {"method": "minmax"}, "output_format": "csv"})],
+    [
+        ("metrics", {}),
+        ("normalize", {"scale": {"method": "minmax"}, "output_format": "csv"}),
+        ("anomalies", {"columns": ["A"], "method": "zscore", "threshold": 1.0}),
+    ],
 )
 def test_a_job_on_columns_a_and_A_keeps_both(
     run: Run, tmp_path: Path, processor: str, params: dict[str, Any]
@@ -410,10 +416,16 @@ def test_a_job_on_columns_a_and_A_keeps_both(
     summary, out = run_step(tmp_path, result.columns, processor, params)
     if processor == "metrics":
         assert summary["columns"]["a"]["max"] == 3 and summary["columns"]["A"]["max"] == 30
+    elif processor == "anomalies":
+        assert list(summary["columns"]) == ["A"]  # the step asked for A, not a
+        flagged = pd.read_csv(out / "anomalies.csv")
+        assert flagged["value"].tolist() == [10, 30]
     else:
+        # The artifact keeps the copy's names (README, "Column names"), and both columns.
         frame = pd.read_csv(out / "normalized.csv")
-        assert frame.columns.tolist() == ["a", "A"]
-        assert frame["A"].tolist() == [0.0, 0.5, 1.0]
+        assert frame.columns.tolist() == ["a", "A_1"]
+        assert frame["a"].tolist() == [0.0, 0.5, 1.0]
+        assert frame["A_1"].tolist() == [0.0, 0.5, 1.0]
 
 
 # --- item 8: leading zeros, empty columns, integers past int64 -----------------------------
@@ -601,7 +613,12 @@ def run_step(
     )
     found = get_processor(processor)
     assert found is not None
-    return found.run(step, validate_step(processor, params, columns)).summary, out
+    # As the job engine does (use_cases.run_job._compute): run under the copy's names.
+    renames = copy_renames(columns)
+    copy = copy_columns(columns, renames)
+    step = replace(step, columns=copy)
+    output = found.run(step, validate_step(processor, renamed(params, renames), copy))
+    return with_dataset_names(output, renames).summary, out
 
 
 def hostile_files() -> list[tuple[str, bytes, DatasetFormat]]:

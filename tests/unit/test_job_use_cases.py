@@ -354,3 +354,25 @@ def test_a_job_failed_by_an_outage_says_what_was_down_but_not_where(world, tmp_p
     error = uow.jobs.get(job.id, ME).error
     assert error["message"] == "storage was unavailable (StorageUnavailable)"
     assert "10.1.2.3" not in str(uow.job_events.list_for_job(ME, job.id))
+
+
+def test_a_step_names_columns_as_the_dataset_does_when_two_differ_only_in_case(world, tmp_path):
+    uow, datasets, results, queue, _ = world
+    parquet = tmp_path / "cases.parquet"  # as ingest stores `a,A`: the copy's names a, A_1
+    duckdb.sql(
+        "COPY (SELECT i::DOUBLE AS a, (i * 10)::DOUBLE AS A_1 FROM range(1000) t(i)) "
+        f"TO '{parquet}' (FORMAT parquet)"
+    )
+    dataset = add_dataset(uow, datasets, parquet)
+    columns = [ColumnInfo(name=n, type="float", null_count=0) for n in ("a", "A")]
+    uow.datasets.update(dataset.id, columns=columns)
+    steps = [
+        JobStep(processor="metrics", params={"columns": ["A"]}),
+        JobStep(processor="anomalies", params={"method": "zscore", "columns": ["a", "A"]}),
+    ]
+    job, _ = submit_job(uow, queue, principal=ME, dataset_id=dataset.id, steps=steps)
+    assert run(uow, datasets, results, job.id, tmp_path) == Outcome.completed
+    summaries = [s["summary"] for s in uow.jobs.get(job.id, ME).result["steps"]]
+    assert list(summaries[0]["columns"]) == ["A"]
+    assert summaries[0]["columns"]["A"]["max"] == 9990
+    assert list(summaries[1]["columns"]) == ["a", "A"]

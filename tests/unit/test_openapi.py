@@ -37,6 +37,7 @@ def test_the_upload_documents_its_multipart_fields(document):
     }
     assert schema["properties"]["name"]["maxLength"] == 255
     assert set(schema["properties"]["format"]["enum"]) == {"csv", "json", "ndjson", "parquet"}
+    assert "pandas" in schema["properties"]["null_values"]["description"]
 
 
 def test_job_steps_are_a_union_of_the_registered_processors(document):

@@ -48,13 +48,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.domain.records import ColumnInfo
 from services.processing.json_values import json_safe
 from services.processing.processors.base import ProcessorInputError, StepInput, StepOutput
 from services.processing.processors.columns import reject_duplicate_columns, select_columns
-from services.processing.processors.latent.artifacts import write_parquet
+from services.processing.processors.latent.artifacts import row_columns, write_parquet
 from services.processing.processors.latent.design import (
     DesignMatrix,
     Item,
@@ -165,8 +166,8 @@ def run(step: StepInput, params: LatentClassesParams) -> StepOutput:
     if len(ks) > 1:
         summary["fits"] = [f.row() for f in fits]
     posterior = chosen.model.predict_proba_class(design.values)
-    columns: dict[str, np.ndarray] = {
-        "row": design.rows,
+    columns: dict[str, np.ndarray | pa.Array] = {
+        **row_columns(step, design.rows),
         "class": np.argmax(posterior, axis=1).astype(np.int64) + 1,
     }
     for c in range(chosen.k):

@@ -32,13 +32,14 @@ Component signs are the SVD's (prince does not flip them): compare up to sign.
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
 from services.processing.json_values import json_safe
 from services.processing.processors.base import ProcessorInputError, StepInput, StepOutput
 from services.processing.processors.columns import reject_duplicate_columns, select_columns
-from services.processing.processors.latent.artifacts import write_parquet
+from services.processing.processors.latent.artifacts import row_columns, write_parquet
 from services.processing.processors.latent.design import (
     DesignMatrix,
     Item,
@@ -127,7 +128,7 @@ def run(step: StepInput, params: CorrespondenceParams) -> StepOutput:
         "data": design.summary(),
     }
     row_coordinates = _row_coordinates(design, V, col_masses, sizes)
-    columns: dict[str, np.ndarray] = {"row": design.rows}
+    columns: dict[str, np.ndarray | pa.Array] = row_columns(step, design.rows)
     for c in range(k):
         columns[f"component_{c + 1}"] = np.ascontiguousarray(row_coordinates[:, c])
     artifact = write_parquet(step, ARTIFACT, columns, start=0.9, end=1.0)

@@ -37,6 +37,7 @@ A cancel while scipy optimises stops the child process the job runs in (isolated
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
@@ -48,7 +49,7 @@ from services.processing.processors.columns import (
     select_columns,
 )
 from services.processing.processors.latent import factoring, rotations
-from services.processing.processors.latent.artifacts import write_parquet
+from services.processing.processors.latent.artifacts import row_columns, write_parquet
 from services.processing.processors.latent.design import Item, NullPolicy, read_design
 
 ARTIFACT = "scores.parquet"
@@ -175,7 +176,7 @@ def run(step: StepInput, params: FactorAnalysisParams) -> StepOutput:
     for first in range(0, rows, factoring.BLOCK_ROWS):
         block = X[first : first + factoring.BLOCK_ROWS]
         scores[first : first + len(block)] = ((block - mean) / sd) @ weights
-    columns: dict[str, np.ndarray] = {"row": design.rows}
+    columns: dict[str, np.ndarray | pa.Array] = row_columns(step, design.rows)
     for f in range(m):
         columns[f"factor_{f + 1}"] = np.ascontiguousarray(scores[:, f])
     artifact = write_parquet(step, ARTIFACT, columns, start=0.9, end=1.0)

@@ -26,6 +26,7 @@ import warnings
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
@@ -36,7 +37,7 @@ from services.processing.processors.columns import (
     reject_duplicate_columns,
     select_columns,
 )
-from services.processing.processors.latent.artifacts import write_parquet
+from services.processing.processors.latent.artifacts import row_columns, write_parquet
 from services.processing.processors.latent.design import (
     Item,
     NullPolicy,
@@ -136,7 +137,7 @@ def run(step: StepInput, params: NmfParams) -> StepOutput:
         "rows": len(design.rows),
         "data": design.summary(),
     }
-    columns: dict[str, np.ndarray] = {"row": design.rows}
+    columns: dict[str, np.ndarray | pa.Array] = row_columns(step, design.rows)
     for c in range(k):
         columns[f"weight_{c + 1}"] = np.ascontiguousarray(weights[:, c])
     artifact = write_parquet(step, ARTIFACT, columns, start=0.9, end=1.0)

@@ -15,6 +15,7 @@ from services.processing.processors import registry
 from services.processing.processors.base import JobCancelled, ParamsError, ProcessorInputError
 from services.processing.processors.latent import classes
 from services.processing.processors.latent.classes import LatentClassesParams
+from tests.unit.processors.conftest import with_lines
 from tests.unit.processors.latent.conftest import Recorder, TableStep, planted_classes
 
 SIZES = [0.5, 0.3, 0.2]
@@ -73,9 +74,16 @@ def test_binary_items_equal_stepmix_and_find_the_planted_classes(table_step: Tab
         got = [s["item_probabilities"][c][f"i{j}"] for j in range(10)]
         np.testing.assert_allclose(got, pis[c], rtol=RTOL)
     rows = memberships(output)
-    assert list(rows.columns) == ["row", "class", "posterior_1", "posterior_2", "posterior_3"]
+    assert list(rows.columns) == [
+        "row",
+        "line",
+        "class",
+        "posterior_1",
+        "posterior_2",
+        "posterior_3",
+    ]
     np.testing.assert_array_equal(rows["row"], np.arange(1, n + 1))
-    np.testing.assert_allclose(rows.iloc[:, 2:].to_numpy(), posterior, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(rows.iloc[:, 3:].to_numpy(), posterior, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(rows["class"], posterior.argmax(axis=1) + 1)
 
     # The planted structure: sizes, yes-probabilities 0.85 on the class's own items.
@@ -171,7 +179,7 @@ def test_binary_and_categorical_items_equal_stepmix_nested(
         np.testing.assert_allclose(list(got["size"].values()), categorical[c, 3:6], rtol=RTOL)
     rows = memberships(output)
     np.testing.assert_array_equal(rows["row"], expected_rows)
-    np.testing.assert_allclose(rows.iloc[:, 2:].to_numpy(), posterior, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(rows.iloc[:, 3:].to_numpy(), posterior, rtol=1e-9, atol=1e-12)
     if nulls == "drop_rows":
         assert s["data"]["dropped_rows"] == 2000 - len(df)
     else:
@@ -203,7 +211,7 @@ def test_a_range_reports_the_fit_table_and_chooses_by_bic(table_step: TableStep)
     assert s["n_classes"] == best["n_classes"] == 3
     assert s["bic"] == best["bic"]
     assert s["fits"][0]["entropy"] is None  # one class: no relative entropy
-    assert memberships(output).shape[1] == 2 + 3
+    assert memberships(output).shape[1] == 3 + 3  # row, line, class, posteriors
 
 
 @pytest.mark.parametrize(
@@ -334,3 +342,17 @@ def test_registered_isolated_with_its_schema() -> None:
     assert {"columns", "n_classes", "n_classes_range", "n_init", "seed"} <= set(
         schema["properties"]
     )
+
+
+def test_memberships_carry_each_rows_line_in_the_file(table_step: TableStep) -> None:
+    table = mixed_table()
+    names = table.column_names
+    lines = [2 + 3 * i for i in range(table.num_rows)]  # as if blank lines lay between rows
+    params = LatentClassesParams(columns=names, n_classes=2, n_init=1, nulls="drop_rows")
+    rows = memberships(classes.run(table_step(with_lines(table, lines)), params))
+    kept = table.to_pandas().dropna().index.to_numpy()
+    np.testing.assert_array_equal(rows["row"], kept + 1)
+    np.testing.assert_array_equal(rows["line"], np.array(lines)[kept])
+    # A copy made before lines were kept: the column is there, null.
+    rows = memberships(classes.run(table_step(table), params))
+    assert rows["line"].isna().all()

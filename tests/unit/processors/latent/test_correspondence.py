@@ -78,10 +78,10 @@ def test_planted_groups_equal_prince(table_step: TableStep) -> None:
     (artifact,) = output.artifacts
     assert artifact.name == "row_coordinates.parquet"
     rows = pq.read_table(artifact.path).to_pandas()
-    assert list(rows.columns) == ["row", "component_1", "component_2", "component_3"]
+    assert list(rows.columns) == ["row", "line", "component_1", "component_2", "component_3"]
     np.testing.assert_array_equal(rows["row"], df.index.to_numpy() + 1)
     np.testing.assert_allclose(
-        rows.iloc[:, 1:].to_numpy(), model.row_coordinates(df).to_numpy(), rtol=RTOL, atol=1e-12
+        rows.iloc[:, 2:].to_numpy(), model.row_coordinates(df).to_numpy(), rtol=RTOL, atol=1e-12
     )
 
     # Independently: the principal inertias are the squared singular values of the

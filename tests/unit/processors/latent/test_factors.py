@@ -270,8 +270,8 @@ def test_scores_are_thurstone_regression_scores(table_step: TableStep) -> None:
     (artifact,) = output.artifacts
     assert artifact.name == "scores.parquet"
     scores = pq.read_table(artifact.path).to_pandas()
-    assert list(scores.columns) == ["row", "factor_1", "factor_2", "factor_3"]
-    np.testing.assert_allclose(scores.iloc[:, 1:].to_numpy(), expected, atol=1e-8)
+    assert list(scores.columns) == ["row", "line", "factor_1", "factor_2", "factor_3"]
+    np.testing.assert_allclose(scores.iloc[:, 2:].to_numpy(), expected, atol=1e-8)
     np.testing.assert_array_equal(scores["row"], np.arange(1, 501))
 
 

@@ -53,9 +53,9 @@ def test_planted_components_equal_sklearn(table_step: TableStep) -> None:
     got = np.array([[c[name] for name in table.column_names] for c in s["components"]])
     np.testing.assert_allclose(got, model.components_, rtol=1e-8, atol=1e-12)
     rows = weights(output)
-    assert list(rows.columns) == ["row", "weight_1", "weight_2", "weight_3"]
+    assert list(rows.columns) == ["row", "line", "weight_1", "weight_2", "weight_3"]
     np.testing.assert_array_equal(rows["row"], np.arange(1, len(df) + 1))
-    np.testing.assert_allclose(rows.iloc[:, 1:].to_numpy(), W, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(rows.iloc[:, 2:].to_numpy(), W, rtol=1e-8, atol=1e-12)
 
     # The planted structure: a small error, and each true component found (cosine > 0.99).
     assert s["relative_error"] < 0.05
@@ -93,7 +93,7 @@ def test_booleans_and_categories_with_filled_nulls_equal_sklearn_on_dummies(
         == ["amount", "flag", "kind=a", "kind=b", "kind=c"]
     )
     assert s["reconstruction_error"] == pytest.approx(model.reconstruction_err_, rel=RTOL)
-    np.testing.assert_allclose(weights(output).iloc[:, 1:].to_numpy(), W, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(weights(output).iloc[:, 2:].to_numpy(), W, rtol=1e-8, atol=1e-12)
     assert s["data"]["filled"]["kind"]["nulls"] == int(table["kind"].null_count)
 
 
