@@ -37,6 +37,7 @@ COPY ports ./ports
 COPY workers ./workers
 COPY db ./db
 COPY schemas ./schemas
+COPY client ./client
 COPY alembic ./alembic
 COPY alembic.ini main.py README.md ./
 RUN --mount=type=cache,target=/root/.cache/uv \

@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +29,7 @@ from rich.console import Console
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine, make_url
 
+from client.cli import datasets_cli, jobs_cli
 from db.engine import make_engine
 from db.models import ArtifactRow, DatasetRow, JobRow
 from ports.context import Context
@@ -42,16 +45,19 @@ from services.adapters.storage.local import LocalObjectStorage
 from services.adapters.wakeups.polling import PollingJobWakeups
 from services.adapters.wakeups.postgres import PostgresJobWakeups
 from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
+from services.adapters.webhook_sender import HttpWebhookSender
 from use_cases.errors import UseCaseError
 from workers.celery_app import AssayCelery, JobLogContext, make_celery
 from workers.celery_queue import CeleryTaskQueue
 from workers.reaper import start_reaper_thread, sweep_scratch
+from workers.webhook_relay import start_webhook_relay_thread
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
     from api.metrics import DatabaseStats
+    from ports.exports import TableLoader
 
 console = Console()
 cli = typer.Typer(help="Assay: asynchronous dataset processing.", no_args_is_help=True)
@@ -95,7 +101,19 @@ def bootstrap(
         results_storage=make_storage(settings, settings.s3_results_bucket),
         queue=CeleryTaskQueue(celery_app or build_celery(settings)),
         fetcher=make_fetcher(settings),
+        webhook_sender=HttpWebhookSender(
+            settings.allowed_webhook_networks, timeout_s=settings.webhook_timeout_s
+        ),
+        exports_loader=make_exports_loader(settings),
     )
+
+
+def make_exports_loader(settings: Settings) -> "TableLoader":
+    """Exports' loader over the configured destinations (ASSAY_DESTINATIONS)."""
+    from services.exports.postgres import PostgresTableLoader
+
+    urls = {name: url.get_secret_value() for name, url in settings.destinations.items()}
+    return PostgresTableLoader(urls)
 
 
 def make_fetcher(settings: Settings) -> HttpUrlFetcher:
@@ -365,6 +383,9 @@ def api(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     reaper: Annotated[bool, typer.Option(help="Run the recovery loop here.")] = True,
+    schedules: Annotated[
+        bool, typer.Option(help="Evaluate due schedules here (`serve` does; else `assay beat`).")
+    ] = False,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Serve Prometheus metrics of every worker process on this port."),
@@ -387,6 +408,9 @@ def worker(
     sweep_scratch(settings.tmp_dir, older_than_s=settings.task_hard_time_limit_s)
     if reaper:
         start_reaper_thread(app.context)
+    start_webhook_relay_thread(app.context)
+    if schedules:
+        start_schedule_thread(app.context)
     app.worker_main(
         [
             # The start-up banner is plain text: in JSON, the `ready` line says as much.
@@ -401,14 +425,48 @@ def worker(
     )
 
 
+# How often `assay beat` has the schedules evaluated (each due time runs once whatever the tick).
+SCHEDULE_TICK_S = 1.0
+
+
+def start_schedule_thread(context_factory: Callable[[], Context]) -> None:
+    """Evaluate due schedules every SCHEDULE_TICK_S in a daemon thread (`serve`: no beat)."""
+    from use_cases.schedules import run_due_schedules
+
+    def loop() -> None:
+        context = context_factory()
+        while True:
+            time.sleep(SCHEDULE_TICK_S)
+            try:
+                run_due_schedules(
+                    context.new_uow(),
+                    context.queue,
+                    datetime.now(UTC),
+                    quota_bytes=context.settings.owner_quota_bytes,
+                    storage=context.datasets_storage,
+                    destinations=context.settings.destinations.keys(),
+                )
+            except Exception:  # an outage: the next tick tries again
+                logging.getLogger(__name__).exception("schedule tick failed")
+
+    threading.Thread(target=loop, name="assay-schedules", daemon=True).start()
+
+
 @cli.command()
 def beat() -> None:
-    """Run Celery beat: schedules the reaper (optional: workers run it too)."""
+    """Run Celery beat: evaluates due schedules every second, and schedules the reaper."""
     settings = Settings()
     configure_logging(settings)
     app = build_celery(settings)
     app.conf.beat_schedule = {
         "reap": {"task": "assay.reap", "schedule": settings.reaper_interval_s},
+        # Due schedules are read from the database each tick; a tick that waited longer than
+        # five ticks in the broker is dropped (the next one does its work).
+        "schedules": {
+            "task": "assay.tick_schedules",
+            "schedule": SCHEDULE_TICK_S,
+            "options": {"expires": SCHEDULE_TICK_S * 5},
+        },
     }
     app.conf.beat_sync_every = 1  # the schedule file's age is beat's health check
     schedule_file = settings.data_dir / "celerybeat-schedule"
@@ -428,6 +486,8 @@ KEY_COLUMNS = (
 )
 keys_cli = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+cli.add_typer(datasets_cli, name="datasets")
+cli.add_typer(jobs_cli, name="jobs")
 
 
 def _keys_uow() -> UnitOfWork:
@@ -496,6 +556,46 @@ def keys_revoke(key_id: Annotated[UUID, typer.Argument(help="The key's id.")]) -
 
 
 @cli.command()
+def retention(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be deleted, and why.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+    limit: Annotated[int, typer.Option(help="List at most this many items.", min=1)] = 1000,
+) -> None:
+    """Apply the ASSAY_RETENTION_* settings now (the recovery loop does it every minute)."""
+    from rich.table import Table
+
+    from use_cases.retention import RetentionPolicy, list_expired, sweep
+
+    settings = Settings()
+    policy, uow = RetentionPolicy.from_settings(settings), _keys_uow()
+    if not dry_run:
+        datasets_storage = make_storage(settings, settings.s3_datasets_bucket)
+        results_storage = make_storage(settings, settings.s3_results_bucket)
+        total = 0
+        while deleted := sweep(uow, datasets_storage, results_storage, policy, datetime.now(UTC)):
+            total += deleted
+        console.print(f"deleted {total} expired record(s) with their files")
+        return
+    items = list_expired(uow, policy, datetime.now(UTC), limit=limit)
+    if as_json:
+        print(json.dumps([item.model_dump(mode="json") for item in items], indent=2))
+        return
+    if not policy.enabled:
+        console.print("retention is off: set ASSAY_RETENTION_JOB_DAYS or ..._DATASET_UNUSED_DAYS")
+        return
+    if not items:
+        console.print("nothing has expired")
+        return
+    table = Table("kind", "id", "owner", "name", "status", "bytes", "since", "reason")
+    for item in items:
+        row = (item.kind, item.id, item.owner_id, item.name or "", item.status, item.bytes)
+        table.add_row(*map(str, row), f"{item.since:%Y-%m-%d %H:%M}", item.reason)
+    console.print(table)
+
+
+@cli.command()
 def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Run everything in one command: migrations, the API and a worker process."""
     import uvicorn
@@ -517,7 +617,7 @@ def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         if keys_off:  # read by the API's own Settings() in create_api
             os.environ["ASSAY_AUTH_REQUIRED"] = "false"
         worker_process = subprocess.Popen(
-            [sys.executable, "-m", "main", "worker"], preexec_fn=_die_with_parent
+            [sys.executable, "-m", "main", "worker", "--schedules"], preexec_fn=_die_with_parent
         )
         configure_logging(settings)
         config = uvicorn.Config(

@@ -3,18 +3,29 @@
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
 from api.auth import PrincipalDep, get_principal
 from api.body_limit import install_body_limit
+from api.console import install_console
 from api.errors import install_error_handlers
 from api.logging import REQUEST_ID_HEADER, RequestId, bind_owner
 from api.metrics import DatabaseStats, forget_this_process, install_metrics
 from api.ratelimit import TokenBuckets, limit_writes
-from api.routes import datasets, health, jobs, keys, processors
+from api.routes import (
+    datasets,
+    exports,
+    health,
+    jobs,
+    keys,
+    processors,
+    schedules,
+    usage,
+    webhooks,
+)
 from ports.context import Context
 from ports.wakeups import JobWakeups
 
@@ -73,12 +84,22 @@ def create_app(
     app.state.job_wakeups = job_wakeups
     per_minute = settings.rate_limit_writes_per_minute
     app.state.write_buckets = TokenBuckets(per_minute) if per_minute else None
-    api_routers = (datasets.router, jobs.router, processors.router, keys.router)
+    api_routers: tuple[APIRouter, ...] = (
+        datasets.router,
+        jobs.router,
+        processors.router,
+        keys.router,
+        webhooks.router,
+    )
+    api_routers = (*api_routers, usage.router)
+    api_routers = (*api_routers, schedules.router)
+    api_routers = (*api_routers, exports.router)
     install_error_handlers(app, (health.router, *api_routers))
     # Installed before the metrics so that they count its 413s too.
     install_body_limit(app, settings.max_json_body_bytes, exempt=datasets.STREAMED_BODIES)
     install_metrics(app, context.new_uow, read_stats)
     app.include_router(health.router)
+    install_console(app)
     # Every /api/v1 route needs a principal, whether or not the route itself asks for one, and
     # an owner's writes are rate limited.
     for router in api_routers:
@@ -92,7 +113,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=[
                 "Authorization",
                 "Content-Type",

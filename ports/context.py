@@ -3,10 +3,12 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ports.exports import TableLoader
 from ports.fetcher import UrlFetcher
 from ports.queue import TaskQueue
 from ports.repositories import UnitOfWork
 from ports.storage import ObjectStorage
+from ports.webhooks import WebhookSender
 from schemas.settings import Settings
 
 
@@ -18,3 +20,6 @@ class Context:
     results_storage: ObjectStorage
     queue: TaskQueue
     fetcher: UrlFetcher
+    webhook_sender: WebhookSender
+    # Exports' loader (ASSAY_DESTINATIONS); None in processes that run no export.
+    exports_loader: TableLoader | None = None

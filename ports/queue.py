@@ -23,6 +23,10 @@ class TaskQueue(Protocol):
         """Ask a worker to run a queued job."""
         ...
 
+    def enqueue_export(self, export_id: UUID) -> None:
+        """Ask a worker to run a queued export."""
+        ...
+
     def revoke_job(self, job_id: UUID) -> None:
         """Best-effort: tell workers to drop a not-yet-started job message."""
         ...

@@ -11,6 +11,10 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 from uuid import UUID
 
+from pydantic import computed_field
+
+from ports.exports import ExportRepository
+from ports.webhooks import WebhookDeliveryRepository, WebhookRepository
 from schemas.domain.records import (
     ApiKey,
     Artifact,
@@ -21,7 +25,9 @@ from schemas.domain.records import (
     JobEvent,
     JobStatus,
     Principal,
+    Record,
 )
+from schemas.domain.schedules import Schedule, ScheduleRun
 
 
 class DatabaseUnavailable(Exception):
@@ -289,6 +295,188 @@ class ApiKeyRepository(Protocol):
         ...
 
 
+class ExpiredJob(Record):
+    """A finished job past its owner's retention, with the bytes its artifacts take."""
+
+    job: Job
+    artifact_bytes: int
+
+
+class UnusedDataset(Record):
+    """A dataset no job used for a while: its last use (upload, validation or newest job) and
+    the bytes of its original and typed copy."""
+
+    dataset: Dataset
+    last_used_at: datetime
+    copy_bytes: int
+
+
+class PendingDeletion(Record):
+    """Objects under `prefix` in one bucket ("datasets" or "results") whose records are gone."""
+
+    id: int
+    bucket: str
+    prefix: str
+
+
+class OwnerUsage(Record):
+    """What one owner stores: counts by status and bytes (originals, typed copies, artifacts).
+
+    A typed copy counts once the recovery loop measured it, seconds after validation.
+    """
+
+    owner_id: str
+    datasets: dict[str, int]
+    jobs: dict[str, int]
+    dataset_bytes: int
+    copy_bytes: int
+    artifacts: int
+    artifact_bytes: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_bytes(self) -> int:
+        return self.dataset_bytes + self.copy_bytes + self.artifact_bytes
+
+
+class RetentionRepository(Protocol):
+    """Reads and deletes of the retention sweep and usage figures, across owners.
+
+    `owners` limits a listing to those owners, `exclude_owners` leaves those out (the owners
+    with a policy of their own).
+    """
+
+    def list_expired_jobs(
+        self,
+        finished_before: datetime,
+        *,
+        owners: Sequence[str] | None = None,
+        exclude_owners: Sequence[str] = (),
+        limit: int = 100,
+    ) -> list[ExpiredJob]:
+        """Completed, failed or cancelled jobs that finished before the time, oldest first."""
+        ...
+
+    def list_unused_datasets(
+        self,
+        unused_before: datetime,
+        *,
+        owners: Sequence[str] | None = None,
+        exclude_owners: Sequence[str] = (),
+        limit: int = 100,
+    ) -> list[UnusedDataset]:
+        """Ready or failed datasets last used before the time, with no queued or running job."""
+        ...
+
+    def delete_unused_dataset(self, dataset_id: UUID, unused_before: datetime) -> bool:
+        """Delete the dataset and its failed rows if it is still unused as list_unused_datasets
+        says; False (nothing deleted) when it was used or changed meanwhile."""
+        ...
+
+    def list_unmeasured_copies(self, limit: int = 100) -> list[Dataset]:
+        """Ready datasets whose typed copy has no recorded size yet."""
+        ...
+
+    def set_copy_bytes(self, dataset_id: UUID, size: int) -> None:
+        """Record the size of a dataset's typed copy (not a use: updated_at stays)."""
+        ...
+
+    def add_pending_deletion(self, bucket: str, prefix: str) -> None:
+        """Remember objects to delete, in the transaction that deletes their records."""
+        ...
+
+    def list_pending_deletions(self, limit: int = 100) -> list[PendingDeletion]:
+        """Pending deletions, oldest first."""
+        ...
+
+    def remove_pending_deletion(self, deletion_id: int) -> None:
+        """Forget a pending deletion whose objects are gone."""
+        ...
+
+    def usage(self, principal: Principal) -> OwnerUsage:
+        """What the principal's owner stores."""
+        ...
+
+    def usage_of_all_owners(self) -> list[OwnerUsage]:
+        """What every owner with a dataset or a job stores, by owner id: for admins."""
+        ...
+
+
+class ScheduleRepository(Protocol):
+    """Schedules and their runs (one run per schedule and due time)."""
+
+    def add(self, schedule: Schedule) -> None:
+        """Insert a new schedule."""
+        ...
+
+    def get(self, schedule_id: UUID, principal: Principal) -> Schedule | None:
+        """One of the principal's schedules; None when missing or another owner's."""
+        ...
+
+    def list(
+        self, principal: Principal, *, before: UUID | None = None, limit: int = 50
+    ) -> builtins.list[Schedule]:
+        """The principal's schedules, newest first; `before`: the previous page's last id."""
+        ...
+
+    def update(self, schedule_id: UUID, **changes: Any) -> None:
+        """Set fields of one schedule (and its updated_at)."""
+        ...
+
+    def delete(self, schedule_id: UUID) -> None:
+        """Remove a schedule with its runs (its jobs and datasets stay)."""
+        ...
+
+    def list_due(self, now: datetime, limit: int = 100) -> builtins.list[UUID]:
+        """Ids of enabled schedules whose next_run_at is at or before `now`, most overdue first."""
+        ...
+
+    def lock_due(self, schedule_id: UUID, now: datetime) -> Schedule | None:
+        """The schedule, locked for this transaction, if it is still enabled and due; None when
+        it is not, or another transaction holds it (that one is evaluating it)."""
+        ...
+
+    def advance(self, schedule_id: UUID, next_run_at: datetime | None) -> None:
+        """Move next_run_at forward (never back: a slower evaluator cannot rewind it)."""
+        ...
+
+    def add_run(self, run: ScheduleRun) -> ScheduleRun | None:
+        """Insert a run with its id; None when the schedule already has one at that due time."""
+        ...
+
+    def update_run(self, run_id: int, **changes: Any) -> None:
+        """Set fields of one run (and its updated_at)."""
+        ...
+
+    def update_run_if(self, run_id: int, expected: dict[str, Any], **changes: Any) -> bool:
+        """Compare-and-set: change the run only while its fields hold `expected`; False when
+        another evaluator changed it first."""
+        ...
+
+    def list_runs(
+        self, principal: Principal, schedule_id: UUID, *, before: int | None = None, limit: int = 50
+    ) -> builtins.list[ScheduleRun]:
+        """Runs of one of the principal's schedules, newest first, with their job's status;
+        empty for another owner's. `before`: the previous page's last run id."""
+        ...
+
+    def list_unsettled_runs(self, limit: int = 100) -> builtins.list[ScheduleRun]:
+        """Runs still importing, and runs with an export waiting for their job, oldest first."""
+        ...
+
+    def next_version(self, schedule_id: UUID) -> int:
+        """The version number the schedule's next imported dataset gets (1 for the first)."""
+        ...
+
+    def set_version(self, dataset_id: UUID, schedule_id: UUID, version: int) -> None:
+        """Mark a dataset as version `version` of the schedule's source."""
+        ...
+
+    def previous_version(self, schedule_id: UUID, version: int) -> Dataset | None:
+        """The newest `ready` dataset of the schedule with a version below `version`."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over every repository; leaving the block without commit rolls back."""
 
@@ -311,6 +499,21 @@ class UnitOfWork(Protocol):
 
     @property
     def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def exports(self) -> ExportRepository: ...
+
+    @property
+    def schedules(self) -> ScheduleRepository: ...
+
+    @property
+    def retention(self) -> RetentionRepository: ...
+
+    @property
+    def webhooks(self) -> WebhookRepository: ...
+
+    @property
+    def webhook_deliveries(self) -> WebhookDeliveryRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -75,6 +75,13 @@ _OWNED_ARTIFACTS = (
 )
 _OWNED_ARTIFACT = _OWNED_ARTIFACTS.where(ARTIFACTS.c.name == bindparam("name"))
 _INSERT_JOB = insert(JOBS)
+# A job is a use of its dataset: the retention sweep keeps datasets used recently.
+_MARK_DATASET_USED = (
+    update(DATASETS)
+    .where(DATASETS.c.id == bindparam("dataset_id"))
+    # updated_at stays: the column's onupdate would restart the recovery loop's clocks.
+    .values(last_used_at=bindparam("used_at"), updated_at=DATASETS.c.updated_at)
+)
 _INSERT_EVENT = insert(JOB_EVENTS)
 # Each row notifies its own job (as text, the form str(UUID) gives).
 _ID_AND_NOTIFY = (
@@ -105,7 +112,12 @@ class SqlJobRepository:
         rather than catching IntegrityError: no statement fails, so the transaction stays
         usable on PostgreSQL without a SAVEPOINT (pysqlite turns a SAVEPOINT that opens the
         transaction into its own commit, which would break rollback on SQLite).
+
+        It also stamps the dataset's last_used_at (retention), in the same transaction.
         """
+        if job.dataset_id is not None:
+            used = {"dataset_id": job.dataset_id, "used_at": job.created_at}
+            self._db.execute(_MARK_DATASET_USED, used)
         values = record_values(JOBS, job)
         if job.idempotency_key is None:
             self._db.execute(_INSERT_JOB, values)

@@ -12,7 +12,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from ports.repositories import DatabaseUnavailable
 from repositories.api_keys import SqlApiKeyRepository
 from repositories.datasets import SqlDatasetRepository, SqlFailedRowRepository
+from repositories.exports import SqlExportRepository
 from repositories.jobs import SqlArtifactRepository, SqlJobEventRepository, SqlJobRepository
+from repositories.retention import SqlRetentionRepository
+from repositories.schedules import SqlScheduleRepository
+from repositories.webhooks import SqlWebhookDeliveryRepository, SqlWebhookRepository
 
 
 class SqlUnitOfWork:
@@ -29,6 +33,11 @@ class SqlUnitOfWork:
     job_events: SqlJobEventRepository
     artifacts: SqlArtifactRepository
     api_keys: SqlApiKeyRepository
+    exports: SqlExportRepository
+    retention: SqlRetentionRepository
+    schedules: SqlScheduleRepository
+    webhooks: SqlWebhookRepository
+    webhook_deliveries: SqlWebhookDeliveryRepository
 
     def __init__(self, bind: Engine | sessionmaker[Session]) -> None:
         """`bind`: the engine, or a session factory bound to one."""
@@ -52,6 +61,11 @@ class SqlUnitOfWork:
         self.job_events = SqlJobEventRepository(connection)
         self.artifacts = SqlArtifactRepository(connection)
         self.api_keys = SqlApiKeyRepository(connection)
+        self.exports = SqlExportRepository(connection)
+        self.retention = SqlRetentionRepository(connection)
+        self.schedules = SqlScheduleRepository(connection)
+        self.webhooks = SqlWebhookRepository(connection)
+        self.webhook_deliveries = SqlWebhookDeliveryRepository(connection)
         return self
 
     def __exit__(

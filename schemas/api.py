@@ -2,7 +2,7 @@
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field, field_validator
@@ -15,6 +15,7 @@ from schemas.domain.records import (
     JobStep,
     KeyScope,
 )
+from schemas.domain.webhooks import DeliveryStatus, WebhookEvent
 
 MAX_NULL_VALUES = 100
 MAX_NULL_VALUE_CHARS = 100
@@ -252,3 +253,144 @@ class DatasetImported(DatasetOut):
     reason in `error`."""
 
     source_url: str
+
+
+# --- Webhooks ---------------------------------------------------------------------------------
+
+
+class WebhookCreate(BaseModel):
+    url: str = Field(
+        max_length=2048,
+        description="http(s) URL that receives a POST per outcome; it must reach a public "
+        "address (or one in ASSAY_WEBHOOK_ALLOWED_NETWORKS).",
+    )
+    events: list[WebhookEvent] = Field(min_length=1, description="The outcomes to announce.")
+    description: str | None = Field(default=None, max_length=255)
+
+
+class WebhookOut(BaseModel):
+    id: UUID
+    url: str
+    events: list[WebhookEvent]
+    description: str | None
+    created_at: datetime
+    links: dict[str, str]
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(
+        description="Signs every delivery (X-Assay-Signature-256: sha256=<hex HMAC-SHA256 of "
+        "the raw body>); shown only in this response."
+    )
+
+
+class WebhookPage(BaseModel):
+    items: list[WebhookOut]
+    next_cursor: str | None
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: UUID
+    event: WebhookEvent
+    subject_id: UUID
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDeliveryPage(BaseModel):
+    items: list[WebhookDeliveryOut]
+    next_cursor: str | None
+
+
+class ScheduleExportIn(BaseModel):
+    """Load the run's result into a PostgreSQL table once its job completed."""
+
+    artifact: str | None = Field(
+        default=None, max_length=255, description="The job's artifact; none: the dataset itself."
+    )
+    destination: str = Field(min_length=1, max_length=64, description="A named destination.")
+    table: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    mode: Literal["create", "append", "replace"] = "append"
+
+
+class ScheduleActionIn(BaseModel):
+    """The job each run submits: on a dataset, or on a new version imported from a URL."""
+
+    dataset_id: UUID | None = None
+    source_url: str | None = Field(default=None, min_length=1, max_length=8192)
+    format: str | None = Field(
+        default=None, description="Of the imported file, when the URL's path does not end in it."
+    )
+    steps: list[StepIn] = Field(min_length=1, max_length=50)
+    export: ScheduleExportIn | None = None
+
+
+class ScheduleCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00]*$")
+    cron: str | None = Field(
+        default=None, max_length=255, description="Cron expression, e.g. '0 6 * * *'."
+    )
+    interval_seconds: int | None = Field(default=None, description="Or: every N seconds.")
+    timezone: str = Field(default="UTC", max_length=64, description="IANA name for `cron`.")
+    enabled: bool = True
+    action: ScheduleActionIn
+
+
+class SchedulePatch(BaseModel):
+    """Fields to change; `enabled: false` pauses, `true` resumes."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^[^\x00]*$")
+    cron: str | None = Field(default=None, max_length=255)
+    interval_seconds: int | None = None
+    timezone: str | None = Field(default=None, max_length=64)
+    enabled: bool | None = None
+    action: ScheduleActionIn | None = None
+
+
+class ScheduleOut(BaseModel):
+    id: UUID
+    name: str
+    cron: str | None
+    interval_seconds: int | None
+    timezone: str
+    enabled: bool
+    action: dict[str, Any]
+    next_run_at: datetime | None = Field(description="The next due time (UTC); null: paused.")
+    created_at: datetime
+    updated_at: datetime
+    links: dict[str, str]
+
+
+class SchedulePage(BaseModel):
+    items: list[ScheduleOut]
+    next_cursor: str | None
+
+
+class ScheduleRunOut(BaseModel):
+    id: int
+    due_at: datetime
+    manual: bool
+    outcome: str = Field(
+        description="submitted, importing, skipped: unchanged, refused: quota or failed"
+    )
+    message: str | None
+    job_id: UUID | None
+    job_status: str | None
+    dataset_id: UUID | None
+    version: int | None
+    export: dict[str, Any] | None = Field(description="The export target, and its export_id.")
+    export_state: str | None = Field(
+        description="waiting (for the job), submitting, submitted, failed or skipped: ..."
+    )
+    created_at: datetime
+
+
+class ScheduleRunPage(BaseModel):
+    schedule_id: UUID
+    items: list[ScheduleRunOut]
+    next_cursor: int | None

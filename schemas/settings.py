@@ -3,10 +3,20 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.domain.addresses import IPNetwork, parse_networks
+
+
+class OwnerRetention(BaseModel):
+    """One owner's retention (ASSAY_RETENTION_OWNERS): a key left out keeps the deployment's;
+    null or 0 keeps that owner's records forever."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_days: int | None = Field(default=None, ge=0)
+    dataset_unused_days: int | None = Field(default=None, ge=0)
 
 
 class Settings(BaseSettings):
@@ -53,6 +63,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1)
     reaper_interval_s: float = Field(default=1.0, gt=0)
     reaper_grace_s: float = Field(default=60.0, gt=0)
+    # Export destinations (ASSAY_DESTINATIONS): a JSON object of name -> PostgreSQL URL. Secret:
+    # never returned by the API nor logged (SecretStr masks them in reprs).
+    destinations: dict[str, SecretStr] = Field(default_factory=dict)
     log_level: str = "INFO"
     # Logs as one JSON object a line (`json`) or as text; `auto`: text on a terminal, else JSON.
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -65,6 +78,12 @@ class Settings(BaseSettings):
     import_allowed_networks: str = ""
     import_connect_timeout_s: float = Field(default=10.0, gt=0)
     import_read_timeout_s: float = Field(default=30.0, gt=0)
+    # Retention, swept by the recovery loop: finished jobs (with their artifacts) this many days
+    # after they finished, and datasets no job was created on for this many days. None: forever.
+    retention_job_days: int | None = Field(default=None, gt=0)
+    retention_dataset_unused_days: int | None = Field(default=None, gt=0)
+    # Per-owner overrides, a JSON object: {"alice": {"job_days": 7, "dataset_unused_days": null}}.
+    retention_owners: dict[str, OwnerRetention] = Field(default_factory=dict)
 
     @field_validator("import_allowed_networks")
     @classmethod
@@ -75,6 +94,22 @@ class Settings(BaseSettings):
     @property
     def allowed_import_networks(self) -> tuple[IPNetwork, ...]:
         return parse_networks(self.import_allowed_networks)
+
+    # Webhooks (POST /api/v1/webhooks): networks their URLs may reach although not public (as
+    # for imports), how long a receiver may take to answer, and attempts before giving up.
+    webhook_allowed_networks: str = ""
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def webhook_networks_parse(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def allowed_webhook_networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.webhook_allowed_networks)
 
     @property
     def cors_origin_list(self) -> list[str]:

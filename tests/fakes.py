@@ -31,11 +31,18 @@ from schemas.domain.records import (
     JobStatus,
     Principal,
 )
+from tests.fake_exports import FakeExports
+from tests.fake_retention import FakeRetention
+from tests.fake_schedules import FakeSchedules
+from tests.fake_webhooks import FakeWebhookDeliveries, FakeWebhooks, FakeWebhookSender
 
 
 class FakeDatasets:
     def __init__(self) -> None:
         self.rows: dict[UUID, Dataset] = {}
+        # Columns the Dataset record does not carry (retention, tests/fake_retention.py).
+        self.last_used_at: dict[UUID, datetime] = {}
+        self.copy_bytes: dict[UUID, int] = {}
 
     def add(self, dataset: Dataset) -> None:
         self.rows[dataset.id] = dataset
@@ -149,6 +156,8 @@ class FakeJobs:
                 f"owner {job.owner_id!r} already has a job with key {job.idempotency_key!r}"
             )
         self.rows[job.id] = job
+        if job.dataset_id is not None:  # a job is a use of its dataset (retention)
+            self.datasets.last_used_at[job.dataset_id] = job.created_at
 
     def get(self, job_id: UUID, principal: Principal) -> Job | None:
         job = self.rows.get(job_id)
@@ -416,6 +425,11 @@ class FakeUnitOfWork:
         self.artifacts = FakeArtifacts()
         self.jobs = FakeJobs(self.datasets, self.job_events, self.artifacts)
         self.api_keys = FakeApiKeyRepository()
+        self.retention = FakeRetention(self)
+        self.schedules = FakeSchedules(self)
+        self.exports = FakeExports()
+        self.webhooks = FakeWebhooks()
+        self.webhook_deliveries = FakeWebhookDeliveries()
         self.committed = 0
 
     def __enter__(self) -> Self:
@@ -486,6 +500,7 @@ class FakeQueue:
         self.imports: list[UUID] = []
         self.jobs: list[UUID] = []
         self.revoked: list[UUID] = []
+        self.exports: list[UUID] = []
         self.down = False
 
     def enqueue_dataset_validation(self, dataset_id: UUID) -> None:
@@ -502,6 +517,11 @@ class FakeQueue:
         if self.down:
             raise QueueUnavailable("broker down")
         self.jobs.append(job_id)
+
+    def enqueue_export(self, export_id: UUID) -> None:
+        if self.down:
+            raise QueueUnavailable("broker down")
+        self.exports.append(export_id)
 
     def revoke_job(self, job_id: UUID) -> None:
         self.revoked.append(job_id)
@@ -567,3 +587,4 @@ class FakeContext(Context):
     results_storage: FakeStorage
     queue: FakeQueue
     fetcher: FakeFetcher = field(default_factory=FakeFetcher)
+    webhook_sender: FakeWebhookSender = field(default_factory=FakeWebhookSender)

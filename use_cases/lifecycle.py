@@ -12,6 +12,9 @@ datasets.transition); each writes in the caller's open transaction, and the call
                      queued|running -> cancelled  cancelled
                      running -> queued            retried | requeued
     complete_job     running -> completed         completed (with artifacts and step events)
+
+Every move to a finished status also writes the deliveries of the owner's webhooks that want
+it (use_cases/webhooks.py): the outbox is committed with the outcome or not at all.
     request_cancel   sets cancel_requested        cancel_requested
     move_dataset     uploaded -> validating -> ready | failed, validating -> uploaded
 """
@@ -30,6 +33,7 @@ from schemas.domain.lifecycle import (
     job_transition_event,
 )
 from schemas.domain.records import Artifact, DatasetStatus, Job, JobEvent, JobStatus
+from use_cases.webhooks import announce_job
 
 _STARTED = job_transition_event(JobStatus.queued, JobStatus.running)
 _COMPLETED = job_transition_event(JobStatus.running, JobStatus.completed)
@@ -89,6 +93,10 @@ def move_job(
     if not uow.jobs.transition(job_id, [from_status], to_status, attempt=attempt, **changes):
         return False
     uow.job_events.add(event(job_id, type_, **(payload or {})))
+    if to_status in FINISHED_JOB_STATUSES:
+        finished = uow.jobs.get_for_worker(job_id)
+        if finished is not None:
+            announce_job(uow, finished)
     return True
 
 
@@ -120,6 +128,8 @@ def complete_job(
         uow.artifacts.add(artifact)
     completed = event(job.id, _COMPLETED, artifacts=[a.name for a in artifacts])
     uow.job_events.add_many([*earlier_events, completed])
+    finished = {"status": JobStatus.completed, "finished_at": datetime.now(UTC)}
+    announce_job(uow, job.model_copy(update=finished))
     return True
 
 

@@ -10,6 +10,7 @@ from ports.queue import QueueUnavailable
 VALIDATE_DATASET_TASK = "assay.validate_dataset"
 IMPORT_DATASET_TASK = "assay.import_dataset"
 RUN_JOB_TASK = "assay.run_job"
+RUN_EXPORT_TASK = "assay.run_export"
 
 # Publishing must not hang a request when the broker is down: the row is already
 # committed and the reaper re-publishes it later.
@@ -48,6 +49,9 @@ class CeleryTaskQueue:
 
     def enqueue_job(self, job_id: UUID) -> None:
         self._send(RUN_JOB_TASK, job_id, str(job_id))
+
+    def enqueue_export(self, export_id: UUID) -> None:
+        self._send(RUN_EXPORT_TASK, export_id, f"export-{export_id}")
 
     def revoke_job(self, job_id: UUID) -> None:
         try:

@@ -21,13 +21,16 @@ from uuid import UUID
 
 from celery.signals import worker_process_init
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from ports.repositories import UnitOfWork
 from schemas.domain.records import Dataset, Job, JobEvent, KeyScope, Principal
 from workers.celery_app import log_context
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # This process's own samples (read by tests; in multiprocess mode they also go to the files).
 REGISTRY = CollectorRegistry()
@@ -122,7 +125,64 @@ def serve_metrics(host: str, port: int) -> None:
         raise RuntimeError(f"{MULTIPROC_DIR_ENV} must be set before the worker starts")
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path)
+    registry.register(WorkerMemoryCollector(os.getpid()))
     _server, _ = start_http_server(port, addr=host, registry=registry)
+
+
+class WorkerMemoryCollector(Collector):
+    """Resident memory of the worker read from /proc at scrape time: its main process, and its
+    pool processes with the children they compute in, added up and the largest one."""
+
+    def __init__(self, main_pid: int) -> None:
+        self._main = main_pid
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        main = _resident(self._main)
+        if main is None:
+            return  # no /proc here
+        pool = [r for pid in _descendants(self._main) if (r := _resident(pid)) is not None]
+        memory = GaugeMetricFamily(
+            "assay_worker_resident_memory_bytes",
+            "Resident memory of the worker: main process, and pool processes added up.",
+            labels=["process"],
+        )
+        memory.add_metric(["main"], main)
+        memory.add_metric(["pool"], sum(pool))
+        yield memory
+        yield GaugeMetricFamily(
+            "assay_worker_process_max_resident_memory_bytes",
+            "Resident memory of the largest pool process (or its compute child).",
+            value=max(pool, default=0),
+        )
+
+
+def _resident(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root`, from each process's parent id in /proc/<pid>/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                # The name (field 2) may hold spaces and parentheses: split after its last ")".
+                parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, pending = [], list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        found.append(pid)
+        pending += children.get(pid, [])
+    return found
 
 
 @worker_process_init.connect

@@ -7,10 +7,13 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ports.context import Context
+from use_cases import retention
 from use_cases.datasets import recover_stuck_datasets
+from use_cases.exports import recover_exports
 from use_cases.jobs import recover_jobs
 from use_cases.scratch import owner, this_host
 
@@ -47,9 +50,48 @@ def reap_once(context: Context, *, queued_grace_s: float | None = None) -> int:
     # Imported here: prometheus_client must load after the CLI chose its metrics folder.
     from workers.metrics import REAPER_ACTIONS
 
+    exports = recover_exports(
+        context.new_uow(),
+        context.queue,
+        heartbeat_timeout_s=settings.heartbeat_timeout_s,
+        grace_s=grace_s,
+        max_attempts=settings.job_max_attempts,
+    )
+    jobs += exports  # counted with the jobs: the same engine
     REAPER_ACTIONS.labels("datasets").inc(datasets)
     REAPER_ACTIONS.labels("jobs").inc(jobs)
-    return datasets + jobs
+    retained = sweep_retention(context)
+    REAPER_ACTIONS.labels("retention").inc(retained)
+    return datasets + jobs + retained
+
+
+# The retention sweep runs at most this often per process: its listings scan more than the
+# recovery rules, and a day-scale policy does not need seconds.
+RETENTION_EVERY_S = 60.0
+_retention_due = 0.0
+
+
+def sweep_retention(context: Context) -> int:
+    """A bounded retention pass (use_cases/retention.py) when one is due; records it deleted.
+
+    Its failure is logged, never raised: recovery must go on.
+    """
+    global _retention_due
+    now = time.monotonic()
+    if now < _retention_due:
+        return 0
+    _retention_due = now + RETENTION_EVERY_S
+    try:
+        return retention.sweep(
+            context.new_uow(),
+            context.datasets_storage,
+            context.results_storage,
+            retention.RetentionPolicy.from_settings(context.settings),
+            datetime.now(UTC),
+        )
+    except Exception:
+        log.warning("retention sweep failed", exc_info=True)
+        return 0
 
 
 # Touched after every recovery pass: its age tells a health check the worker's loop runs.

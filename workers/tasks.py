@@ -2,6 +2,7 @@
 
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -10,8 +11,15 @@ from celery import Task, shared_task
 from use_cases.datasets import validate_dataset
 from use_cases.imports import import_dataset
 from use_cases.jobs import release_waiting_jobs
+from use_cases.run_export import run_export
+from use_cases.schedules import run_due_schedules
 from workers.celery_app import context_of
-from workers.celery_queue import IMPORT_DATASET_TASK, RUN_JOB_TASK, VALIDATE_DATASET_TASK
+from workers.celery_queue import (
+    IMPORT_DATASET_TASK,
+    RUN_EXPORT_TASK,
+    RUN_JOB_TASK,
+    VALIDATE_DATASET_TASK,
+)
 from workers.errors import is_transient
 from workers.limits import compute_limits, engine_settings, ingest_limits
 from workers.metrics import observe_attempt, traced_job, traced_validation
@@ -90,6 +98,19 @@ def reap_task(self: Task) -> int:
     return reap_once(context_of(self))
 
 
+@shared_task(name="assay.tick_schedules", bind=True)
+def tick_schedules_task(self: Task) -> int:
+    context = context_of(self)
+    return run_due_schedules(
+        context.new_uow(),
+        context.queue,
+        datetime.now(UTC),
+        quota_bytes=context.settings.owner_quota_bytes,
+        storage=context.datasets_storage,
+        destinations=context.settings.destinations.keys(),
+    )
+
+
 def claim_retry_delay(retries: int) -> float:
     """Seconds before a job's message is delivered again after the database did not answer:
     short, so a blip costs about a second, and capped, so an outage is noticed soon after."""
@@ -134,3 +155,30 @@ def run_job_task(self: Task, job_id: str) -> str:
     if outcome == Outcome.retry:  # back to queued after a transient error: publish again, later
         raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
     return outcome.value
+
+
+@shared_task(name=RUN_EXPORT_TASK, bind=True, max_retries=None)
+def run_export_task(self: Task, export_id: str) -> str:
+    context = context_of(self)
+    settings = context.settings
+    assert context.exports_loader is not None, "bootstrap() gives workers an exports loader"
+    try:
+        outcome = run_export(
+            context.new_uow,
+            context.datasets_storage,
+            context.results_storage,
+            context.exports_loader,
+            UUID(export_id),
+            worker_id=self.request.hostname or "worker",
+            workdir=Path(settings.tmp_dir),
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            max_attempts=settings.job_max_attempts,
+            is_transient=is_transient,
+        )
+    except Exception as exc:
+        if not is_transient(exc):  # the app database was unreachable around the claim
+            raise
+        raise self.retry(countdown=claim_retry_delay(self.request.retries), exc=exc) from exc
+    if outcome == "retry":  # back to queued after a transient error: publish again, later
+        raise self.retry(countdown=min(60, 2 ** (self.request.retries + 1)))
+    return outcome

@@ -82,7 +82,11 @@ class HttpUrlFetcher:
         max_redirects: int = MAX_REDIRECTS,
         resolver: Resolver = resolve,
         ssl_context: ssl.SSLContext | None = None,
+        who: str = "imports",
+        allowed_setting: str = ALLOWED_NETWORKS_SETTING,
     ) -> None:
+        self._who = who  # named in a refusal, with the setting that widens the policy
+        self._allowed_setting = allowed_setting
         self._allowed = tuple(allowed_networks)
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
@@ -114,8 +118,8 @@ class HttpUrlFetcher:
             if host.strip("[]") != str(found[0]):
                 reason = f"host {host!r}: {reason}"
             raise UrlRefused(
-                f"{reason}; imports reach only public addresses and the networks listed in "
-                f"{ALLOWED_NETWORKS_SETTING}"
+                f"{reason}; {self._who} reach only public addresses and the networks listed "
+                f"in {self._allowed_setting}"
             )
         return allowed
 
@@ -241,6 +245,14 @@ def _save(
         sha256=digest.hexdigest(),
         final_url=str(response.request.url),
     )
+
+
+def checked_transport(
+    addresses: Callable[[str, int], list[IPAddress]], ssl_context: ssl.SSLContext | None = None
+) -> httpx.BaseTransport:
+    """An httpx transport that connects only to the addresses `addresses(host, port)` gives
+    (HttpUrlFetcher.addresses: resolved once and allowed by the policy)."""
+    return _CheckedTransport(_CheckedBackend(addresses), ssl_context or httpx.create_ssl_context())
 
 
 class _CheckedBackend(httpcore.NetworkBackend):

@@ -14,7 +14,8 @@
    run(), so it is what the step needed on top of an idle process with the libraries loaded
    (and the same figure without the reset: the whole process).
    With --model, count_model on the same file too (daily counts per group on day_of_week, month
-   and trend, negative binomial): the time counting the rows against the time fitting.
+   and trend, negative binomial): the time counting the rows against the time fitting (as
+   `tests.benchmarks.count_model` runs it).
 3. pandas, in a fresh process, the way a short script does it: read_parquet, H3 row by row
    (DataFrame.apply), weekly counts by resample in groupby.apply per (group, cell) and per
    group, a groupby.apply per series for the baseline, scipy's p-values and linregress, the
@@ -159,62 +160,6 @@ def run_assay(data: Path, out: Path, resolution: int, budget_mb: int) -> dict[st
             for (t, m), end in zip(timeline, [*ends[1:], seconds], strict=True)
         ],
         "artifacts": {a.name: a.path.stat().st_size for a in result.artifacts},
-    }
-
-
-def run_model(data: Path, out: Path, budget_mb: int) -> dict[str, Any]:
-    """count_model on the same events, daily per group: counting against fitting."""
-    import statsmodels.discrete.discrete_model  # noqa: F401
-
-    from schemas.domain.records import ColumnInfo, DatasetFormat
-    from services.processing.processors.base import ComputeLimits, StepInput
-    from services.processing.processors.events import count_model
-
-    kinds = {"at": "timestamp", "district": "string", "lat": "float", "lon": "float"}
-    columns = [ColumnInfo(name=n, type=kinds[n], null_count=0) for n in pq.read_schema(data).names]
-    marks: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def report(fraction: float, message: str) -> None:
-        phase = message.split(" (")[0]
-        if phase not in marks:
-            marks[phase] = time.perf_counter() - clock
-
-    step = StepInput(
-        parquet_path=data,
-        columns=columns,
-        dataset_format=DatasetFormat.parquet,
-        output_dir=out,
-        artifact_suffix="",
-        report=report,
-        limits=ComputeLimits(
-            memory_limit=f"{budget_mb * 3 // 8}MiB", batch_memory_bytes=budget_mb * 1024**2 // 2
-        ),
-    )
-    params = count_model.CountModelParams(
-        timestamp_column="at",
-        period="day",
-        group_column="district",
-        features=["day_of_week", "month", "trend"],
-    )
-    peak_reset()
-    clock = time.perf_counter()
-    result = count_model.run(step, params)
-    seconds = time.perf_counter() - clock
-    starts = sorted(marks.items(), key=lambda item: item[1])
-    phases = {
-        name: end - at
-        for (name, at), end in zip(starts, [t for _, t in starts[1:]] + [seconds], strict=True)
-    }
-    s = result.summary
-    return {
-        "seconds": seconds,
-        "phases": phases,
-        "peak_rss_mib": peak_mib(),
-        "n": s["n"],
-        "coefficients": len(s["coefficients"]),
-        "converged": s["converged"],
-        "method": s["method"],
     }
 
 
@@ -368,6 +313,8 @@ def main() -> None:
         if args.child == "assay":
             result = run_assay(args.data, args.out, args.resolution, args.budget_mb)
         elif args.child == "model":
+            from tests.benchmarks.count_model import run_model  # it imports this module
+
             result = run_model(args.data, args.out, args.budget_mb)
         else:
             result = run_pandas(args.data, args.out, args.resolution)

@@ -5,6 +5,7 @@ filesystem broker); `production` is `assay migrate`, then `assay api` and `assay
 as separate processes on PostgreSQL, Redis and S3 (moto's server).
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -147,6 +148,7 @@ def base_env(workdir: Path) -> dict[str, str]:
     # Imports may reach the HTTP servers tests start on 127.0.0.1, and nothing else that is not
     # public: 127.0.0.2 and up stay refused, which the import tests rely on.
     env["ASSAY_IMPORT_ALLOWED_NETWORKS"] = "127.0.0.1/32"
+    env["ASSAY_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"  # receivers the tests start
     return env
 
 
@@ -193,6 +195,8 @@ def production_stack(
     database = postgres_database()
     database_url = database.__enter__()
     env = base_env(workdir) | production_env(database_url, moto_s3_endpoint)
+    # Exports may load into the stack's own database, under the name "warehouse".
+    env["ASSAY_DESTINATIONS"] = json.dumps({"warehouse": database_url})
     migrate = subprocess.run(
         [sys.executable, "-m", "main", "migrate"], env=env, cwd=workdir, capture_output=True
     )

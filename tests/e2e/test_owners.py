@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -19,6 +20,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 CSV = b"city,temperature\nOslo,3.5\nLima,19.25\nPune,28.5\nbad-row\n"
 IDEMPOTENCY_KEY = "owner-a-once"
+# Loopback is allowed for webhooks in the test stacks; nothing listens on port 9.
+WEBHOOK = {"url": "http://127.0.0.1:9/hook", "events": ["job.failed"]}
 
 
 @dataclass
@@ -28,6 +31,9 @@ class OwnerA:
     artifact: str
     key_id: str
     key: str
+    webhook_id: str = ""
+    export_id: str = ""
+    schedule_id: str = ""
 
 
 def wait_for(client: httpx.Client, url: str, done: Callable[[dict[str, Any]], bool]) -> dict:
@@ -60,9 +66,35 @@ def owner_a(production_stack: Stack) -> OwnerA:
         job_id = job.json()["id"]
         wait_for(client, f"/api/v1/jobs/{job_id}", lambda j: j["status"] == "completed")
         artifact = client.get(f"/api/v1/jobs/{job_id}/result").json()["artifacts"][0]["name"]
+        hook = client.post("/api/v1/webhooks", json=WEBHOOK)
+        assert hook.status_code == 201, hook.text
+        export = client.post("/api/v1/exports", json=export_body(dataset_id))
+        assert export.status_code == 202, export.text
+        schedule = client.post("/api/v1/schedules", json=schedule_body(dataset_id))
+        assert schedule.status_code == 201, schedule.text
     with production_stack.client(production_stack.create_key("ops", "admin")) as admin:
         (listed,) = admin.get("/api/v1/keys", params={"owner": "owner-a"}).json()
-    return OwnerA(dataset_id, job_id, artifact, listed["id"], key)
+    ids = (hook.json()["id"], export.json()["id"], schedule.json()["id"])
+    return OwnerA(dataset_id, job_id, artifact, listed["id"], key, *ids)
+
+
+def export_body(dataset_id: str) -> dict[str, Any]:
+    return {
+        "source": {"dataset_id": dataset_id},
+        "destination": "warehouse",
+        "table": f"owner_a_{uuid4().hex[:8]}",
+        "mode": "create",
+    }
+
+
+def schedule_body(dataset_id: str) -> dict[str, Any]:
+    """A paused daily schedule (it never runs during the test)."""
+    return {
+        "name": "daily",
+        "interval_seconds": 86400,
+        "enabled": False,
+        "action": {"dataset_id": dataset_id, "steps": [{"processor": "metrics"}]},
+    }
 
 
 def routes(stack: Stack) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -81,6 +113,9 @@ def request_for(method: str, path: str, a: OwnerA) -> dict[str, Any]:
         "job_id": a.job_id,
         "name": a.artifact,
         "key_id": a.key_id,
+        "webhook_id": a.webhook_id,
+        "export_id": a.export_id,
+        "schedule_id": a.schedule_id,
     }
     url = path
     for name, value in values.items():
@@ -93,6 +128,10 @@ def request_for(method: str, path: str, a: OwnerA) -> dict[str, Any]:
             "headers": {"Idempotency-Key": IDEMPOTENCY_KEY},
         },
         ("POST", "/api/v1/keys"): {"json": {"owner": "owner-b", "scope": "admin"}},
+        ("POST", "/api/v1/webhooks"): {"json": WEBHOOK},
+        ("POST", "/api/v1/exports"): {"json": export_body(a.dataset_id)},
+        ("POST", "/api/v1/schedules"): {"json": schedule_body(a.dataset_id)},
+        ("PATCH", "/api/v1/schedules/{schedule_id}"): {"json": {"enabled": False}},
         # Loopback 127.0.0.1 is allowed in the test stacks; nothing listens on the port, so the
         # worker's download fails, in the importing owner's space.
         ("POST", "/api/v1/datasets/import"): {
@@ -103,7 +142,7 @@ def request_for(method: str, path: str, a: OwnerA) -> dict[str, Any]:
 
 
 def a_resources_text(a: OwnerA) -> tuple[str, ...]:
-    return (a.dataset_id, a.job_id, a.key_id)
+    return (a.dataset_id, a.job_id, a.key_id, a.webhook_id, a.export_id, a.schedule_id)
 
 
 def test_without_a_key_every_route_is_401_with_a_challenge(production_stack: Stack) -> None:
@@ -148,8 +187,8 @@ def test_owner_b_can_neither_see_nor_touch_owner_a(production_stack: Stack, owne
         for method, path, _ in routes(production_stack):
             response = client.request(**request_for(method, path, owner_a))
             where = (method, path, response.status_code, response.text[:300])
-            if path.startswith("/api/v1/keys"):
-                assert response.status_code == 403, where  # keys are the operator's
+            if path.startswith(("/api/v1/keys", "/api/v1/admin")):
+                assert response.status_code == 403, where  # the operator's
             elif "{" in path:
                 assert response.status_code == 404, where  # exactly like a missing id
                 assert response.json()["error"]["code"] == "not_found", where
@@ -182,4 +221,4 @@ def snapshot(stack: Stack, a: OwnerA) -> dict[str, Any]:
 def _dummy() -> OwnerA:
     """Ids that exist nowhere: without a key the answer is 401 before any lookup."""
     zero = "00000000-0000-7000-8000-000000000000"
-    return OwnerA(zero, zero, "x.csv", zero, "")
+    return OwnerA(zero, zero, "x.csv", zero, "", zero, zero, zero)

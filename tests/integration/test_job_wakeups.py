@@ -30,6 +30,7 @@ from schemas.settings import Settings
 from services.adapters.wakeups.polling import PollingJobWakeups
 from services.adapters.wakeups.postgres import PostgresJobWakeups
 from services.adapters.wakeups.sqlite_file import SqliteFileWakeups
+from tests.fake_webhooks import FakeWebhookSender
 from tests.fakes import FakeFetcher, FakeQueue, FakeStorage
 from tests.fixtures.databases import postgres_dsn
 from tests.integration.test_job_repositories_contract import add_dataset, add_job
@@ -175,6 +176,7 @@ def app_for(new_uow: Callable[[], UnitOfWork], wakeups: JobWakeups, tmp_path: Pa
         results_storage=FakeStorage(),
         queue=FakeQueue(),
         fetcher=FakeFetcher(),
+        webhook_sender=FakeWebhookSender(),
     )
     _, secret = create_key(new_uow(), owner_id=DEFAULT_OWNER, scope=KeyScope.read)
     return TestClient(create_app(context, wakeups), headers={"Authorization": f"Bearer {secret}"})

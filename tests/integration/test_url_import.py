@@ -26,6 +26,7 @@ from repositories.unit_of_work import SqlUnitOfWork
 from schemas.settings import Settings
 from services.adapters.storage.local import LocalObjectStorage
 from services.adapters.wakeups.polling import PollingJobWakeups
+from tests.fake_webhooks import FakeWebhookSender
 from tests.fakes import FakeQueue
 from tests.fixtures.http_servers import Served, body, endless, redirect, serve, stalling
 from workers.celery_app import AssayCelery, make_celery
@@ -86,6 +87,7 @@ def stack(migrated_database_url: str, tmp_path: Path) -> Iterator[ImportStack]:
         results_storage=LocalObjectStorage(settings.objects_dir / "results"),
         queue=queue,
         fetcher=make_fetcher(settings),
+        webhook_sender=FakeWebhookSender(),
     )
     celery = make_celery(settings, context_factory=lambda: context)
     try:

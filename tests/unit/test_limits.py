@@ -228,6 +228,7 @@ def test_artifact_redirects_come_from_configuration_not_the_host_header(
         results_storage=results,
         queue=fake_context.queue,
         fetcher=fake_context.fetcher,
+        webhook_sender=fake_context.webhook_sender,
     )
     _, secret = create_key(context.new_uow(), owner_id=ALICE, scope=KeyScope.read)
     app = create_app(context, PollingJobWakeups())

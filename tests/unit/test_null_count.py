@@ -14,8 +14,8 @@ import pytest
 from schemas.domain.records import DatasetFormat
 from services.processing.datasets.ingest import IngestResult, connect, ingest
 from services.processing.datasets.parquet_reader import summarize
-from services.processing.processors import metrics
 from services.processing.processors.base import ComputeLimits, StepInput
+from services.processing.processors.tables import metrics
 
 CSV = b"id,x,y,name\n1,1.5,NaN,a\n2,nan,2,b\n3,,3,\n4,inf,nan,d\n5,-2.25,5,e\n"
 

@@ -31,6 +31,11 @@ from services.processing.processors.columns import quote
 from services.processing.processors.duck import literal, parse_size, run_with_progress
 from services.writeback import Writeback
 
+# Content types of the artifacts every family writes.
+CSV_TYPE = "text/csv"
+PARQUET_TYPE = "application/vnd.apache.parquet"
+PNG_TYPE = "image/png"
+
 CHUNK_BYTES = 1024 * 1024
 PIPE_BYTES = 1024 * 1024
 # DuckDB's count of a COPY's memory per output column (it reserves vectors of 2,048 values per

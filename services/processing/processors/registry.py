@@ -5,8 +5,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import anomalies, events, latent, metrics, normalize
+from services.processing.processors import events, latent
 from services.processing.processors.base import ParamsError, Processor, UnknownProcessor
+from services.processing.processors.tables import anomalies, metrics, normalize
 
 PROCESSORS: dict[str, Processor] = {
     p.name: p

@@ -177,14 +177,8 @@ def data_size(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     columns at a time, flags found by shared scans, wide queries planned without CSE, a COPY
     starting with more memory); `out-of-core`: as for columns too long for numpy (profiles
     and quantiles from DuckDB's streaming scans, narrowed in several rounds)."""
-    from services.processing.processors import (
-        aggregates,
-        anomalies,
-        duck,
-        metrics,
-        output,
-        profiles,
-    )
+    from services.processing.processors import duck, output
+    from services.processing.processors.tables import aggregates, anomalies, metrics, profiles
 
     if request.param != "small":
         monkeypatch.setattr(profiles, "SMALL_VALUES", 0)

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.processing.processors import aggregates
-from services.processing.processors.aggregates import exact_quantiles, order_statistics
+from services.processing.processors.tables import aggregates
+from services.processing.processors.tables.aggregates import exact_quantiles, order_statistics
 from tests.unit.processors.conftest import StepFactory
 
 RNG = np.random.default_rng(11)

@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import aggregates, anomalies
-from services.processing.processors import profiles as profiles_module
 from services.processing.processors.base import JobCancelled
 from services.processing.processors.numeric import ProfileCache
+from services.processing.processors.tables import aggregates, anomalies
+from services.processing.processors.tables import profiles as profiles_module
 from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]

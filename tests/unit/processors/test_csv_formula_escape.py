@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import anomalies, normalize
 from services.processing.processors.output import escape_formula
 from services.processing.processors.registry import validate_step
+from services.processing.processors.tables import anomalies, normalize
 from tests.unit.processors.conftest import StepFactory
 
 HOSTILE = [

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.domain.records import DatasetFormat
 from services.processing.datasets.ingest import IngestResult, ingest
-from services.processing.processors import metrics, normalize
+from services.processing.processors.tables import metrics, normalize
 from tests.unit.processors.conftest import StepFactory
 
 # More digits than a double keeps, a scale that str(Decimal) would write as 1E-10, and a mode.

@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from services.processing.processors import anomalies, metrics, normalize
 from services.processing.processors.base import (
     ComputeLimits,
     JobCancelled,
@@ -25,6 +24,7 @@ from services.processing.processors.duck import (
     parse_size,
     run_with_progress,
 )
+from services.processing.processors.tables import anomalies, metrics, normalize
 from tests.unit.processors.conftest import StepFactory, columns_of, write_parquet
 
 # Minutes of work if nobody stops it.

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import anomalies, metrics, normalize
 from services.processing.processors.columns import LINE_COLUMN
+from services.processing.processors.tables import anomalies, metrics, normalize
 from tests.unit.processors.conftest import (
     StepFactory,
     columns_of,

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import anomalies, metrics, numeric
+from services.processing.processors import numeric
 from services.processing.processors.base import JobCancelled
+from services.processing.processors.tables import anomalies, metrics
 from tests.unit.processors.conftest import CancelOnCall, StepFactory, columns_of, write_parquet
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]

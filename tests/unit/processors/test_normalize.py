@@ -12,9 +12,9 @@ import pytest
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
 from schemas.domain.records import ColumnInfo, DatasetFormat
-from services.processing.processors import metrics, normalize
 from services.processing.processors.base import JobCancelled
 from services.processing.processors.numeric import ProfileCache
+from services.processing.processors.tables import metrics, normalize
 from tests.unit.processors.conftest import CancelOnCall, StepFactory
 
 NUMERIC = ["normal", "ties", "constant", "mostly_zero", "count", "big_int"]

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors import metrics, normalize
 from services.processing.processors.duck import connect
+from services.processing.processors.tables import metrics, normalize
 from tests.unit.processors.conftest import StepFactory, write_parquet
 
 OSLO = timezone(timedelta(hours=2))

@@ -8,11 +8,11 @@ import pyarrow as pa
 import pytest
 
 from schemas.domain.records import ColumnInfo, DatasetFormat
-from services.processing.processors import profiles as profiles_module
 from services.processing.processors.base import ComputeLimits, StepInput
 from services.processing.processors.duck import connect, parquet_source, parquet_types
 from services.processing.processors.numeric import ProfileCache, find_extremes, profile_values
-from services.processing.processors.profiles import profile_workers
+from services.processing.processors.tables import profiles as profiles_module
+from services.processing.processors.tables.profiles import profile_workers
 from tests.unit.processors.conftest import StepFactory, write_parquet
 
 MIB = 1024**2

@@ -4,9 +4,9 @@ import pytest
 
 from schemas.domain.records import ColumnInfo
 from services.processing.processors import registry
-from services.processing.processors.anomalies import AnomaliesParams
 from services.processing.processors.base import ParamsError, UnknownProcessor, artifact_name
-from services.processing.processors.normalize import NormalizeParams
+from services.processing.processors.tables.anomalies import AnomaliesParams
+from services.processing.processors.tables.normalize import NormalizeParams
 
 COLUMNS = [
     ColumnInfo(name="price", type="float", null_count=0),
@@ -126,3 +126,29 @@ def test_artifact_name() -> None:
     assert artifact_name("anomalies.csv", "") == "anomalies.csv"
     assert artifact_name("anomalies.csv", "-2") == "anomalies-2.csv"
     assert artifact_name("normalized.parquet", "-3") == "normalized-3.parquet"
+
+
+FAMILY_PARAMS = {
+    "count_anomalies": {"timestamp_column", "period", "group_column", "h3", "recent_periods"},
+    "count_model": {"timestamp_column", "period", "group_column", "features", "family"},
+    "count_comparison": {"timestamp_column", "group_column", "period"},
+    "latent_classes": {"columns", "n_classes", "n_classes_range", "n_init", "max_iter", "seed"},
+    "nmf": {"columns", "n_components", "init", "max_iter", "seed"},
+    "correspondence": {"columns", "n_components"},
+    "factor_analysis": {"columns", "n_factors", "rotation", "method", "correlation"},
+}
+
+
+def test_the_catalogue_serves_every_processor_with_its_schema(client) -> None:
+    response = client.get("/api/v1/processors")
+    assert response.status_code == 200
+    served = {p["name"]: p for p in response.json()}
+    assert list(served) == list(registry.PROCESSORS)
+    for name, processor in registry.PROCESSORS.items():
+        assert served[name]["description"] == processor.description
+        assert served[name]["artifacts"] == processor.artifacts
+        assert served[name]["params_schema"] == processor.params_model.model_json_schema()
+    for name, params in FAMILY_PARAMS.items():
+        assert params <= set(served[name]["params_schema"]["properties"]), name
+    assert served["count_model"]["artifacts"] == ["coefficients.csv", "fitted.csv"]
+    assert served["latent_classes"]["artifacts"] == ["memberships.parquet"]

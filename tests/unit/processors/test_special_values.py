@@ -19,8 +19,8 @@ import pytest
 from scipy import stats
 from sklearn.preprocessing import MinMaxScaler, RobustScaler, StandardScaler
 
-from services.processing.processors import anomalies, metrics, normalize
 from services.processing.processors.base import StepOutput
+from services.processing.processors.tables import anomalies, metrics, normalize
 from tests.unit.processors.conftest import StepFactory, columns_of, write_parquet
 
 ROWS = 3000

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-NO_BASELINE, POISSON, NEGATIVE_BINOMIAL = 0, 1, 2
-MODEL_NAMES = {NO_BASELINE: None, POISSON: "poisson", NEGATIVE_BINOMIAL: "negative_binomial"}
+from services.processing.processors.events.common import NEGATIVE_BINOMIAL, NO_BASELINE, POISSON
+
 TINY = 1.0e-20  # scipy.stats.linregress' guard against r = +-1
 
 

@@ -25,6 +25,9 @@ from schemas.domain.records import ColumnInfo
 from services.processing.processors.base import ParamsError
 from services.processing.processors.columns import is_numeric, quote, value_expr
 
+# Baseline models of count_anomalies, coded as the arrays of events/anomaly_stats.py hold them.
+NO_BASELINE, POISSON, NEGATIVE_BINOMIAL = 0, 1, 2
+MODEL_NAMES = {NO_BASELINE: None, POISSON: "poisson", NEGATIVE_BINOMIAL: "negative_binomial"}
 PeriodUnit = Literal["hour", "day", "week", "month", "year"]
 EPOCH_DAY = date(1970, 1, 1)
 EPOCH_MONDAY = date(1970, 1, 5)  # the first Monday after the epoch: week 0 starts here

@@ -66,6 +66,7 @@ from services.processing.processors.duck import (
     run_with_progress,
 )
 from services.processing.processors.events.common import (
+    MODEL_NAMES,
     check_group,
     check_numeric,
     check_timestamp,
@@ -77,6 +78,9 @@ from services.processing.processors.events.common import (
     timestamp_expr,
 )
 from services.processing.processors.output import (
+    CSV_TYPE,
+    PARQUET_TYPE,
+    PNG_TYPE,
     TEXT_TYPES,
     CsvFormulaEscape,
     copy_to_file,
@@ -97,7 +101,6 @@ MAX_DETAIL = 50  # series described in the summary, most significant first
 # (measured: a chunk of 1.4M rows raised the peak RSS by ~200 MiB). A chunk holds a quarter of
 # the step's numpy budget.
 BYTES_PER_ROW = 256
-PARQUET_TYPE = "application/vnd.apache.parquet"
 
 
 class H3Params(BaseModel):
@@ -489,7 +492,7 @@ class Analysis:
         sha = copy_to_file(
             self.con, query, path, options, step, f"writing {name}", start=start, end=end
         )
-        return ArtifactFile(name, path, "text/csv", sha)
+        return ArtifactFile(name, path, CSV_TYPE, sha)
 
     def describe(
         self, *, start: float, end: float
@@ -531,7 +534,7 @@ class Analysis:
         for row in top[:MAX_DETAIL]:
             r = Ranked(row, len(names))
             entry = dict(zip(names, r.keys, strict=True))
-            entry |= {"events": r.events, "model": _MODELS[r.model], "expected": r.mean}
+            entry |= {"events": r.events, "model": MODEL_NAMES[r.model], "expected": r.mean}
             entry["flagged_periods"] = flagged[r.sid]
             significant = r.significant_trend(params.p_threshold)
             entry["trend"] = {"slope": r.slope, "p_value": r.trend_p} if significant else None
@@ -604,7 +607,7 @@ class Analysis:
             )
             name = artifact_name(PLOT_ARTIFACT.format(i + 1), step.artifact_suffix)
             drawing.draw(plot, step.output_dir / name)
-            artifacts.append(ArtifactFile(name, step.output_dir / name, "image/png"))
+            artifacts.append(ArtifactFile(name, step.output_dir / name, PNG_TYPE))
             step.report(start + (end - start) * (i + 1) / len(ranked), "drawing plots")
         return artifacts
 
@@ -650,9 +653,6 @@ def _keys_table(con: duckdb.DuckDBPyConnection, keys: list[str], where: str) -> 
 def _lead(items: list[str]) -> str:
     """Items to put before more of a SELECT list: "a, b, " (or "")."""
     return "".join(f"{item}, " for item in items)
-
-
-_MODELS = {0: None, 1: "poisson", 2: "negative_binomial"}
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: Any) -> None:

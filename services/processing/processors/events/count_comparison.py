@@ -44,6 +44,7 @@ from services.processing.processors.events.common import (
     timestamp_expr,
 )
 from services.processing.processors.output import (
+    CSV_TYPE,
     TEXT_TYPES,
     CsvFormulaEscape,
     copy_to_file,
@@ -163,7 +164,7 @@ def run(step: StepInput, params: CountComparisonParams) -> StepOutput:
             for value, group_rows in list(by_group.items())[:MAX_GROUPS]
         ]
         summary["group_detail_truncated"] = len(by_group) > MAX_GROUPS
-    artifact = ArtifactFile(name, path, "text/csv", sha)
+    artifact = ArtifactFile(name, path, CSV_TYPE, sha)
     return StepOutput(summary=json_safe(summary), artifacts=[artifact])
 
 

@@ -58,6 +58,7 @@ from services.processing.processors.events.common import (
     timestamp_expr,
 )
 from services.processing.processors.output import (
+    CSV_TYPE,
     TEXT_TYPES,
     CsvFormulaEscape,
     copy_to_file,
@@ -353,7 +354,7 @@ class Tables:
         sha = copy_to_file(
             self.con, query, path, options, self.step, f"writing {name}", start=start, end=1.0
         )
-        return ArtifactFile(name, path, "text/csv", sha)
+        return ArtifactFile(name, path, CSV_TYPE, sha)
 
     def coefficients(self, rows: list[dict[str, Any]]) -> ArtifactFile:
         import pyarrow as pa

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from services.processing.processors.columns import quote
+from services.processing.processors.columns import quote, value_expr
 from services.processing.processors.events.common import PeriodUnit
 
 EPOCH_MONDAY_DAYS = 4  # 1970-01-05 is day 4 of the epoch
@@ -68,7 +68,7 @@ def select_with_nulls(view: str, schema: pa.Schema) -> str:
     for field in schema:
         name = quote(field.name)
         if pa.types.is_floating(field.type):
-            name = f"CASE WHEN isnan({name}) THEN NULL ELSE {name} END AS {name}"
+            name = f"{value_expr(field.name, 'DOUBLE')} AS {name}"
         elif field.type == pa.uint8():
             name = f"CAST({name} AS BOOLEAN) AS {name}"
         columns.append(name)

@@ -10,9 +10,7 @@ from services.processing.datasets.common import LINE_COLUMN
 from services.processing.processors.arrays import to_arrow
 from services.processing.processors.base import ArtifactFile, StepInput, artifact_name
 from services.processing.processors.duck import connect
-from services.processing.processors.output import copy_to_file
-
-PARQUET_TYPE = "application/vnd.apache.parquet"
+from services.processing.processors.output import PARQUET_TYPE, copy_to_file
 
 
 def write_parquet(

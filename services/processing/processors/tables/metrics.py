@@ -52,7 +52,6 @@ from services.processing.processors.duck import (
     run_with_progress,
     scan_width,
 )
-from services.processing.processors.groups import equal_rows
 from services.processing.processors.numeric import (
     QUANTILES,
     ColumnProfile,
@@ -61,7 +60,8 @@ from services.processing.processors.numeric import (
     profile_values,
     sorted_stats,
 )
-from services.processing.processors.profiles import (
+from services.processing.processors.tables.groups import equal_rows
+from services.processing.processors.tables.profiles import (
     SMALL_INTEGERS,
     SMALL_VALUES,
     cached,

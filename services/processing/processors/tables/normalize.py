@@ -43,7 +43,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from schemas.domain.records import ColumnInfo
 from services.processing.json_values import json_safe
-from services.processing.processors.aggregates import Aggregate, Quantiles, aggregate_columns
 from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processing.processors.columns import (
     is_numeric,
@@ -62,10 +61,10 @@ from services.processing.processors.duck import (
     run_with_progress,
     scan_width,
 )
-from services.processing.processors.fill import FillNulls, fill_expressions, fill_targets
-from services.processing.processors.groups import equal_rows
 from services.processing.processors.numeric import ColumnProfile, moments_scale, value_scale
 from services.processing.processors.output import (
+    CSV_TYPE,
+    PARQUET_TYPE,
     TEXT_TYPES,
     CsvFormulaEscape,
     copy_to_file,
@@ -74,11 +73,14 @@ from services.processing.processors.output import (
     force_quote,
     text_cells,
 )
-from services.processing.processors.profiles import numeric_profiles
+from services.processing.processors.tables.aggregates import Aggregate, Quantiles, aggregate_columns
+from services.processing.processors.tables.fill import FillNulls, fill_expressions, fill_targets
+from services.processing.processors.tables.groups import equal_rows
+from services.processing.processors.tables.profiles import numeric_profiles
 
 FORMATS = {
-    "csv": ("text/csv", "FORMAT csv, HEADER true"),
-    "parquet": ("application/vnd.apache.parquet", "FORMAT parquet, COMPRESSION zstd"),
+    "csv": (CSV_TYPE, "FORMAT csv, HEADER true"),
+    "parquet": (PARQUET_TYPE, "FORMAT parquet, COMPRESSION zstd"),
     "json": ("application/json", "FORMAT json, ARRAY true"),
     "ndjson": ("application/x-ndjson", "FORMAT json"),
 }

@@ -23,7 +23,6 @@ import duckdb
 import numpy as np
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors.aggregates import fetch_limit, order_statistics
 from services.processing.processors.arrays import read_numbers
 from services.processing.processors.base import StepInput
 from services.processing.processors.columns import quote, value_expr
@@ -47,6 +46,7 @@ from services.processing.processors.numeric import (
     profile_values,
     quantile_position,
 )
+from services.processing.processors.tables.aggregates import fetch_limit, order_statistics
 
 SMALL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 # Bytes per row while a column is profiled: every row's value and validity, the sorted

@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core.core_schema import ValidationInfo
 
 from schemas.domain.records import ColumnInfo
-from services.processing.processors.aggregates import Aggregate, Quantiles, aggregate_columns
 from services.processing.processors.base import ParamsError, ProcessorInputError, StepInput
 from services.processing.processors.columns import (
     is_numeric,
@@ -19,6 +18,7 @@ from services.processing.processors.columns import (
 )
 from services.processing.processors.duck import literal, run_with_progress
 from services.processing.processors.numeric import ColumnProfile
+from services.processing.processors.tables.aggregates import Aggregate, Quantiles, aggregate_columns
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "date": date.fromisoformat,

@@ -48,7 +48,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.domain.records import ColumnInfo
 from services.processing.json_values import json_safe
-from services.processing.processors.aggregates import Quantiles, aggregate_columns
 from services.processing.processors.arrays import to_arrow
 from services.processing.processors.base import ArtifactFile, StepInput, StepOutput, artifact_name
 from services.processing.processors.columns import (
@@ -71,8 +70,14 @@ from services.processing.processors.duck import (
     values_at,
 )
 from services.processing.processors.numeric import ColumnProfile, Extremes, value_scale
-from services.processing.processors.output import CsvFormulaEscape, escape_formula, force_quote
-from services.processing.processors.profiles import numeric_profiles
+from services.processing.processors.output import (
+    CSV_TYPE,
+    CsvFormulaEscape,
+    escape_formula,
+    force_quote,
+)
+from services.processing.processors.tables.aggregates import Quantiles, aggregate_columns
+from services.processing.processors.tables.profiles import numeric_profiles
 
 DEFAULT_THRESHOLDS = {"zscore": 3.0, "modified_zscore": 3.5, "iqr": 1.5}
 ARTIFACT = "anomalies.csv"
@@ -162,7 +167,7 @@ def run(step: StepInput, params: AnomaliesParams) -> StepOutput:
         "total": sum(counts.values()),
         "columns": columns,
     }
-    artifact = ArtifactFile(name=name, path=path, content_type="text/csv")
+    artifact = ArtifactFile(name=name, path=path, content_type=CSV_TYPE)
     return StepOutput(summary=json_safe(summary), artifacts=[artifact])
 
 

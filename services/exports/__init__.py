@@ -1,0 +1,1 @@
+"""Export loaders: write a dataset's typed copy or a job's artifact into a destination table."""

@@ -1,0 +1,1 @@
+"""Table processors: profiles, anomalies and normalization of a dataset's columns."""

@@ -1,0 +1,419 @@
+"""Exports into a real PostgreSQL: types, rejected rows, modes, cancel, retry after a crash."""
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from db.engine import make_engine
+from ports.exports import LoadRequest
+from ports.repositories import UnitOfWork
+from repositories.unit_of_work import SqlUnitOfWork
+from schemas.domain.exports import ExportMode, ExportStatus
+from schemas.domain.ids import new_id
+from services.exports.postgres import PostgresTableLoader
+from tests.fakes import FakeQueue, FakeStorage
+from tests.integration.exports_support import (
+    add_dataset,
+    destination_database,
+    principal,
+    query,
+    run,
+)
+from use_cases.exports import (
+    ExportSource,
+    cancel_export,
+    recover_exports,
+    submit_export,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def app_db(tmp_path: Path, sqlite_migrated_template: Path) -> Iterator[str]:
+    path = tmp_path / "assay.db"
+    shutil.copyfile(sqlite_migrated_template, path)
+    yield f"sqlite:///{path}"
+
+
+@pytest.fixture
+def new_uow(app_db: str) -> Iterator[Callable[[], UnitOfWork]]:
+    engine = make_engine(app_db)
+    yield lambda: SqlUnitOfWork(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def target() -> Iterator[str]:
+    with destination_database() as url:
+        yield url
+
+
+@pytest.fixture
+def storage() -> FakeStorage:
+    return FakeStorage()
+
+
+def submit(new_uow, dataset_id, table: str, mode: ExportMode, owner: str = "alice"):
+    return submit_export(
+        new_uow(),
+        FakeQueue(),
+        principal(owner),
+        ExportSource(dataset_id=dataset_id),
+        "warehouse",
+        table,
+        mode,
+        destinations=["warehouse"],
+    )
+
+
+def typed_table() -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([1, 2, 3, 4], pa.int64()),
+            "ratio": pa.array([1.5, None, -2.25, float("inf")], pa.float64()),
+            "ok": pa.array([True, False, None, True]),
+            "day": pa.array(
+                [dt.date(2024, 1, 2), None, dt.date(1999, 12, 31), dt.date(2024, 2, 29)]
+            ),
+            "at": pa.array(
+                [dt.datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC), None] * 2,
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "local": pa.array([dt.datetime(2024, 1, 2, 3, 4, 5)] * 3 + [None], pa.timestamp("ns")),
+            "name": pa.array(["plain", "", None, 'quote " comma , and\nnewline']),
+            "price": pa.array(
+                [Decimal("1.10"), Decimal("-0.05"), None, Decimal("12345.67")], pa.decimal128(9, 2)
+            ),
+        }
+    )
+
+
+def test_create_makes_the_table_from_the_schema_with_every_row(new_uow, storage, target, tmp_path):
+    source = typed_table()
+    dataset_id = add_dataset(new_uow(), storage, source, tmp_path)
+    export = submit(new_uow, dataset_id, "public.people", ExportMode.create)
+    loader = PostgresTableLoader({"warehouse": target})
+
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
+
+    with new_uow() as uow:
+        done = uow.exports.get(export.id, principal())
+    assert done is not None and done.status == ExportStatus.completed
+    assert done.result is not None
+    assert (done.result["rows_loaded"], done.result["rows_failed"]) == (4, 0)
+    assert done.result["duration_s"] >= 0
+    types = dict(
+        query(
+            target,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'people'",
+        )
+    )
+    assert types == {
+        "id": "bigint",
+        "ratio": "double precision",
+        "ok": "boolean",
+        "day": "date",
+        "at": "timestamp with time zone",
+        "local": "timestamp without time zone",
+        "name": "text",
+        "price": "numeric",
+    }
+    rows = query(target, "SELECT * FROM people ORDER BY id")
+    expected = [tuple(r.values()) for r in source.to_pylist()]
+    assert rows == expected
+    # No staging table is left behind.
+    assert (
+        query(target, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'assay_stage%'") == []
+    )
+
+
+def staging_tables(url: str) -> list[str]:
+    sql = "SELECT tablename FROM pg_tables WHERE tablename LIKE 'assay_stage%'"
+    return [r[0] for r in query(url, sql)]
+
+
+def rejecting_target(url: str) -> None:
+    query(
+        url,
+        "CREATE TABLE sales (id bigint NOT NULL, amount bigint CONSTRAINT amount_positive "
+        "CHECK (amount >= 0), code integer)",
+    )
+
+
+def sales(n: int) -> pa.Table:
+    """Rows where every 7th amount is negative and every 11th code is not a number."""
+    return pa.table(
+        {
+            "id": list(range(1, n + 1)),
+            "amount": [-i if i % 7 == 0 else i for i in range(1, n + 1)],
+            "code": ["x" + str(i) if i % 11 == 0 else str(i) for i in range(1, n + 1)],
+        }
+    )
+
+
+def test_rows_the_target_rejects_are_kept_with_the_database_reason(
+    new_uow, storage, target, tmp_path
+):
+    rejecting_target(target)
+    source = sales(200)
+    dataset_id = add_dataset(new_uow(), storage, source, tmp_path)
+    export = submit(new_uow, dataset_id, "sales", ExportMode.append)
+    loader = PostgresTableLoader({"warehouse": target}, batch_rows=64)
+
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
+
+    # Independent of the loader: which rows break the CHECK or the integer type.
+    bad = {i for i in range(1, 201) if i % 7 == 0 or i % 11 == 0}
+    loaded = [r[0] for r in query(target, "SELECT id FROM sales ORDER BY id")]
+    assert loaded == [i for i in range(1, 201) if i not in bad]
+    with new_uow() as uow:
+        failed = uow.exports.list_failed_rows(principal(), export.id, limit=1000)
+        done = uow.exports.get(export.id, principal())
+    assert [f.row_number for f in failed] == sorted(bad)
+    by_row = {f.row_number: f for f in failed}
+    assert by_row[7].values == {"id": 7, "amount": -7, "code": "7"}
+    assert by_row[7].reason == (
+        'new row for relation "sales" violates check constraint "amount_positive"'
+    )
+    assert "invalid input syntax for type integer" in by_row[11].reason
+    assert by_row[11].values["code"] == "x11"
+    assert done is not None and (done.rows_loaded, done.rows_failed) == (200 - len(bad), len(bad))
+
+
+def test_each_mode(new_uow, storage, target, tmp_path):
+    loader = PostgresTableLoader({"warehouse": target})
+    first = add_dataset(new_uow(), storage, sales(10), tmp_path)
+    second = add_dataset(new_uow(), storage, sales(3), tmp_path)
+
+    created = submit(new_uow, first, "t", ExportMode.create)
+    assert run(new_uow, storage, loader, created.id, tmp_path) == "completed"
+    assert query(target, "SELECT count(*) FROM t") == [(10,)]
+
+    again = submit(new_uow, first, "t", ExportMode.create)
+    assert run(new_uow, storage, loader, again.id, tmp_path) == "failed"
+    with new_uow() as uow:
+        failed = uow.exports.get(again.id, principal())
+    assert failed is not None and failed.error is not None
+    assert "already exists" in failed.error["message"]
+    assert query(target, "SELECT count(*) FROM t") == [(10,)]
+
+    appended = submit(new_uow, second, "t", ExportMode.append)
+    assert run(new_uow, storage, loader, appended.id, tmp_path) == "completed"
+    assert query(target, "SELECT count(*) FROM t") == [(13,)]
+
+    replaced = submit(new_uow, second, "t", ExportMode.replace)
+    assert run(new_uow, storage, loader, replaced.id, tmp_path) == "completed"
+    assert query(target, "SELECT id FROM t ORDER BY id") == [(1,), (2,), (3,)]
+
+    # Append into a missing table creates it.
+    fresh = submit(new_uow, second, "other.fresh", ExportMode.append)
+    query(target, "CREATE SCHEMA other")
+    assert run(new_uow, storage, loader, fresh.id, tmp_path) == "completed"
+    assert query(target, "SELECT count(*) FROM other.fresh") == [(3,)]
+
+
+def test_cancel_a_queued_export_and_a_running_one(new_uow, storage, target, tmp_path):
+    dataset_id = add_dataset(new_uow(), storage, sales(2000), tmp_path)
+    queued = submit(new_uow, dataset_id, "t", ExportMode.create)
+    assert cancel_export(new_uow(), queued.id, principal()).status == ExportStatus.cancelled
+    loader = PostgresTableLoader({"warehouse": target})
+    assert run(new_uow, storage, loader, queued.id, tmp_path) == "skipped"
+
+    running = submit(new_uow, dataset_id, "t", ExportMode.create)
+    slow = PostgresTableLoader({"warehouse": target}, batch_rows=100)
+    cancelled: list[object] = []
+
+    def cancel_midway(done: int, total: int) -> None:
+        if done >= 300 and not cancelled:
+            cancelled.append(cancel_export(new_uow(), running.id, principal()))
+        time.sleep(0.02)
+
+    original = slow.load
+
+    def load(request, *, progress, rejected, should_stop):
+        def both(done: int, total: int) -> None:
+            progress(done, total)
+            cancel_midway(done, total)
+
+        return original(request, progress=both, rejected=rejected, should_stop=should_stop)
+
+    slow.load = load  # type: ignore[method-assign]
+    assert run(new_uow, storage, slow, running.id, tmp_path) == "cancelled"
+    with new_uow() as uow:
+        export = uow.exports.get(running.id, principal())
+        events = [e.type for e in uow.exports.list_events(principal(), running.id)]
+    assert export is not None and export.status == ExportStatus.cancelled
+    assert "cancel_requested" in events and events[-1] == "cancelled"
+    # The target was never touched and the staging table is gone.
+    assert query(target, "SELECT to_regclass('t')") == [(None,)]
+    assert (
+        query(target, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'assay_stage%'") == []
+    )
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from uuid import UUID
+    from db.engine import make_engine
+    from repositories.unit_of_work import SqlUnitOfWork
+    from services.exports.postgres import PostgresTableLoader
+    from tests.fakes import FakeStorage
+    from use_cases.run_export import run_export
+
+    app_db, target, export_id, source, key, workdir = sys.argv[1:]
+    engine = make_engine(app_db)
+    storage = FakeStorage()
+    storage.put_file(key, Path(source))
+    loader = PostgresTableLoader({"warehouse": target}, batch_rows=500)
+    original = loader.load
+
+    def load(request, *, progress, rejected, should_stop):
+        def slow(done, total):
+            progress(done, total)
+            if done >= 1500:
+                print("loading", flush=True)
+                time.sleep(60)  # killed here, mid-load
+        return original(request, progress=slow, rejected=rejected, should_stop=should_stop)
+
+    loader.load = load
+    run_export(lambda: SqlUnitOfWork(engine), storage, FakeStorage(), loader, UUID(export_id),
+               worker_id="doomed", workdir=Path(workdir), heartbeat_interval_s=0.1,
+               max_attempts=3, is_transient=lambda exc: False)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_load_then_retried_loads_each_row_once(
+    app_db, new_uow, storage, target, tmp_path
+):
+    query(target, "CREATE TABLE t (id bigint, amount bigint, code text)")
+    query(target, "INSERT INTO t VALUES (0, 0, 'before')")
+    dataset_id = add_dataset(new_uow(), storage, sales(5000), tmp_path)
+    export = submit(new_uow, dataset_id, "t", ExportMode.append)
+    with new_uow() as uow:
+        dataset = uow.datasets.get(dataset_id, principal())
+    assert dataset is not None and dataset.parquet_key
+    source = tmp_path / "copy.parquet"
+    source.write_bytes(storage.objects[dataset.parquet_key])
+    root = Path(__file__).resolve().parents[2]
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            app_db,
+            target,
+            str(export.id),
+            str(source),
+            dataset.parquet_key,
+            str(tmp_path / "w"),
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == b"loading"
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    # Part of the load sits in the dead attempt's staging table; the target is untouched.
+    assert query(target, "SELECT count(*) FROM t") == [(1,)]
+    stale = staging_tables(target)
+    assert len(stale) == 1 and stale[0].endswith("_1")
+
+    time.sleep(0.3)
+    assert (
+        recover_exports(new_uow(), FakeQueue(), heartbeat_timeout_s=0.2, grace_s=60, max_attempts=3)
+        == 1
+    )
+    loader = PostgresTableLoader({"warehouse": target})
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
+
+    assert query(target, "SELECT count(*), count(DISTINCT id) FROM t") == [(5001, 5001)]
+    assert (
+        query(target, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'assay_stage%'") == []
+    )
+    with new_uow() as uow:
+        done = uow.exports.get(export.id, principal())
+        events = [e.type for e in uow.exports.list_events(principal(), export.id)]
+    assert done is not None and done.attempts == 2 and done.rows_loaded == 5000
+    assert "requeued" in events
+
+
+def test_an_attempt_that_applied_then_died_is_not_applied_again(new_uow, storage, target, tmp_path):
+    query(target, "CREATE TABLE t (id bigint, amount bigint, code text)")
+    dataset_id = add_dataset(new_uow(), storage, sales(100), tmp_path)
+    export = submit(new_uow, dataset_id, "t", ExportMode.append)
+    loader = PostgresTableLoader({"warehouse": target})
+    with new_uow() as uow:
+        claimed = uow.exports.claim(export.id, "doomed", dt.datetime.now(dt.UTC))
+        dataset = uow.datasets.get(dataset_id, principal())
+        uow.commit()
+    assert claimed is not None and dataset is not None and dataset.parquet_key
+    source = tmp_path / "copy.parquet"
+    source.write_bytes(storage.objects[dataset.parquet_key])
+    # The first attempt commits its load, then its worker dies before recording it.
+    request = LoadRequest(export.id, 1, "warehouse", "t", ExportMode.append, source)
+    loader.load(request, progress=lambda d, t: None, rejected=lambda r: None, should_stop=bool)
+    assert query(target, "SELECT count(*) FROM t") == [(100,)]
+
+    time.sleep(0.05)
+    recover_exports(new_uow(), FakeQueue(), heartbeat_timeout_s=0.01, grace_s=60, max_attempts=3)
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
+
+    assert query(target, "SELECT count(*) FROM t") == [(100,)]
+    with new_uow() as uow:
+        done = uow.exports.get(export.id, principal())
+    assert done is not None and done.rows_loaded == 100 and done.attempts == 2
+
+
+def test_text_postgresql_cannot_hold_is_rejected_row_by_row(new_uow, storage, target, tmp_path):
+    # A NUL character: refused even by the text columns the split uses, so the batch is split
+    # by COPYs where PostgreSQL says it failed.
+    source = pa.table({"id": [1, 2, 3, 4], "name": ["a", "b\x00c", "d", "e"]})
+    dataset_id = add_dataset(new_uow(), storage, source, tmp_path)
+    export = submit(new_uow, dataset_id, "t", ExportMode.create)
+    loader = PostgresTableLoader({"warehouse": target})
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
+    assert query(target, "SELECT id FROM t ORDER BY id") == [(1,), (3,), (4,)]
+    with new_uow() as uow:
+        failed = uow.exports.list_failed_rows(principal(), export.id)
+    assert [(f.row_number, f.values) for f in failed] == [(2, {"id": 2, "name": "b\x00c"})]
+    assert "0x00" in failed[0].reason
+
+
+def test_a_typed_copy_loads_as_the_dataset_columns(target, tmp_path):
+    # The copy keeps line numbers and stores `A` as `A_1` (DuckDB ignores case); the table
+    # gets the dataset's columns, by the dataset's names.
+    copy = pa.table({"__line__": [2, 3], "a": [1, 2], "A_1": ["x", "y"]})
+    copy = copy.replace_schema_metadata({"assay.columns": '["a", "A"]'})
+    path = tmp_path / "copy.parquet"
+    pq.write_table(copy, path)
+    loader = PostgresTableLoader({"warehouse": target})
+    request = LoadRequest(new_id(), 1, "warehouse", "t", ExportMode.create, path)
+    summary = loader.load(
+        request, progress=lambda d, t: None, rejected=lambda r: None, should_stop=lambda: False
+    )
+    assert summary.rows_loaded == 2
+    assert query(target, 'SELECT a, "A" FROM t ORDER BY a') == [(1, "x"), (2, "y")]
+    columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 't'"
+    assert sorted(r[0] for r in query(target, columns)) == ["A", "a"]
