@@ -430,7 +430,7 @@ SCHEDULE_TICK_S = 1.0
 
 
 def start_schedule_thread(context_factory: Callable[[], Context]) -> None:
-    """Evaluate due schedules every SCHEDULE_TICK_S in a daemon thread (`serve`: no beat)."""
+    """Evaluate due schedules every SCHEDULE_TICK_S in a daemon thread (beat, serve, worker)."""
     from use_cases.schedules import run_due_schedules
 
     def loop() -> None:
@@ -454,19 +454,15 @@ def start_schedule_thread(context_factory: Callable[[], Context]) -> None:
 
 @cli.command()
 def beat() -> None:
-    """Run Celery beat: evaluates due schedules every second, and schedules the reaper."""
+    """Run Celery beat, which schedules the reaper; due schedules are evaluated here, every
+    second, in a thread."""
     settings = Settings()
     configure_logging(settings)
     app = build_celery(settings)
+    # Not a beat task: ticks queued behind a job backlog would expire and skip due times.
+    start_schedule_thread(app.context)
     app.conf.beat_schedule = {
         "reap": {"task": "assay.reap", "schedule": settings.reaper_interval_s},
-        # Due schedules are read from the database each tick; a tick that waited longer than
-        # five ticks in the broker is dropped (the next one does its work).
-        "schedules": {
-            "task": "assay.tick_schedules",
-            "schedule": SCHEDULE_TICK_S,
-            "options": {"expires": SCHEDULE_TICK_S * 5},
-        },
     }
     app.conf.beat_sync_every = 1  # the schedule file's age is beat's health check
     schedule_file = settings.data_dir / "celerybeat-schedule"

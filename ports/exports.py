@@ -74,6 +74,10 @@ class ExportRepository(Protocol):
         """Set cancel_requested on a queued or running export; False once it finished."""
         ...
 
+    def count_active_for_dataset(self, dataset_id: UUID) -> int:
+        """How many queued or running exports read the dataset."""
+        ...
+
     def list_stale_running(
         self, heartbeat_before: datetime, limit: int = 100
     ) -> builtins.list[Export]:
@@ -104,8 +108,8 @@ class ExportRepository(Protocol):
         """Record rows the target rejected."""
         ...
 
-    def delete_failed_rows(self, export_id: UUID) -> None:
-        """Forget the rejected rows of earlier attempts (a new load starts clean)."""
+    def delete_failed_rows(self, export_id: UUID, *, keep_attempt: int | None = None) -> None:
+        """Forget the rejected rows of the attempts other than `keep_attempt` (all when None)."""
         ...
 
     def list_failed_rows(
@@ -136,12 +140,14 @@ class LoadRequest:
     table: str  # validated: `name` or `schema.name`
     mode: ExportMode
     source: Path  # Parquet (a dataset's typed copy, a Parquet artifact) or CSV (an artifact)
+    owner_id: str = ""  # the export's owner: a table one owner's export created is theirs
 
 
 @dataclass(frozen=True)
 class LoadSummary:
     rows_loaded: int
     rows_failed: int
+    attempt: int | None = None  # the attempt that applied the load, when known
 
 
 @dataclass(frozen=True)

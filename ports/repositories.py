@@ -413,6 +413,10 @@ class ScheduleRepository(Protocol):
         """One of the principal's schedules; None when missing or another owner's."""
         ...
 
+    def get_for_worker(self, schedule_id: UUID) -> Schedule | None:
+        """Any owner's schedule (for the beat, which acts for every owner); None when missing."""
+        ...
+
     def list(
         self, principal: Principal, *, before: UUID | None = None, limit: int = 50
     ) -> builtins.list[Schedule]:

@@ -73,14 +73,16 @@ class WebhookDeliveryRepository(Protocol):
         self,
         delivery_id: UUID,
         *,
+        leased_until: datetime,
         status: DeliveryStatus,
         attempts: int,
         next_attempt_at: datetime | None,
         status_code: int | None,
         error: str | None,
         delivered_at: datetime | None,
-    ) -> None:
-        """Store how an attempt went."""
+    ) -> bool:
+        """Store how an attempt went, if the delivery is still leased until `leased_until` (a
+        relay whose lease ran out and was taken over records nothing); whether it was stored."""
         ...
 
 

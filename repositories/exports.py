@@ -134,6 +134,14 @@ class SqlExportRepository:
         )
         return self._db.execute(statement).rowcount == 1
 
+    def count_active_for_dataset(self, dataset_id: UUID) -> int:
+        """How many queued or running exports read the dataset."""
+        query = select(func.count()).where(
+            EXPORTS.c.dataset_id == dataset_id,
+            EXPORTS.c.status.in_(_values([ExportStatus.queued, ExportStatus.running])),
+        )
+        return int(self._db.execute(query).scalar_one())
+
     def list_stale_running(
         self, heartbeat_before: datetime, limit: int = 100
     ) -> builtins.list[Export]:
@@ -198,9 +206,12 @@ class SqlExportRepository:
         if values:
             self._db.execute(insert(FAILED), values)
 
-    def delete_failed_rows(self, export_id: UUID) -> None:
-        """Forget the rejected rows of earlier attempts."""
-        self._db.execute(delete(FAILED).where(FAILED.c.export_id == export_id))
+    def delete_failed_rows(self, export_id: UUID, *, keep_attempt: int | None = None) -> None:
+        """Forget the rejected rows of the attempts other than `keep_attempt` (all when None)."""
+        statement = delete(FAILED).where(FAILED.c.export_id == export_id)
+        if keep_attempt is not None:
+            statement = statement.where(FAILED.c.attempt != keep_attempt)
+        self._db.execute(statement)
 
     def list_failed_rows(
         self, principal: Principal, export_id: UUID, *, after_row: int = 0, limit: int = 100

@@ -50,6 +50,12 @@ class SqlScheduleRepository:
         row = self._db.execute(query).mappings().first()
         return Schedule.model_validate(row) if row is not None else None
 
+    def get_for_worker(self, schedule_id: UUID) -> Schedule | None:
+        """Any owner's schedule (for the beat, which acts for every owner)."""
+        row = self._db.execute(select(SCHEDULES).where(SCHEDULES.c.id == schedule_id))
+        found = row.mappings().first()
+        return Schedule.model_validate(found) if found is not None else None
+
     def list(
         self, principal: Principal, *, before: UUID | None = None, limit: int = 50
     ) -> builtins.list[Schedule]:

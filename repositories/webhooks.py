@@ -127,17 +127,22 @@ class SqlWebhookDeliveryRepository:
         self,
         delivery_id: UUID,
         *,
+        leased_until: datetime,
         status: DeliveryStatus,
         attempts: int,
         next_attempt_at: datetime | None,
         status_code: int | None,
         error: str | None,
         delivered_at: datetime | None,
-    ) -> None:
-        """Store how an attempt went."""
+    ) -> bool:
+        """Store how an attempt went if this relay still holds the lease (compare-and-set)."""
         statement = (
             update(DELIVERIES)
-            .where(DELIVERIES.c.id == delivery_id)
+            .where(
+                DELIVERIES.c.id == delivery_id,
+                DELIVERIES.c.status == DeliveryStatus.pending.value,
+                DELIVERIES.c.next_attempt_at == leased_until,
+            )
             .values(
                 status=status.value,
                 attempts=attempts,
@@ -147,4 +152,4 @@ class SqlWebhookDeliveryRepository:
                 delivered_at=delivered_at,
             )
         )
-        self._db.execute(statement)
+        return self._db.execute(statement).rowcount == 1

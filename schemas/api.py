@@ -314,7 +314,10 @@ class ScheduleExportIn(BaseModel):
         default=None, max_length=255, description="The job's artifact; none: the dataset itself."
     )
     destination: str = Field(min_length=1, max_length=64, description="A named destination.")
-    table: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Checked by the use case as POST /exports checks it (its 422 names action.export.table).
+    table: str = Field(
+        min_length=1, max_length=127, description="`name` or `schema.name` (identifiers)."
+    )
     mode: Literal["create", "append", "replace"] = "append"
 
 

@@ -99,6 +99,10 @@ class FakeExports:
         self._set(export_id, cancel_requested=True, updated_at=datetime.now(UTC))
         return True
 
+    def count_active_for_dataset(self, dataset_id: UUID) -> int:
+        active = (ExportStatus.queued, ExportStatus.running)
+        return sum(e.dataset_id == dataset_id and e.status in active for e in self.rows.values())
+
     def list_stale_running(
         self, heartbeat_before: datetime, limit: int = 100
     ) -> builtins.list[Export]:
@@ -140,8 +144,10 @@ class FakeExports:
     def add_failed_rows(self, rows: Iterable[ExportFailedRow]) -> None:
         self.failed.extend(rows)
 
-    def delete_failed_rows(self, export_id: UUID) -> None:
-        self.failed = [r for r in self.failed if r.export_id != export_id]
+    def delete_failed_rows(self, export_id: UUID, *, keep_attempt: int | None = None) -> None:
+        self.failed = [
+            r for r in self.failed if r.export_id != export_id or r.attempt == keep_attempt
+        ]
 
     def list_failed_rows(
         self, principal: Principal, export_id: UUID, *, after_row: int = 0, limit: int = 100

@@ -28,6 +28,9 @@ class FakeSchedules:
         schedule = self.rows.get(schedule_id)
         return schedule if schedule and schedule.owner_id == principal.owner_id else None
 
+    def get_for_worker(self, schedule_id: UUID) -> Schedule | None:
+        return self.rows.get(schedule_id)
+
     def list(
         self, principal: Principal, *, before: UUID | None = None, limit: int = 50
     ) -> builtins.list[Schedule]:

@@ -86,14 +86,18 @@ class FakeWebhookDeliveries:
         self,
         delivery_id: UUID,
         *,
+        leased_until: datetime,
         status: DeliveryStatus,
         attempts: int,
         next_attempt_at: datetime | None,
         status_code: int | None,
         error: str | None,
         delivered_at: datetime | None,
-    ) -> None:
-        self.rows[delivery_id] = self.rows[delivery_id].model_copy(
+    ) -> bool:
+        held = self.rows[delivery_id]
+        if held.status != DeliveryStatus.pending or held.next_attempt_at != leased_until:
+            return False
+        self.rows[delivery_id] = held.model_copy(
             update={
                 "status": status,
                 "attempts": attempts,
@@ -103,6 +107,7 @@ class FakeWebhookDeliveries:
                 "delivered_at": delivered_at,
             }
         )
+        return True
 
 
 class FakeWebhookSender:

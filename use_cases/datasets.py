@@ -352,7 +352,7 @@ def delete_dataset(
     uow: UnitOfWork, storage: ObjectStorage, dataset_id: UUID, principal: Principal
 ) -> None:
     """Delete one of the principal's datasets, its failed rows and its stored objects; refused
-    while jobs use it. Another owner's dataset is NotFound, like a missing one."""
+    while jobs or exports use it. Another owner's dataset is NotFound, like a missing one."""
     with uow:
         dataset = uow.datasets.get(dataset_id, principal)
         if dataset is None:
@@ -366,6 +366,13 @@ def delete_dataset(
                     "active_jobs": active,
                     "statuses": [s.value for s in ACTIVE_JOB_STATUSES],
                 },
+            )
+        exports = uow.exports.count_active_for_dataset(dataset_id)
+        if exports:
+            raise Conflict(
+                f"dataset {dataset_id} is read by {exports} queued or running export(s); "
+                "cancel them or wait for them to finish first",
+                {"dataset_id": str(dataset_id), "active_exports": exports},
             )
         uow.datasets.delete(dataset_id)
         uow.commit()

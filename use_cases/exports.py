@@ -49,6 +49,14 @@ def check_table_name(table: str) -> str:
             "63 characters",
             {"field": "table", "table": table},
         )
+    if len(parts) == 2 and (
+        parts[0].lower().startswith("pg_") or parts[0].lower() == "information_schema"
+    ):
+        raise InvalidInput(
+            f"schema {parts[0]!r} is a system schema (pg_temp, pg_catalog, "
+            "information_schema...); export into a schema of your own",
+            {"field": "table", "table": table},
+        )
     if parts[-1].startswith("assay_"):
         raise InvalidInput(
             "table names starting with assay_ are reserved for the loader's own tables",

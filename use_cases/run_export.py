@@ -2,6 +2,7 @@
 checks, end exactly once (the same rules as use_cases/run_job.py)."""
 
 import logging
+import math
 import shutil
 import tempfile
 import threading
@@ -144,12 +145,12 @@ def run_export(
                 table=export.table_name,
                 mode=export.mode,
                 source=source,
+                owner_id=export.owner_id,
             )
             summary = loader.applied(request)  # an earlier attempt applied it, then died
             if summary is None:
-                with uow:
-                    uow.exports.delete_failed_rows(export.id)
-                    uow.commit()
+                # The rows earlier attempts rejected stay until the end: a reaped attempt may
+                # still be the one that applies (then its rows are the ones that count).
                 summary = loader.load(
                     request,
                     progress=lambda done, total: _progress(beat, done, total),
@@ -188,12 +189,13 @@ def _download(
         if export.dataset_id is not None:
             dataset = uow.datasets.get(export.dataset_id, owner)
             key = dataset.parquet_key if dataset is not None else None
-        else:
-            assert export.job_id is not None and export.artifact is not None
+        elif export.job_id is not None and export.artifact is not None:
             artifact = uow.artifacts.get(owner, export.job_id, export.artifact)
             key = artifact.storage_key if artifact is not None else None
+        else:  # the job was deleted: the foreign key cleared job_id
+            key = None
     if key is None:
-        raise DestinationError("the export's source was deleted before it ran")
+        raise DestinationError("the source dataset/job was deleted before the export ran")
     (datasets if export.dataset_id is not None else results).download_file(key, path)
     return path
 
@@ -212,12 +214,23 @@ def _record_rejected(
                 export_id=export.id,
                 attempt=export.attempts,
                 row_number=r.row_number,
-                values=r.values,
+                values=_json_safe(r.values),
                 reason=r.reason,
             )
             for r in rows
         )
         uow.commit()
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and the infinities as text: PostgreSQL's JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -247,6 +260,8 @@ def _complete(uow: UnitOfWork, export: Export, summary: LoadSummary, seconds: fl
             finished_at=datetime.now(UTC),
         ):
             return Outcome.lost  # reaped meanwhile: the next attempt finds it applied
+        # Only the rows of the attempt that applied the load describe the table.
+        uow.exports.delete_failed_rows(export.id, keep_attempt=summary.attempt or export.attempts)
         uow.exports.add_event(event(export.id, "completed", **result))
         announce_export(uow, export.id)
         uow.commit()

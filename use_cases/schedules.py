@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from ports.fetcher import UrlFetcher
 from ports.queue import TaskQueue
@@ -68,23 +68,35 @@ MAX_INTERVAL_S = 366 * 24 * 3600
 # --- timing -----------------------------------------------------------------------------------
 
 
-def check_timing(cron: str | None, interval_seconds: int | None, timezone: str) -> None:
+def check_timing(
+    cron: str | None, interval_seconds: int | None, timezone: str, now: datetime | None = None
+) -> None:
     """InvalidParams naming the field unless exactly one of cron / interval_seconds is valid and
-    the timezone is an IANA name."""
+    the timezone is an IANA name; a cron needs 5 fields and a due time after `now`."""
     if (cron is None) == (interval_seconds is None):
         raise InvalidParams("give exactly one of `cron` and `interval_seconds`", {"field": "cron"})
-    if cron is not None and not croniter.is_valid(cron):
-        raise InvalidParams(
-            f"cron: {cron!r} is not a valid cron expression (5 fields: minute hour "
-            "day-of-month month day-of-week, e.g. '0 6 * * *')",
-            {"field": "cron", "cron": cron},
-        )
     if interval_seconds is not None and not MIN_INTERVAL_S <= interval_seconds <= MAX_INTERVAL_S:
         raise InvalidParams(
             f"interval_seconds must be between {MIN_INTERVAL_S} and {MAX_INTERVAL_S}",
             {"field": "interval_seconds"},
         )
-    zone(timezone)
+    tz = zone(timezone)
+    if cron is None:
+        return
+    # croniter also takes a 6th (seconds) and 7th (year) field; a year ends its due times.
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise InvalidParams(
+            f"cron: {cron!r} is not a valid cron expression (5 fields: minute hour "
+            "day-of-month month day-of-week, e.g. '0 6 * * *')",
+            {"field": "cron", "cron": cron},
+        )
+    try:
+        croniter(cron, (now or datetime.now(UTC)).astimezone(tz)).get_next(datetime)
+    except (CroniterError, ValueError, OverflowError):  # e.g. '0 0 31 2 *': no such day
+        raise InvalidParams(
+            f"cron: {cron!r} never matches a date (e.g. day 31 of a 30-day month)",
+            {"field": "cron", "cron": cron},
+        ) from None
 
 
 def zone(name: str) -> ZoneInfo:
@@ -208,7 +220,7 @@ def create_schedule(
     destinations: Collection[str] | None = None,
 ) -> Schedule:
     """Record a schedule of the principal after checking its timing and its action."""
-    check_timing(cron, interval_seconds, timezone)
+    check_timing(cron, interval_seconds, timezone, now)
     action = check_action(uow, fetcher, principal, action, destinations)
     schedule = Schedule(
         id=new_id(),
@@ -258,7 +270,7 @@ def update_schedule(
     if "action" in changes:
         changes["action"] = check_action(uow, fetcher, principal, changes["action"], destinations)
     updated = current.model_copy(update=changes)
-    check_timing(updated.cron, updated.interval_seconds, updated.timezone)
+    check_timing(updated.cron, updated.interval_seconds, updated.timezone, now)
     timing = {"cron", "interval_seconds", "timezone", "enabled"}
     if timing & changes.keys():
         updated.next_run_at = next_due(updated, now) if updated.enabled else None
@@ -336,14 +348,44 @@ def _run_due(
             if schedule is None or schedule.next_run_at is None:
                 return started  # not due any more, or another beat is on it
             due = schedule.next_run_at
-            if due < now - timedelta(seconds=MISSED_AFTER_S):
-                due = latest_due(schedule, now)  # down for a while: one catch-up run
+            try:
+                if due < now - timedelta(seconds=MISSED_AFTER_S):
+                    due = latest_due(schedule, now)  # down for a while: one catch-up run
+                following = next_due(schedule, due)
+            except (CroniterError, ValueError, OverflowError) as exc:
+                # Saved before crons were checked (a year field, no such day): it would stay due
+                # and first in line for ever, so it is paused with a failed run saying why.
+                _stop(uow, schedule, due, f"cron {schedule.cron!r} has no next due time ({exc})")
+                uow.commit()
+                return started
             run, publish = _start_run(uow, schedule, due, manual=False, quota_bytes=quota_bytes)
-            uow.schedules.advance(schedule_id, next_due(schedule, due))
+            uow.schedules.advance(schedule_id, following)
             uow.commit()
         _publish(uow, queue, publish)
         started += run is not None
     return started
+
+
+def _stop(uow: UnitOfWork, schedule: Schedule, due: datetime, reason: str) -> None:
+    """Inside the caller's transaction: pause the schedule and record a failed run of `due`."""
+    uow.schedules.update(schedule.id, enabled=False, next_run_at=None)
+    now = datetime.now(UTC)
+    export = schedule.action.export
+    run = ScheduleRun(
+        schedule_id=schedule.id,
+        due_at=due,
+        manual=False,
+        outcome=RunOutcome.failed,
+        message=reason,
+        export=export,
+        export_state=EXPORT_WAITING if export is not None else None,
+        created_at=now,
+        updated_at=now,
+    )
+    added = uow.schedules.add_run(run)
+    if added is not None:
+        message = f"{reason}; the schedule was paused"
+        _ended(uow, added, RunOutcome.failed, message, schedule.owner_id)
 
 
 def _start_run(
@@ -463,7 +505,8 @@ def _ended(
     assert run.id is not None
     changes: dict[str, Any] = {"outcome": outcome, "message": message}
     if run.export_state is not None:
-        changes["export_state"] = f"skipped: {outcome.value}"
+        reason = outcome.value.removeprefix("skipped: ")  # "skipped: unchanged" is one already
+        changes["export_state"] = f"skipped: {reason}"
     uow.schedules.update_run(run.id, **changes)
     ended = run.model_copy(update=changes)
     if owner_id is not None:
@@ -521,21 +564,24 @@ def settle_runs(
 def _settle_import(
     uow: UnitOfWork, queue: TaskQueue, storage: ObjectStorage | None, run: ScheduleRun
 ) -> None:
-    assert run.id is not None and run.dataset_id is not None and run.version is not None
+    assert run.id is not None and run.version is not None
     duplicate = None
     publish: list[tuple[str, UUID]] = []
     with uow:
-        dataset = uow.datasets.get_for_worker(run.dataset_id)
-        schedule = _schedule_for_worker(uow, run.schedule_id, dataset)
+        # Deleting the dataset clears the run's dataset_id (ON DELETE SET NULL).
+        dataset = uow.datasets.get_for_worker(run.dataset_id) if run.dataset_id else None
+        schedule = uow.schedules.get_for_worker(run.schedule_id)
+        settled = (DatasetStatus.ready, DatasetStatus.failed)
+        if dataset is not None and dataset.status not in settled:
+            return  # still downloading or validating
+        if not uow.schedules.update_run_if(run.id, {"outcome": RunOutcome.importing}):
+            return  # another beat settled it (a concurrent one waited for its commit here)
         if dataset is None or schedule is None:
-            _ended(uow, run, RunOutcome.failed, "the imported dataset was deleted")
+            owner_id = schedule.owner_id if schedule is not None else None
+            _ended(uow, run, RunOutcome.failed, "the imported dataset was deleted", owner_id)
         elif dataset.status == DatasetStatus.failed:
             failed = dataset.error or "the import failed"
             _ended(uow, run, RunOutcome.failed, failed, dataset.owner_id)
-        elif dataset.status != DatasetStatus.ready:
-            return  # still downloading or validating
-        elif not uow.schedules.update_run_if(run.id, {"outcome": RunOutcome.importing}):
-            return  # another beat settled it (a concurrent one waited for its commit here)
         else:
             previous = uow.schedules.previous_version(run.schedule_id, run.version)
             owner = Principal(owner_id=dataset.owner_id, scope=KeyScope.write)
@@ -553,15 +599,6 @@ def _settle_import(
             delete_dataset(uow, storage, *duplicate)
         except Exception:
             log.warning("could not delete unchanged version %s", duplicate[0], exc_info=True)
-
-
-def _schedule_for_worker(
-    uow: UnitOfWork, schedule_id: UUID, dataset: Dataset | None
-) -> Schedule | None:
-    if dataset is None:
-        return None
-    owner = Principal(owner_id=dataset.owner_id, scope=KeyScope.read)
-    return uow.schedules.get(schedule_id, owner)
 
 
 def _hand_over_export(

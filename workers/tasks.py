@@ -100,6 +100,8 @@ def reap_task(self: Task) -> int:
 
 @shared_task(name="assay.tick_schedules", bind=True)
 def tick_schedules_task(self: Task) -> int:
+    """One schedule tick; `assay beat` no longer sends it (it ticks in its own thread), kept so
+    ticks an older beat queued still run."""
     context = context_of(self)
     return run_due_schedules(
         context.new_uow(),

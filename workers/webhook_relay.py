@@ -9,12 +9,11 @@ import threading
 from collections.abc import Callable
 
 from ports.context import Context
-from use_cases.webhooks import relay_deliveries
+from use_cases.webhooks import RELAY_BATCH, relay_deliveries
 
 log = logging.getLogger(__name__)
 
 RELAY_INTERVAL_S = 1.0
-BATCH = 50
 
 
 def start_webhook_relay_thread(context_factory: Callable[[], Context]) -> threading.Event:
@@ -29,11 +28,14 @@ def start_webhook_relay_thread(context_factory: Callable[[], Context]) -> thread
             sent = 0
             try:
                 sent = relay_deliveries(
-                    context.new_uow, context.webhook_sender, limit=BATCH, max_attempts=max_attempts
+                    context.new_uow,
+                    context.webhook_sender,
+                    limit=RELAY_BATCH,
+                    max_attempts=max_attempts,
                 )
             except Exception:  # keep the loop alive across transient outages
                 log.exception("webhook relay pass failed")
-            if sent < BATCH:
+            if sent < RELAY_BATCH:
                 stop.wait(RELAY_INTERVAL_S)
 
     threading.Thread(target=loop, name="assay-webhook-relay", daemon=True).start()

@@ -297,7 +297,7 @@ def list_failed_rows(
 def remove_dataset(
     dataset_id: UUID, uow: UowDep, storage: DatasetsStorageDep, principal: WriterDep
 ) -> Response:
-    """Delete a dataset and its stored objects (409 while jobs use it)."""
+    """Delete a dataset and its stored objects (409 while a job or an export uses it)."""
     delete_dataset(uow, storage, dataset_id, principal)
     return Response(status_code=204)
 

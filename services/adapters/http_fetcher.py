@@ -58,12 +58,13 @@ def parse_url(url: str) -> httpx.URL:
     """The URL if an import may request it (http or https, a host, no credentials)."""
     try:
         parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
+        host = parsed.host
+    except (httpx.InvalidURL, UnicodeError) as exc:  # UnicodeError: a malformed IDNA host
         raise UrlRefused(f"not a valid URL: {exc}") from None
     if parsed.scheme not in SCHEMES:
         scheme = f"{parsed.scheme}:" if parsed.scheme else "a URL without a scheme"
         raise UrlRefused(f"only http and https URLs can be imported, not {scheme}")
-    if not parsed.host:
+    if not host:
         raise UrlRefused("the URL names no host")
     if parsed.userinfo:
         raise UrlRefused("credentials in the URL are not accepted")
@@ -248,18 +249,27 @@ def _save(
 
 
 def checked_transport(
-    addresses: Callable[[str, int], list[IPAddress]], ssl_context: ssl.SSLContext | None = None
+    addresses: Callable[[str, int], list[IPAddress]],
+    ssl_context: ssl.SSLContext | None = None,
+    on_connect: Callable[[httpcore.NetworkStream], None] | None = None,
 ) -> httpx.BaseTransport:
     """An httpx transport that connects only to the addresses `addresses(host, port)` gives
-    (HttpUrlFetcher.addresses: resolved once and allowed by the policy)."""
-    return _CheckedTransport(_CheckedBackend(addresses), ssl_context or httpx.create_ssl_context())
+    (HttpUrlFetcher.addresses: resolved once and allowed by the policy); `on_connect` sees
+    each connection it opens (to cut it off from another thread)."""
+    backend = _CheckedBackend(addresses, on_connect)
+    return _CheckedTransport(backend, ssl_context or httpx.create_ssl_context())
 
 
 class _CheckedBackend(httpcore.NetworkBackend):
     """Opens TCP connections only to addresses `addresses(host, port)` resolved and allowed."""
 
-    def __init__(self, addresses: Callable[[str, int], list[IPAddress]]) -> None:
+    def __init__(
+        self,
+        addresses: Callable[[str, int], list[IPAddress]],
+        on_connect: Callable[[httpcore.NetworkStream], None] | None = None,
+    ) -> None:
         self._addresses = addresses
+        self._on_connect = on_connect
         self._sockets = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -274,13 +284,16 @@ class _CheckedBackend(httpcore.NetworkBackend):
         for address in self._addresses(host, port):  # UrlRefused when none is allowed
             try:
                 # An IP literal: the socket layer does no lookup of its own.
-                return self._sockets.connect_tcp(
+                stream = self._sockets.connect_tcp(
                     str(address),
                     port,
                     timeout=timeout,
                     local_address=local_address,
                     socket_options=socket_options,
                 )
+                if self._on_connect is not None:
+                    self._on_connect(stream)
+                return stream
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 failure = exc
         assert failure is not None

@@ -6,6 +6,10 @@ target only changes in the final transaction, which also records the export in t
 destination's `assay_export_loads` table. A later attempt that finds that record applies
 nothing again; a killed attempt never got to that transaction, so the target is untouched.
 
+Owners: the destination is shared by every owner of the service, so `assay_export_tables`
+records which owner's export created each table, and another owner's export may not replace,
+append to or create it. Tables no export created (the operator's) stay open to append/replace.
+
 Rows the target rejects: a batch that fails is split where PostgreSQL says it failed (the
 `line N` of the COPY error's context: the rows before it are good, that row is rejected with
 the database's message), or halved when the error names no line, down to single rows.
@@ -38,6 +42,9 @@ from services.exports.arrow_source import record_batches, schema_and_rows
 from services.exports.server_split import CheckSplit, ServerSplit, with_row_numbers
 
 MARKER_TABLE = "assay_export_loads"
+# Which owner's export created each table of a schema: another owner's export may not
+# replace, append to or create it (the operator's own tables, not in it, stay open to all).
+OWNERS_TABLE = "assay_export_tables"
 STAGING_PREFIX = "assay_stage_"
 _LINE = re.compile(r"\bline (\d+)\b")
 # After a rejected row, the rest of a batch goes in pieces about twice the good run that
@@ -90,18 +97,13 @@ class PostgresTableLoader:
     def applied(self, request: LoadRequest) -> LoadSummary | None:
         """What an earlier attempt of this export applied, from the destination's record."""
         schema, _ = _split(request.table)
-        with self._connect(request.destination) as db:
-            marker = _qualified(schema, MARKER_TABLE)
-            exists = db.execute("SELECT to_regclass(%s)", [marker.as_string(db)]).fetchone()
-            if exists is None or exists[0] is None:
-                return None
-            row = db.execute(
-                sql.SQL("SELECT rows_loaded, rows_failed FROM {} WHERE export_id = %s").format(
-                    marker
-                ),
-                [request.export_id],
-            ).fetchone()
-        return LoadSummary(rows_loaded=row[0], rows_failed=row[1]) if row else None
+        try:
+            with self._connect(request.destination) as db:
+                return _recorded(db, schema, request)
+        except psycopg.OperationalError as exc:
+            raise DestinationUnavailable(
+                f"lost the connection to destination {request.destination!r}"
+            ) from exc
 
     def load(
         self,
@@ -137,6 +139,7 @@ class PostgresTableLoader:
             db.execute("SET synchronous_commit = off")
             _drop_stale_staging(db, schema_name, request)
             exists = _exists(db, target)
+            _check_owner(db, schema_name, name, request, exists)
             if request.mode == ExportMode.create and exists:
                 raise DestinationError(
                     f"table {request.table} already exists (mode create); "
@@ -154,8 +157,10 @@ class PostgresTableLoader:
                     progress(copy.rows_done, total or copy.rows_done)
                 if should_stop():
                     raise LoadCancelled()
-                summary = LoadSummary(rows_loaded=copy.loaded, rows_failed=copy.failed)
-                _apply(db, request, target, staging, exists, arrow_schema, summary)
+                summary = LoadSummary(
+                    rows_loaded=copy.loaded, rows_failed=copy.failed, attempt=request.attempt
+                )
+                summary = _apply(db, request, target, staging, exists, arrow_schema, summary)
             except BaseException:
                 _drop(db, staging)
                 raise
@@ -166,12 +171,19 @@ class PostgresTableLoader:
         if url is None:
             raise DestinationError(f"destination {destination!r} is not configured")
         # autocommit: each `with db.transaction()` is a transaction of its own.
+        # The errors are not chained: psycopg's text may quote the URL, password included
+        # (a malformed one), and a logged traceback shows the chain.
         try:
             return psycopg.connect(
                 conninfo(url), autocommit=True, connect_timeout=self._connect_timeout_s
             )
-        except psycopg.OperationalError as exc:  # its text names the host, never the password
-            raise DestinationUnavailable(f"destination {destination!r} is unreachable") from exc
+        except psycopg.OperationalError:
+            raise DestinationUnavailable(f"destination {destination!r} is unreachable") from None
+        except (psycopg.Error, ValueError):
+            raise DestinationError(
+                f"the URL of destination {destination!r} is malformed (in ASSAY_DESTINATIONS; "
+                "a password must be percent-encoded)"
+            ) from None
 
 
 class _Copy:
@@ -374,6 +386,60 @@ def _qualified(schema: str | None, name: str) -> sql.Identifier:
     return sql.Identifier(schema, name) if schema else sql.Identifier(name)
 
 
+def _recorded(
+    db: psycopg.Connection[Any], schema: str | None, request: LoadRequest
+) -> LoadSummary | None:
+    """The summary the destination recorded for this export; None when none applied it."""
+    marker = _qualified(schema, MARKER_TABLE)
+    if not _exists(db, marker):
+        return None
+    row = db.execute(
+        sql.SQL("SELECT rows_loaded, rows_failed, attempt FROM {} WHERE export_id = %s").format(
+            marker
+        ),
+        [request.export_id],
+    ).fetchone()
+    return LoadSummary(rows_loaded=row[0], rows_failed=row[1], attempt=row[2]) if row else None
+
+
+def _owner_of(db: psycopg.Connection[Any], schema: str | None, name: str) -> str | None:
+    """The owner whose export created the table; None when no export did."""
+    owners = _qualified(schema, OWNERS_TABLE)
+    if not _exists(db, owners):
+        return None
+    row = db.execute(
+        sql.SQL("SELECT owner_id FROM {} WHERE table_name = %s").format(owners), [name]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _check_owner(
+    db: psycopg.Connection[Any], schema: str | None, name: str, request: LoadRequest, exists: bool
+) -> None:
+    """DestinationError when another owner's export created the (existing) table."""
+    owner = _owner_of(db, schema, name)
+    if exists and owner is not None and owner != request.owner_id:
+        raise DestinationError(
+            f"table {request.table} was created by another owner's export; "
+            "export into a table of your own"
+        )
+
+
+def _claim_table(
+    db: psycopg.Connection[Any], schema: str | None, name: str, request: LoadRequest
+) -> None:
+    """Record the export's owner as the table's (inside the apply's transaction); the row
+    lock makes two owners creating one name at once wait for each other."""
+    owners = _qualified(schema, OWNERS_TABLE)
+    db.execute(
+        sql.SQL(
+            "INSERT INTO {} (table_name, owner_id) VALUES (%s, %s) ON CONFLICT (table_name)"
+            " DO UPDATE SET owner_id = EXCLUDED.owner_id"
+        ).format(owners),
+        [name, request.owner_id],
+    )
+
+
 def _exists(db: psycopg.Connection[Any], table: sql.Composable) -> bool:
     row = db.execute("SELECT to_regclass(%s)", [table.as_string(db)]).fetchone()
     return row is not None and row[0] is not None
@@ -450,9 +516,10 @@ def _apply(
     exists: bool,
     schema: pa.Schema,
     summary: LoadSummary,
-) -> None:
+) -> LoadSummary:
     """Swap in (create, replace) or insert (append) the staging table, in one transaction
-    that also records the export as applied (a second apply fails on its primary key)."""
+    that also records the export as applied (a second apply fails on its primary key: then
+    the summary recorded by the attempt that applied it)."""
     schema_name, name = _split(request.table)
     marker = _qualified(schema_name, MARKER_TABLE)
     # Two first exports into one schema at once may both try to create it: one does.
@@ -463,6 +530,12 @@ def _apply(
                 " NOT NULL, table_name text NOT NULL, rows_loaded bigint NOT NULL,"
                 " rows_failed bigint NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())"
             ).format(marker)
+        )
+        db.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (table_name text PRIMARY KEY, owner_id text"
+                " NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            ).format(_qualified(schema_name, OWNERS_TABLE))
         )
     rename = sql.SQL("ALTER TABLE {} RENAME TO {}").format(staging, sql.Identifier(name))
     try:
@@ -481,6 +554,16 @@ def _apply(
                     summary.rows_failed,
                 ],
             )
+            # Checked again under the transaction: another owner may have created it since.
+            still = _exists(db, target)
+            owner = _owner_of(db, schema_name, name)
+            if still and owner is not None and owner != request.owner_id:
+                raise DestinationError(
+                    f"table {request.table} was created by another owner's export; "
+                    "export into a table of your own"
+                )
+            if not still:  # this export creates it (a record left by a dropped one is stale)
+                _claim_table(db, schema_name, name, request)
             if request.mode == ExportMode.append and exists:
                 columns = sql.SQL(", ").join(sql.Identifier(c) for c in schema.names)
                 db.execute(
@@ -495,7 +578,13 @@ def _apply(
                 db.execute(rename)
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.table_name == MARKER_TABLE:
-            raise DestinationError("this export was already applied by another attempt") from exc
+            # Another attempt of this export (reaped, yet still running) applied it first.
+            _drop(db, staging)
+            applied = _recorded(db, schema_name, request)
+            if applied is None:
+                raise DestinationError("this export was applied by another attempt") from exc
+            return applied
         raise DestinationError(f"the target refused the rows: {exc.diag.message_primary}") from exc
     except (psycopg.errors.IntegrityError, psycopg.errors.ProgrammingError) as exc:
         raise DestinationError(f"could not apply the load: {exc.diag.message_primary}") from exc
+    return summary

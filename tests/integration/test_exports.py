@@ -1,6 +1,7 @@
 """Exports into a real PostgreSQL: types, rejected rows, modes, cancel, retry after a crash."""
 
 import datetime as dt
+import logging
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,10 +22,11 @@ from db.engine import make_engine
 from ports.exports import LoadRequest
 from ports.repositories import UnitOfWork
 from repositories.unit_of_work import SqlUnitOfWork
-from schemas.domain.exports import ExportMode, ExportStatus
+from schemas.domain.exports import ExportFailedRow, ExportMode, ExportStatus
 from schemas.domain.ids import new_id
 from services.exports.postgres import PostgresTableLoader
 from tests.fakes import FakeQueue, FakeStorage
+from tests.fixtures.databases import _empty_postgres_tables
 from tests.integration.exports_support import (
     add_dataset,
     destination_database,
@@ -31,6 +34,7 @@ from tests.integration.exports_support import (
     query,
     run,
 )
+from use_cases.errors import InvalidInput
 from use_cases.exports import (
     ExportSource,
     cancel_export,
@@ -417,3 +421,186 @@ def test_a_typed_copy_loads_as_the_dataset_columns(target, tmp_path):
     assert query(target, 'SELECT a, "A" FROM t ORDER BY a') == [(1, "x"), (2, "y")]
     columns = "SELECT column_name FROM information_schema.columns WHERE table_name = 't'"
     assert sorted(r[0] for r in query(target, columns)) == ["A", "a"]
+
+
+def outcome(new_uow, export_id, owner: str = "alice"):
+    with new_uow() as uow:
+        done = uow.exports.get(export_id, principal(owner))
+    assert done is not None
+    return done
+
+
+def test_a_table_another_owners_export_created_is_theirs(new_uow, storage, target, tmp_path):
+    loader = PostgresTableLoader({"warehouse": target})
+    alices = add_dataset(new_uow(), storage, sales(5), tmp_path)
+    bobs = add_dataset(new_uow(), storage, sales(2), tmp_path, owner="bob")
+    created = submit(new_uow, alices, "t", ExportMode.create)
+    assert run(new_uow, storage, loader, created.id, tmp_path) == "completed"
+    before = query(target, "SELECT * FROM t ORDER BY id")
+    assert len(before) == 5
+
+    for mode in (ExportMode.replace, ExportMode.append, ExportMode.create):
+        attack = submit(new_uow, bobs, "t", mode, owner="bob")
+        assert run(new_uow, storage, loader, attack.id, tmp_path) == "failed", mode
+        error = outcome(new_uow, attack.id, "bob").error
+        assert error is not None and "another owner" in error["message"], mode
+        assert query(target, "SELECT * FROM t ORDER BY id") == before, mode
+
+    # Alice's own table stays hers to append to and replace.
+    more = add_dataset(new_uow(), storage, sales(3), tmp_path)
+    appended = submit(new_uow, more, "t", ExportMode.append)
+    assert run(new_uow, storage, loader, appended.id, tmp_path) == "completed"
+    assert query(target, "SELECT count(*) FROM t") == [(8,)]
+    replaced = submit(new_uow, more, "t", ExportMode.replace)
+    assert run(new_uow, storage, loader, replaced.id, tmp_path) == "completed"
+    assert query(target, "SELECT count(*) FROM t") == [(3,)]
+
+    # The operator's own table (no export created it) stays open to every owner.
+    query(target, "CREATE TABLE shared (id bigint, amount bigint, code text)")
+    into = submit(new_uow, bobs, "shared", ExportMode.append, owner="bob")
+    assert run(new_uow, storage, loader, into.id, tmp_path) == "completed"
+    again = submit(new_uow, alices, "shared", ExportMode.append)
+    assert run(new_uow, storage, loader, again.id, tmp_path) == "completed"
+    assert query(target, "SELECT count(*) FROM shared") == [(7,)]
+
+    # Once the operator drops alice's table, the name is free again.
+    query(target, "DROP TABLE t")
+    taken = submit(new_uow, bobs, "t", ExportMode.create, owner="bob")
+    assert run(new_uow, storage, loader, taken.id, tmp_path) == "completed"
+    stolen = submit(new_uow, alices, "t", ExportMode.replace)
+    assert run(new_uow, storage, loader, stolen.id, tmp_path) == "failed"
+
+
+@pytest.mark.parametrize(
+    "table", ["pg_temp.t", "pg_catalog.t", "information_schema.t", "PG_TEMP_3.t"]
+)
+def test_system_schemas_are_refused_at_submit(new_uow, storage, tmp_path, table):
+    dataset_id = add_dataset(new_uow(), storage, sales(1), tmp_path)
+    with pytest.raises(InvalidInput, match="system schema"):
+        submit(new_uow, dataset_id, table, ExportMode.create)
+
+
+def test_a_malformed_destination_url_never_shows_its_password(
+    new_uow, storage, tmp_path, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    loader = PostgresTableLoader({"warehouse": "postgresql://loader:s3cr%et@127.0.0.1:1/db"})
+    dataset_id = add_dataset(new_uow(), storage, sales(3), tmp_path)
+    export = submit(new_uow, dataset_id, "t", ExportMode.create)
+
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "failed"
+
+    done = outcome(new_uow, export.id)
+    assert done.error is not None and "warehouse" in done.error["message"]
+    with new_uow() as uow:
+        events = uow.exports.list_events(principal(), export.id)
+    shown = repr(done) + "".join(repr(e) for e in events)
+    assert "s3cr" not in shown
+    assert "s3cr" not in caplog.text
+    assert "s3cr" not in "".join(
+        logging.Formatter().format(r) for r in caplog.records
+    )  # tracebacks included
+
+
+def test_two_attempts_reaching_the_apply_complete_with_the_first(
+    new_uow, storage, target, tmp_path
+):
+    rejecting_target(target)
+    source = sales(30)
+    dataset_id = add_dataset(new_uow(), storage, source, tmp_path)
+    export = submit(new_uow, dataset_id, "sales", ExportMode.append)
+    with new_uow() as uow:
+        claimed = uow.exports.claim(export.id, "slow", dt.datetime.now(dt.UTC))
+        dataset = uow.datasets.get(dataset_id, principal())
+        uow.commit()
+    assert claimed is not None and dataset is not None and dataset.parquet_key
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(storage.objects[dataset.parquet_key])
+
+    # Attempt 1 is reaped while it still runs; attempt 2 starts before attempt 1 applies, and
+    # attempt 1 applies (recording its refused rows) before attempt 2 gets there.
+    time.sleep(0.05)
+    recover_exports(new_uow(), FakeQueue(), heartbeat_timeout_s=0.01, grace_s=60, max_attempts=3)
+
+    class Racing(PostgresTableLoader):
+        def applied(self, request):
+            return None  # what attempt 2 saw when it started
+
+        def load(self, request, **callbacks):
+            first = LoadRequest(export.id, 1, "warehouse", "sales", ExportMode.append, copy)
+            record = lambda rows: add_failed(new_uow, export.id, 1, rows)  # noqa: E731
+            PostgresTableLoader.load(
+                self,
+                replace(first, owner_id="alice"),
+                progress=lambda d, t: None,
+                rejected=record,
+                should_stop=bool,
+            )
+            return PostgresTableLoader.load(self, request, **callbacks)
+
+    assert run(new_uow, storage, Racing({"warehouse": target}), export.id, tmp_path) == (
+        "completed"
+    )
+
+    bad = [i for i in range(1, 31) if i % 7 == 0 or i % 11 == 0]
+    assert query(target, "SELECT count(*) FROM sales") == [(30 - len(bad),)]  # applied once
+    done = outcome(new_uow, export.id)
+    assert (done.rows_loaded, done.rows_failed) == (30 - len(bad), len(bad))
+    with new_uow() as uow:
+        failed = uow.exports.list_failed_rows(principal(), export.id, limit=100)
+    assert [(f.row_number, f.attempt) for f in failed] == [(i, 1) for i in bad]
+    assert staging_tables(target) == []
+
+
+def add_failed(new_uow, export_id, attempt: int, rows) -> None:
+    with new_uow() as uow:
+        uow.exports.add_failed_rows(
+            ExportFailedRow(
+                export_id=export_id,
+                attempt=attempt,
+                row_number=r.row_number,
+                values=r.values,
+                reason=r.reason,
+            )
+            for r in rows
+        )
+        uow.commit()
+
+
+def test_an_export_whose_dataset_was_deleted_fails_saying_so(new_uow, storage, target, tmp_path):
+    dataset_id = add_dataset(new_uow(), storage, sales(3), tmp_path)
+    export = submit(new_uow, dataset_id, "t", ExportMode.create)
+    with new_uow() as uow:
+        uow.datasets.delete(dataset_id)  # what the API refuses while the export is queued
+        uow.commit()
+    loader = PostgresTableLoader({"warehouse": target})
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "failed"
+    error = outcome(new_uow, export.id).error
+    assert error is not None and error["type"] == "DestinationError"
+    assert "source dataset/job was deleted" in error["message"]
+
+
+@pytest.fixture
+def pg_new_uow(postgres_migrated_url: str) -> Iterator[Callable[[], UnitOfWork]]:
+    _empty_postgres_tables(postgres_migrated_url)
+    engine = make_engine(postgres_migrated_url)
+    yield lambda: SqlUnitOfWork(engine)
+    engine.dispose()
+
+
+def test_non_finite_values_of_a_refused_row_are_kept_on_postgresql(
+    pg_new_uow, storage, target, tmp_path
+):
+    query(target, "CREATE TABLE m (id bigint, ratio double precision CHECK (ratio < 1e300))")
+    source = pa.table({"id": [1, 2, 3, 4], "ratio": [1.5, float("nan"), float("inf"), -1.0]})
+    dataset_id = add_dataset(pg_new_uow(), storage, source, tmp_path)
+    export = submit(pg_new_uow, dataset_id, "m", ExportMode.append)
+    loader = PostgresTableLoader({"warehouse": target})
+
+    assert run(pg_new_uow, storage, loader, export.id, tmp_path) == "completed"
+
+    # PostgreSQL orders NaN above every number: the CHECK refuses NaN and Infinity.
+    assert query(target, "SELECT id FROM m ORDER BY id") == [(1,), (4,)]
+    with pg_new_uow() as uow:
+        failed = uow.exports.list_failed_rows(principal(), export.id)
+    assert [f.values for f in failed] == [{"id": 2, "ratio": "NaN"}, {"id": 3, "ratio": "Infinity"}]

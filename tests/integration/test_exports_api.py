@@ -189,3 +189,19 @@ def test_bad_input_is_a_4xx_naming_it(api: Api, changes: dict[str, Any], status:
     response = api.client("alice").post("/api/v1/exports", json=body(dataset(api), **changes))
     assert response.status_code == status, response.text
     assert where in response.text
+
+
+def test_a_dataset_a_pending_export_reads_cannot_be_deleted(api: Api) -> None:
+    alice = api.client("alice")
+    dataset_id = dataset(api)
+    export = alice.post("/api/v1/exports", json=body(dataset_id)).json()
+
+    refused = alice.delete(f"/api/v1/datasets/{dataset_id}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["details"]["active_exports"] == 1
+    assert alice.get(f"/api/v1/datasets/{dataset_id}").status_code == 200
+
+    assert work(api, export["id"]) == "completed"
+    assert alice.delete(f"/api/v1/datasets/{dataset_id}").status_code == 204
+    # The finished export outlives its source.
+    assert alice.get(export["links"]["self"]).json()["status"] == "completed"

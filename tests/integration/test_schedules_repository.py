@@ -183,3 +183,42 @@ def test_a_completed_job_hands_its_export_over_once(uow: SqlUnitOfWork) -> None:
     assert exported is not None and exported.dataset_id == dataset.id
     assert (exported.destination, exported.table_name) == ("warehouse", "daily")
     assert queue.exports == [exported.id]
+
+
+def test_a_deleted_import_fails_its_run_and_settling_goes_on(uow: SqlUnitOfWork) -> None:
+    action = ScheduleAction(source_url=URL, format="csv", steps=[{"processor": "metrics"}])
+    schedule = every_second(uow, action)
+    queue = FakeQueue()
+    run_due_schedules(uow, queue, T0 + timedelta(seconds=1))
+    with uow:
+        uow.datasets.delete(queue.imports[0])  # the owner deleted the version mid-import
+        uow.commit()
+        (run,) = uow.schedules.list_runs(ME, schedule.id)
+    assert run.dataset_id is None  # ON DELETE SET NULL
+    run_due_schedules(uow, queue, T0 + timedelta(seconds=1.5))
+    with uow:
+        (run,) = uow.schedules.list_runs(ME, schedule.id)
+        assert uow.schedules.list_unsettled_runs() == []
+        assert uow.schedules.get_for_worker(schedule.id) == uow.schedules.get(schedule.id, ME)
+    assert (run.outcome, run.message) == (RunOutcome.failed, "the imported dataset was deleted")
+
+
+def test_a_cron_without_a_next_due_time_is_paused_and_blocks_nobody(uow: SqlUnitOfWork) -> None:
+    dataset = add_dataset(uow)
+    action = ScheduleAction(dataset_id=dataset.id, steps=[{"processor": "metrics"}])
+    broken, mine = every_second(uow, action), every_second(uow, action)
+    with uow:  # saved before crons were checked: a year field whose last year has passed
+        uow.schedules.update(broken.id, cron="0 0 1 1 * 0 2025", interval_seconds=None)
+        uow.schedules.advance(broken.id, None)
+        uow.schedules.advance(broken.id, T0 - timedelta(days=1))
+        uow.commit()
+    queue = FakeQueue()
+    for second in (1, 2, 3):  # one schedule per tick: the broken one must not keep the slot
+        run_due_schedules(uow, queue, T0 + timedelta(seconds=second), limit=1)
+    with uow:
+        stopped = uow.schedules.get(broken.id, ME)
+        (failed,) = uow.schedules.list_runs(ME, broken.id)
+        due = sorted(r.due_at for r in uow.schedules.list_runs(ME, mine.id))
+    assert due == [T0 + timedelta(seconds=s) for s in (1, 2, 3)]  # none of its due times lost
+    assert stopped is not None and (stopped.enabled, stopped.next_run_at) == (False, None)
+    assert failed.outcome == RunOutcome.failed and "2025" in (failed.message or "")

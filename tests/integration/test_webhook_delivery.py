@@ -133,3 +133,61 @@ def test_private_loopback_and_metadata_addresses_are_refused_before_connecting(
         sender.check("https://hooks.example.com/x")
     with pytest.raises(UrlRefused):
         sender.send("https://hooks.example.com/x", b"{}", {})
+
+
+def test_a_receiver_cannot_hold_or_flood_the_relay() -> None:
+    import time
+    from http.server import BaseHTTPRequestHandler
+
+    from ports.webhooks import WebhookSendFailed
+    from tests.fixtures.http_servers import endless
+
+    def dripping(handler: BaseHTTPRequestHandler) -> None:
+        # A status line a byte at a time: every read gets something, none times out alone.
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    with serve() as receiver:
+        receiver.routes["/flood"] = endless(cap_bytes=2 * 1024**3)  # 2 GiB, never read
+        receiver.routes["/drip"] = dripping
+        sender = HttpWebhookSender(LOOPBACK, timeout_s=1.5)
+        started = time.monotonic()
+        assert sender.send(receiver.url("/flood"), b"{}", {}) == 200
+        assert time.monotonic() - started < 5  # the status, not 2 GiB of body
+        started = time.monotonic()
+        with pytest.raises(WebhookSendFailed, match=r"within 1\.5 s"):
+            sender.send(receiver.url("/drip"), b"{}", {})
+        assert time.monotonic() - started < 4
+
+
+def test_a_relay_whose_lease_was_taken_over_records_nothing(uow: SqlUnitOfWork) -> None:
+    sender = HttpWebhookSender(LOOPBACK)
+    create_webhook(uow, sender, ALICE, url="http://127.0.0.1:9/x", events=[WebhookEvent.job_failed])
+    finished_job(uow, JobStatus.failed)
+    now = datetime.now(UTC)
+    with uow:
+        (first,) = uow.webhook_deliveries.lease_due(now, now + timedelta(seconds=1), 10)
+        uow.commit()
+    later = now + timedelta(seconds=5)  # the first lease ran out; another relay takes it
+    with uow:
+        (second,) = uow.webhook_deliveries.lease_due(later, later + timedelta(seconds=120), 10)
+        stale = uow.webhook_deliveries.record_attempt(
+            first.id,
+            leased_until=now + timedelta(seconds=1),
+            status=DeliveryStatus.delivered,
+            attempts=1,
+            next_attempt_at=None,
+            status_code=200,
+            error=None,
+            delivered_at=later,
+        )
+        uow.commit()
+    assert second.id == first.id and stale is False
+    with uow:
+        (delivery,) = uow.webhook_deliveries.list_for_webhook(ALICE, second.webhook_id)
+    assert delivery.status == DeliveryStatus.pending and delivery.attempts == 0

@@ -15,7 +15,8 @@ from schemas.domain.records import (
     KeyScope,
     Principal,
 )
-from schemas.domain.schedules import RunOutcome, ScheduleAction
+from schemas.domain.schedules import RunOutcome, Schedule, ScheduleAction
+from schemas.domain.webhooks import Webhook, WebhookEvent
 from tests.fakes import FakeQueue, FakeStorage, FakeUnitOfWork
 from use_cases.errors import InvalidParams, NotFound
 from use_cases.schedules import (
@@ -108,6 +109,9 @@ def test_cron_follows_the_timezone_across_dst() -> None:
     [
         ({"cron": "61 * * * *"}, "cron"),
         ({"cron": "every day"}, "cron"),
+        ({"cron": "0 0 1 1 * 0 2030"}, "cron"),  # croniter's seconds and year fields
+        ({"cron": "0 0 1 1 * 0"}, "cron"),
+        ({"cron": "0 0 31 2 *"}, "cron"),  # valid fields, but no such day ever
         ({}, "cron"),
         ({"interval_seconds": 0}, "interval_seconds"),
         ({"cron": "0 6 * * *", "timezone": "Mars/Olympus"}, "timezone"),
@@ -291,3 +295,66 @@ def test_a_clock_jump_back_and_a_restarted_tick_never_repeat_a_due_time() -> Non
     assert run_due_schedules(uow, queue, T0 + timedelta(seconds=61)) == 0
     assert uow.schedules.rows[schedule.id].next_run_at == T0 + timedelta(seconds=120)
     assert len(uow.schedules.list_runs(ME, schedule.id)) == 1 and len(queue.jobs) == 1
+
+
+def broken_schedule(uow: FakeUnitOfWork, owner: str, dataset_id, cron: str) -> Schedule:
+    """A schedule saved before its cron was checked: its next due time cannot be computed."""
+    schedule = Schedule(
+        id=new_id(),
+        owner_id=owner,
+        name="legacy",
+        cron=cron,
+        interval_seconds=None,
+        timezone="UTC",
+        enabled=True,
+        action=ScheduleAction(dataset_id=dataset_id, steps=METRICS),
+        next_run_at=T0 - timedelta(days=30),  # the most overdue: first in list_due
+        created_at=T0 - timedelta(days=60),
+        updated_at=T0 - timedelta(days=60),
+    )
+    uow.schedules.add(schedule)
+    return schedule
+
+
+@pytest.mark.parametrize("cron", ["0 0 1 1 * 0 2026", "0 0 31 2 *"])
+def test_a_schedule_without_a_next_due_time_is_disabled_and_blocks_nobody(cron: str) -> None:
+    uow, queue = FakeUnitOfWork(), FakeQueue()
+    theirs = broken_schedule(uow, "mallory", add_dataset(uow, owner="mallory").id, cron)
+    mine = make(
+        uow, ScheduleAction(dataset_id=add_dataset(uow).id, steps=METRICS), interval_seconds=60
+    )
+    for i in range(1, 4):  # one schedule per tick: the broken one must not hold the slot
+        run_due_schedules(uow, queue, T0 + timedelta(seconds=60 * i), limit=1)
+    assert len(uow.schedules.list_runs(ME, mine.id)) >= 2
+    stopped = uow.schedules.rows[theirs.id]
+    assert stopped.enabled is False and stopped.next_run_at is None
+    (run,) = uow.schedules.list_runs(THEM, theirs.id)
+    assert run.outcome == RunOutcome.failed and "cron" in (run.message or "")
+
+
+def test_a_run_whose_imported_dataset_was_deleted_fails_and_is_announced() -> None:
+    uow, queue = FakeUnitOfWork(), FakeQueue()
+    now = T0
+    uow.webhooks.add(
+        Webhook(
+            id=new_id(),
+            owner_id=ME.owner_id,
+            url="https://hooks.example.com/a",
+            events=[WebhookEvent.schedule_run],
+            secret="s" * 32,
+            created_at=now,
+        )
+    )
+    action = ScheduleAction(source_url=URL, format="csv", steps=METRICS)
+    schedule = make(uow, action, interval_seconds=60)
+    run_due_schedules(uow, queue, T0 + timedelta(seconds=60))
+    (run,) = uow.schedules.list_runs(ME, schedule.id)
+    uow.datasets.delete(queue.imports[0])
+    assert run.id is not None
+    uow.schedules.update_run(run.id, dataset_id=None)  # what ON DELETE SET NULL does
+    run_due_schedules(uow, queue, T0 + timedelta(seconds=61))
+    (run,) = uow.schedules.list_runs(ME, schedule.id)
+    assert run.outcome == RunOutcome.failed and run.message == "the imported dataset was deleted"
+    assert uow.schedules.list_unsettled_runs() == []
+    (sent,) = uow.webhook_deliveries.rows.values()
+    assert sent.event == WebhookEvent.schedule_run and sent.payload["outcome"] == "failed"

@@ -5,6 +5,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from schemas.domain.ids import new_id
 from schemas.domain.records import ColumnInfo, Dataset, DatasetFormat, DatasetStatus, KeyScope
@@ -82,6 +83,8 @@ def test_bad_cron_timezone_steps_and_action_are_4xx_naming_the_field(
     dataset = add_dataset(fake_context)
     cases = [
         (body(dataset.id, cron="61 * * * *"), "cron"),
+        (body(dataset.id, cron="0 0 1 1 * 0 2030"), "cron"),  # seconds and year: not 5 fields
+        (body(dataset.id, cron="0 0 31 2 *"), "cron"),  # no February 31st: no due time
         (body(dataset.id, timezone="Nowhere/City"), "timezone"),
         (body(dataset.id, cron=None), "cron"),
         (body(dataset.id, cron=None, interval_seconds=-5), "interval_seconds"),
@@ -125,3 +128,29 @@ def test_another_owner_gets_404(client: TestClient, fake_context) -> None:
     # Nor can a schedule name another owner's dataset.
     theirs = client.post("/api/v1/schedules", json=body(dataset.id), headers=them)
     assert theirs.status_code == 404
+
+
+def test_a_cron_without_due_times_is_a_422_on_patch(client: TestClient, fake_context) -> None:
+    dataset = add_dataset(fake_context)
+    created = client.post("/api/v1/schedules", json=body(dataset.id)).json()
+    url = f"/api/v1/schedules/{created['id']}"
+    for cron in ("0 0 31 2 *", "0 0 1 1 * 0 2030"):
+        answer = client.patch(url, json={"cron": cron})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["details"]["field"] == "cron"
+    assert client.get(url).json()["cron"] == "0 6 * * *"
+
+
+def test_an_export_table_may_name_a_schema_like_an_export(client: TestClient, fake_context) -> None:
+    dataset = add_dataset(fake_context)
+    fake_context.settings.destinations = {"warehouse": SecretStr("postgresql://w/db")}
+    sent = body(dataset.id)
+    export = {"destination": "warehouse", "table": "sales.daily", "mode": "append"}
+    sent["action"]["export"] = export
+    created = client.post("/api/v1/schedules", json=sent)
+    assert created.status_code == 201, created.text
+    assert created.json()["action"]["export"]["table"] == "sales.daily"
+    sent["action"]["export"]["table"] = "sales.assay_rows"  # reserved, as for POST /exports
+    answer = client.post("/api/v1/schedules", json=sent)
+    assert answer.status_code == 422
+    assert answer.json()["error"]["details"]["field"] == "action.export.table"

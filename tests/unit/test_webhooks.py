@@ -189,6 +189,7 @@ def test_the_api_shows_the_secret_once_and_scopes_everything_to_the_owner(
         ({"url": URL, "events": []}, "events"),
         ({"url": "ftp://example.com/x", "events": ["job.failed"]}, "url"),
         ({"url": "http://10.0.0.1/x", "events": ["job.failed"]}, "url"),
+        ({"url": "http://xn--/", "events": ["job.failed"]}, "url"),  # a malformed IDNA host
         ({"url": "x" * 3000, "events": ["job.failed"]}, "url"),
     ],
 )
