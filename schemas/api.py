@@ -88,6 +88,13 @@ class DatasetOut(BaseModel):
     null_values: list[str] | None = Field(
         default=None, description="The CSV null tokens given at upload; null: the default list."
     )
+    source_url: str | None = Field(default=None, description="Imported from this URL.")
+    schedule_id: UUID | None = Field(
+        default=None, description="The schedule whose source this dataset is a version of."
+    )
+    version: int | None = Field(
+        default=None, description="Its version number among that schedule's imports (1, 2, ...)."
+    )
     created_at: datetime
     updated_at: datetime
     links: DatasetLinks

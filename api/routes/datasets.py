@@ -330,7 +330,7 @@ def import_dataset(
         fmt=import_format(body.format, filename),
         null_values=None if body.null_values is None else parse_null_values(body.null_values),
     )
-    return DatasetImported(**dataset_out(dataset).model_dump(), source_url=body.url)
+    return DatasetImported(**dataset_out(dataset).model_dump())
 
 
 def url_filename(url: str) -> str | None:

@@ -64,6 +64,9 @@ class Dataset(Record):
     source_url: str | None = None
     # The CSV null tokens the upload gave (`null_values`); None: the default list.
     null_values: list[str] | None = None
+    # A version of a schedule's source (source_url schedules): the schedule and its number.
+    schedule_id: UUID | None = None
+    version: int | None = None
     created_at: datetime
     updated_at: datetime
 

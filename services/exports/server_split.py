@@ -161,6 +161,7 @@ def passes_checks(db: psycopg.Connection[Any], regclass: str) -> str:
 
 
 CHECKED_TABLE = "assay_suspect_rows"
+BATCH_TABLE = "assay_batch_rows"
 
 _SUSPECTS_FUNCTION = """
 CREATE OR REPLACE FUNCTION pg_temp.assay_insert_suspects()
@@ -182,10 +183,12 @@ END $$
 
 
 class CheckSplit:
-    """For a table with CHECKs or NOT NULLs: COPY ... WHERE the rows that pass them into the
-    staging table, and those that do not (about as few as it rejects) into a temporary table,
-    from which each is tried alone to keep the database's message. Two COPYs of the batch,
-    one statement per suspect row. None when the table has no such constraints."""
+    """For a table with CHECKs or NOT NULLs: one COPY of the batch into a temporary table
+    without them (the CSV is parsed once), the rows that pass into the staging table in one
+    INSERT ... SELECT, those that do not (about as few as it rejects) into a second temporary
+    table, where the constraint each breaks gives its reason, worded as the database words it
+    (a row no constraint explains is tried alone for the database's own message). None when
+    the table has no such constraints."""
 
     @classmethod
     def for_table(
@@ -200,12 +203,14 @@ class CheckSplit:
         self._db = db
         suspects, row = sql.Identifier(CHECKED_TABLE), sql.Identifier(ROW_COLUMN)
         columns = sql.SQL(", ").join(sql.Identifier(n) for n in names)
+        batch = sql.Identifier(BATCH_TABLE)
         # Typed like the staging table, without its constraints (CREATE TABLE AS copies none).
-        db.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE {} AS SELECT 0::bigint AS {}, {} FROM {} WITH NO DATA"
-            ).format(suspects, row, columns, staging)
-        )
+        for table in (batch, suspects):
+            db.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} AS SELECT 0::bigint AS {}, {} FROM {} WITH NO DATA"
+                ).format(table, row, columns, staging)
+            )
         db.execute(_SUSPECTS_FUNCTION)
         db.execute(
             sql.SQL(
@@ -216,27 +221,69 @@ class CheckSplit:
             .as_string(db)
         )
         condition = sql.SQL(passes)
-        self._good = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv) WHERE {}").format(
-            staging, columns, condition
+        self._batch = sql.SQL("COPY {} ({}, {}) FROM STDIN (FORMAT csv)").format(
+            batch, row, columns
         )
-        self._suspects = sql.SQL("COPY {} ({}, {}) FROM STDIN (FORMAT csv) WHERE NOT ({})").format(
-            suspects, row, columns, condition
+        self._good = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE {}").format(
+            staging, columns, columns, batch, condition
         )
-        self._truncate = sql.SQL("TRUNCATE {}").format(suspects)
+        self._suspects = sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE NOT ({})").format(
+            suspects, batch, condition
+        )
+        self._truncate = sql.SQL("TRUNCATE {}, {}").format(batch, suspects)
+        self._explain = sql.SQL("DELETE FROM {} WHERE {} IS NOT NULL RETURNING {}, {}").format(
+            suspects, sql.SQL(_reason(db, staging)), row, sql.SQL(_reason(db, staging))
+        )
 
     def insert(self, csv: bytes, csv_with_row_numbers: bytes) -> dict[int, str]:
         """The batch's rows that the table takes are in it; the others by row number, with
         the database's reason. Raises as COPY does when a row fails otherwise (a type)."""
         with self._db.transaction():
-            with self._db.cursor().copy(self._good) as copy:
-                copy.write(csv)
-            with self._db.cursor().copy(self._suspects) as copy:
+            with self._db.cursor().copy(self._batch) as copy:
                 copy.write(csv_with_row_numbers)
-            rows = self._db.execute(
+            self._db.execute(self._good)
+            self._db.execute(self._suspects)
+            # The constraint each suspect breaks, as the database words it, in one statement;
+            # a row none explains (a volatile check) is tried alone.
+            rows = self._db.execute(self._explain).fetchall()
+            rows += self._db.execute(
                 "SELECT row_number, reason FROM pg_temp.assay_insert_suspects()"
             ).fetchall()
             self._db.execute(self._truncate)
         return dict(rows)
+
+
+def _reason(db: psycopg.Connection[Any], staging: sql.Composable) -> str:
+    """SQL for the message the database gives a row that breaks the table's first NOT NULL
+    (by column order) or CHECK (by name, the order PostgreSQL checks them in); NULL if none."""
+    regclass = staging.as_string(db)
+    (relation,) = db.execute("SELECT relname FROM pg_class WHERE oid = %s::regclass", [regclass])
+    (name,) = relation
+    cases = [
+        sql.SQL("WHEN {} IS NULL THEN {}").format(
+            sql.Identifier(column),
+            sql.Literal(
+                f'null value in column "{column}" of relation "{name}" violates not-null constraint'
+            ),
+        )
+        for (column,) in db.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+            "AND attnotnull AND NOT attisdropped ORDER BY attnum",
+            [regclass],
+        )
+    ]
+    cases += [
+        sql.SQL("WHEN ({}) IS FALSE THEN {}").format(
+            sql.SQL(expression),
+            sql.Literal(f'new row for relation "{name}" violates check constraint "{constraint}"'),
+        )
+        for constraint, expression in db.execute(
+            "SELECT conname, pg_get_expr(conbin, conrelid) FROM pg_constraint "
+            "WHERE conrelid = %s::regclass AND contype = 'c' ORDER BY conname",
+            [regclass],
+        )
+    ]
+    return sql.SQL("(CASE {} END)").format(sql.SQL(" ").join(cases)).as_string(db)
 
 
 def with_row_numbers(batch: pa.RecordBatch, first: int) -> pa.RecordBatch:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -30,6 +31,7 @@ from tests.fixtures.databases import _empty_postgres_tables
 from tests.integration.exports_support import (
     add_dataset,
     destination_database,
+    dsn_of,
     principal,
     query,
     run,
@@ -196,6 +198,42 @@ def test_rows_the_target_rejects_are_kept_with_the_database_reason(
     assert "invalid input syntax for type integer" in by_row[11].reason
     assert by_row[11].values["code"] == "x11"
     assert done is not None and (done.rows_loaded, done.rows_failed) == (200 - len(bad), len(bad))
+
+
+def test_constraint_reasons_are_worded_exactly_as_the_database_words_them(
+    new_uow, storage, target, tmp_path
+):
+    query(
+        target,
+        "CREATE TABLE readings (id bigint NOT NULL, low bigint CONSTRAINT b_low CHECK (low >= 0),"
+        " high bigint, CONSTRAINT a_order CHECK (high >= low))",
+    )
+    n = 300
+    rows = {
+        "id": [None if i % 13 == 0 else i for i in range(1, n + 1)],
+        "low": [-1 if i % 7 == 0 else i for i in range(1, n + 1)],
+        "high": [0 if i % 5 == 0 else 2 * i for i in range(1, n + 1)],
+    }
+    dataset_id = add_dataset(new_uow(), storage, pa.table(rows), tmp_path)
+    export = submit(new_uow, dataset_id, "readings", ExportMode.append)
+    loader = PostgresTableLoader({"warehouse": target}, batch_rows=64)
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
+    with new_uow() as uow:
+        failed = uow.exports.list_failed_rows(principal(), export.id, limit=1000)
+    # What PostgreSQL itself says of each row, inserted alone.
+    expected = {}
+    with psycopg.connect(dsn_of(target), autocommit=True) as db:
+        db.execute("CREATE TEMP TABLE probe (LIKE readings INCLUDING CONSTRAINTS)")
+        for i in range(n):
+            values = (rows["id"][i], rows["low"][i], rows["high"][i])
+            try:
+                db.execute("INSERT INTO probe VALUES (%s, %s, %s)", values)
+            except psycopg.errors.IntegrityError as exc:
+                expected[i + 1] = str(exc.diag.message_primary).replace("probe", "readings")
+    assert {f.row_number: f.reason for f in failed} == expected
+    assert len(expected) > 50
+    loaded = query(target, "SELECT count(*) FROM readings")[0][0]
+    assert loaded == n - len(expected)
 
 
 def test_each_mode(new_uow, storage, target, tmp_path):

@@ -69,6 +69,12 @@ def test_each_run_imports_a_version_and_an_unchanged_file_is_skipped(
     assert [r.version for r in runs] == [1, None, 2]
     assert [v.row_count for v in versions if v] == [2, 2, 3]  # the unchanged run: version 1
     assert all(v and v.source_url == url and v.name == "weather" for v in versions)
+    # Each dataset says whose version it is (GET /datasets/{id} shows the same fields).
+    assert [(v.schedule_id, v.version) for v in versions if v] == [
+        (schedule.id, 1),
+        (schedule.id, 1),
+        (schedule.id, 2),
+    ]
     assert len(queue.jobs) == 2 and len(server.requests) == 3
     # The unchanged download was deleted with its objects.
     with uow:
