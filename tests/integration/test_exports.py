@@ -209,7 +209,7 @@ def test_constraint_reasons_are_worded_exactly_as_the_database_words_them(
         " high bigint, CONSTRAINT a_order CHECK (high >= low))",
     )
     n = 300
-    rows = {
+    rows: dict[str, list[int | None]] = {
         "id": [None if i % 13 == 0 else i for i in range(1, n + 1)],
         "low": [-1 if i % 7 == 0 else i for i in range(1, n + 1)],
         "high": [0 if i % 5 == 0 else 2 * i for i in range(1, n + 1)],
