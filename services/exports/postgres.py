@@ -145,26 +145,73 @@ class PostgresTableLoader:
                     f"table {request.table} already exists (mode create); "
                     "use mode append or replace"
                 )
+            if request.mode == ExportMode.append and exists:
+                # Straight into the table, in one transaction with the record that it was
+                # applied: no second copy from staging; a crash or a cancel rolls it all back.
+                try:
+                    with db.transaction():
+                        copy = self._copy(db, target, name, name, arrow_schema, request, rejected)
+                        self._batches(copy, request, total, progress, should_stop)
+                        summary = _apply(
+                            db,
+                            request,
+                            target,
+                            target,
+                            exists,
+                            arrow_schema,
+                            copy.summary(request.attempt),
+                        )
+                        if summary.attempt != request.attempt:
+                            raise _AppliedElsewhere(summary)  # roll this attempt's rows back
+                except _AppliedElsewhere as elsewhere:
+                    return elsewhere.summary
+                return summary
             try:
                 _create_staging(db, staging, target if exists else None, arrow_schema, request)
-                named = _named_for_target(staging_name, name, rejected)
-                copy = _Copy(db, staging, arrow_schema, named)
-                batches = record_batches(request.source, self._batch_rows)
-                for batch, csv, numbered in prepared(batches, copy.is_rejecting):
-                    if should_stop():
-                        raise LoadCancelled()
-                    copy.batch(batch, csv, numbered)
-                    progress(copy.rows_done, total or copy.rows_done)
-                if should_stop():
-                    raise LoadCancelled()
-                summary = LoadSummary(
-                    rows_loaded=copy.loaded, rows_failed=copy.failed, attempt=request.attempt
+                copy = self._copy(db, staging, staging_name, name, arrow_schema, request, rejected)
+                self._batches(copy, request, total, progress, should_stop)
+                summary = _apply(
+                    db,
+                    request,
+                    target,
+                    staging,
+                    exists,
+                    arrow_schema,
+                    copy.summary(request.attempt),
                 )
-                summary = _apply(db, request, target, staging, exists, arrow_schema, summary)
             except BaseException:
                 _drop(db, staging)
                 raise
         return summary
+
+    def _copy(
+        self,
+        db: psycopg.Connection[Any],
+        into: sql.Identifier,
+        into_name: str,
+        name: str,
+        arrow_schema: pa.Schema,
+        request: LoadRequest,
+        rejected: Callable[[list[RejectedRow]], None],
+    ) -> "_Copy":
+        return _Copy(db, into, arrow_schema, _named_for_target(into_name, name, rejected))
+
+    def _batches(
+        self,
+        copy: "_Copy",
+        request: LoadRequest,
+        total: int | None,
+        progress: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        batches = record_batches(request.source, self._batch_rows)
+        for batch, csv, numbered in prepared(batches, copy.is_rejecting):
+            if should_stop():
+                raise LoadCancelled()
+            copy.batch(batch, csv, numbered)
+            progress(copy.rows_done, total or copy.rows_done)
+        if should_stop():
+            raise LoadCancelled()
 
     def _connect(self, destination: str) -> psycopg.Connection[Any]:
         url = self._urls.get(destination)
@@ -186,6 +233,13 @@ class PostgresTableLoader:
             ) from None
 
 
+class _AppliedElsewhere(Exception):
+    """Another attempt of this export applied it first: this attempt's rows must go."""
+
+    def __init__(self, summary: LoadSummary) -> None:
+        self.summary = summary
+
+
 class _Copy:
     """COPY of record batches into the staging table, splitting the batches that fail."""
 
@@ -205,6 +259,9 @@ class _Copy:
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in schema.names)
         self._statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(staging, columns)
         self.rows_done = self.loaded = self.failed = 0
+
+    def summary(self, attempt: int) -> LoadSummary:
+        return LoadSummary(rows_loaded=self.loaded, rows_failed=self.failed, attempt=attempt)
 
     def is_rejecting(self) -> bool:
         """Whether the last batch had rejected rows (the next likely has some too)."""
@@ -297,7 +354,8 @@ class _Copy:
         """COPY the rows (a transaction of its own); the database's error when it refused them."""
         data = csv if csv is not None else to_csv(rows)
         try:
-            with self._db.cursor().copy(self._statement) as copy:
+            # A transaction of its own, or a savepoint inside the load's (append).
+            with self._db.transaction(), self._db.cursor().copy(self._statement) as copy:
                 copy.write(data)
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
             return exc
@@ -522,8 +580,12 @@ def _apply(
     the summary recorded by the attempt that applied it)."""
     schema_name, name = _split(request.table)
     marker = _qualified(schema_name, MARKER_TABLE)
-    # Two first exports into one schema at once may both try to create it: one does.
-    with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+    # Two first exports into one schema at once may both try to create it: one does. (A
+    # savepoint: an append runs all this inside its load's transaction.)
+    with (
+        contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable),
+        db.transaction(),
+    ):
         db.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (export_id uuid PRIMARY KEY, attempt integer"
@@ -564,7 +626,9 @@ def _apply(
                 )
             if not still:  # this export creates it (a record left by a dropped one is stale)
                 _claim_table(db, schema_name, name, request)
-            if request.mode == ExportMode.append and exists:
+            if staging is target:  # appended straight into it, in this transaction
+                pass
+            elif request.mode == ExportMode.append and exists:
                 columns = sql.SQL(", ").join(sql.Identifier(c) for c in schema.names)
                 db.execute(
                     sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
@@ -579,7 +643,8 @@ def _apply(
     except psycopg.errors.UniqueViolation as exc:
         if exc.diag.table_name == MARKER_TABLE:
             # Another attempt of this export (reaped, yet still running) applied it first.
-            _drop(db, staging)
+            if staging is not target:  # appending straight into the table: the caller rolls back
+                _drop(db, staging)
             applied = _recorded(db, schema_name, request)
             if applied is None:
                 raise DestinationError("this export was applied by another attempt") from exc

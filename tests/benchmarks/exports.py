@@ -8,8 +8,8 @@ typed copy and as CSV, creates a private database on 127.0.0.1:5432 (dropped at 
 then times: `psql \\copy` of the CSV into a table of the same column types; the loader
 (services/exports/postgres.py) creating the table from the Parquet copy; and the loader
 replacing, then appending into, a table whose CHECK constraint rejects about 1% of the rows
-(every rejected row must be reported). Append pays one more copy of the rows (from the
-staging table into the target, in the applying transaction); create and replace rename.
+(every rejected row must be reported). Create and replace load a staging table and rename it;
+append loads straight into the table in one transaction.
 Prints the figures and the ratios the targets are set on (1.5x and
 2x). The loader's peak memory is the growth of this process's RSS while it runs.
 """

@@ -236,6 +236,20 @@ def test_constraint_reasons_are_worded_exactly_as_the_database_words_them(
     assert loaded == n - len(expected)
 
 
+def test_an_append_keeps_rows_a_unique_index_refuses_row_by_row(new_uow, storage, target, tmp_path):
+    query(target, "CREATE TABLE sales (id bigint PRIMARY KEY, amount bigint, code text)")
+    query(target, "INSERT INTO sales VALUES (3, 0, 'old'), (8, 0, 'old')")
+    dataset_id = add_dataset(new_uow(), storage, sales(20), tmp_path)
+    export = submit(new_uow, dataset_id, "sales", ExportMode.append)
+    loader = PostgresTableLoader({"warehouse": target}, batch_rows=8)
+    assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
+    with new_uow() as uow:
+        failed = uow.exports.list_failed_rows(principal(), export.id, limit=100)
+    assert [f.row_number for f in failed] == [3, 8]
+    assert all("duplicate key value violates unique constraint" in f.reason for f in failed)
+    assert query(target, "SELECT count(*) FROM sales") == [(20,)]
+
+
 def test_each_mode(new_uow, storage, target, tmp_path):
     loader = PostgresTableLoader({"warehouse": target})
     first = add_dataset(new_uow(), storage, sales(10), tmp_path)
@@ -342,13 +356,14 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", [ExportMode.append, ExportMode.replace])
 def test_a_worker_killed_mid_load_then_retried_loads_each_row_once(
-    app_db, new_uow, storage, target, tmp_path
+    app_db, new_uow, storage, target, tmp_path, mode
 ):
     query(target, "CREATE TABLE t (id bigint, amount bigint, code text)")
     query(target, "INSERT INTO t VALUES (0, 0, 'before')")
     dataset_id = add_dataset(new_uow(), storage, sales(5000), tmp_path)
-    export = submit(new_uow, dataset_id, "t", ExportMode.append)
+    export = submit(new_uow, dataset_id, "t", mode)
     with new_uow() as uow:
         dataset = uow.datasets.get(dataset_id, principal())
     assert dataset is not None and dataset.parquet_key
@@ -377,10 +392,14 @@ def test_a_worker_killed_mid_load_then_retried_loads_each_row_once(
     finally:
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
-    # Part of the load sits in the dead attempt's staging table; the target is untouched.
+    # The target is untouched. A replace left part of the load in the dead attempt's staging
+    # table; an append loads straight into the table in one transaction, which died with it.
     assert query(target, "SELECT count(*) FROM t") == [(1,)]
     stale = staging_tables(target)
-    assert len(stale) == 1 and stale[0].endswith("_1")
+    if mode == ExportMode.replace:
+        assert len(stale) == 1 and stale[0].endswith("_1")
+    else:
+        assert stale == []
 
     time.sleep(0.3)
     assert (
@@ -390,7 +409,8 @@ def test_a_worker_killed_mid_load_then_retried_loads_each_row_once(
     loader = PostgresTableLoader({"warehouse": target})
     assert run(new_uow, storage, loader, export.id, tmp_path) == "completed"
 
-    assert query(target, "SELECT count(*), count(DISTINCT id) FROM t") == [(5001, 5001)]
+    kept = 5001 if mode == ExportMode.append else 5000  # the row that was there, or not
+    assert query(target, "SELECT count(*), count(DISTINCT id) FROM t") == [(kept, kept)]
     assert (
         query(target, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'assay_stage%'") == []
     )
