@@ -231,8 +231,9 @@ class CheckSplit:
             suspects, batch, condition
         )
         self._truncate = sql.SQL("TRUNCATE {}, {}").format(batch, suspects)
+        reason = sql.SQL(_reason(db, staging))  # read from the catalog once
         self._explain = sql.SQL("DELETE FROM {} WHERE {} IS NOT NULL RETURNING {}, {}").format(
-            suspects, sql.SQL(_reason(db, staging)), row, sql.SQL(_reason(db, staging))
+            suspects, reason, row, reason
         )
 
     def insert(self, csv: bytes, csv_with_row_numbers: bytes) -> dict[int, str]:
